@@ -1,0 +1,81 @@
+# The one source of truth for how to run, test and measure the tracker.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: run run-phase1 run-phase2 ctl status test test-fast test-coverage bench load-test \
+        demo-multi docker-up docker-down docker-logs fmt lint clean redis-server
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# redis-server is needed for the embedded Redis (make run without REDIS_URL) and the tests.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null; \
+	  fi; }
+	@command -v redis-server >/dev/null || { \
+	  echo "redis-server not found: install it (apt-get install redis-server) or set REDIS_URL"; exit 1; }
+
+## run: the whole pod under supervisord in the foreground (embedded Redis unless REDIS_URL)
+run: $(STAMP)
+	@[ -n "$$REDIS_URL" ] || $(MAKE) -s redis-server
+	exec $(VENV)/bin/tracker pod
+
+run-phase1: $(STAMP)
+	@[ -n "$$REDIS_URL" ] || $(MAKE) -s redis-server
+	MODE=phase1 exec $(VENV)/bin/tracker pod
+
+run-phase2: $(STAMP)
+	@[ -n "$$REDIS_URL" ] || $(MAKE) -s redis-server
+	MODE=phase2 exec $(VENV)/bin/tracker pod
+
+## ctl: supervisorctl for the pod of this RUN_DIR, e.g. make ctl ARGS="restart consumer:*"
+ctl: $(STAMP)
+	$(VENV)/bin/tracker ctl $(ARGS)
+
+status: $(STAMP)
+	$(VENV)/bin/tracker status
+
+## test: the whole suite against real redis-servers the fixtures start
+test: $(STAMP) redis-server
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP) redis-server
+	$(PY) -m pytest -q -m "not slow"
+
+test-coverage: $(STAMP) redis-server
+	$(PIP) install -q coverage
+	$(PY) -m coverage run -m pytest -q && $(PY) -m coverage report
+
+bench: $(STAMP) redis-server
+	$(PY) -m pytest bench -q --benchmark-only
+
+load-test: $(STAMP)
+	@echo "load-test: not built yet (issue 7)"; exit 1
+
+demo-multi: $(STAMP) redis-server
+	@echo "demo-multi: not built yet (issue 3)"; exit 1
+
+docker-up docker-down docker-logs:
+	@echo "$@: not built yet (issue 5)"; exit 1
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format tracker tests bench
+	$(VENV)/bin/ruff check --fix tracker tests bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check tracker tests bench
+	$(VENV)/bin/ruff check tracker tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache .benchmarks build *.egg-info

@@ -1,0 +1,249 @@
+"""The HTTP API: aiohttp application, handlers, and the error middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from tracker import metrics, progress, validation
+from tracker.connection import UNAVAILABLE, connect
+from tracker.errors import RequestError
+from tracker.openapi import document
+from tracker.scripts import Scripts
+from tracker.settings import Settings
+from tracker.store import Conversation, Event, RespondResult, Result, Store
+from tracker.timefmt import format_ms
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", Redis)
+STORE = web.AppKey("store", Store)
+
+MAX_BODY = 1024 * 1024
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return json_response({"error": {"code": code, "message": message}}, status, headers)
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error; Redis being away becomes 503 + Retry-After."""
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except RequestError as exc:
+        response = error_response(exc.status, exc.code, exc.message)
+    except web.HTTPException as exc:
+        code = exc.reason.lower().replace(" ", "_")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+        response = error_response(exc.status, code, exc.reason, headers)
+    except UNAVAILABLE as exc:
+        log.warning("redis unavailable path=%s error=%s", request.path, exc)
+        response = error_response(503, "unavailable", "Redis is unavailable", {"Retry-After": "1"})
+    except RedisError:
+        log.exception("redis error path=%s", request.path)
+        response = error_response(
+            503, "unavailable", "Redis refused the request", {"Retry-After": "1"}
+        )
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    metrics.HTTP_REQUESTS.labels(name, request.method, str(response.status)).inc()
+    metrics.HTTP_DURATION.labels(name).observe(time.perf_counter() - started)
+    return response
+
+
+@web.middleware
+async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer tokens (API_TOKEN, comma-separated for rotation), compared in constant time."""
+    tokens = request.app[SETTINGS].api_tokens
+    if tokens and request.path not in OPEN_PATHS:
+        given = request.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        ok = False
+        for expected in tokens:
+            ok |= hmac.compare_digest(token.encode(), expected.encode())
+        if scheme.lower() != "bearer" or not ok:
+            return error_response(
+                401,
+                "unauthorized",
+                "a valid bearer token is required",
+                {"WWW-Authenticate": 'Bearer realm="tracker"'},
+            )
+    return await handler(request)
+
+
+async def read_json(request: web.Request) -> Any:
+    if request.content_type != "application/json":
+        raise RequestError(415, "unsupported_media_type", "Content-Type must be application/json")
+    body = await request.read()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise RequestError(400, "invalid_json", "the body is not valid JSON") from None
+
+
+def result_json(conversation_id: str, result: Result) -> dict[str, Any]:
+    if isinstance(result, RespondResult):
+        return {
+            "conversation_id": conversation_id,
+            "status": result.status,
+            "generation": result.generation,
+            "response_time_ms": result.response_time_ms,
+        }
+    return {
+        "conversation_id": conversation_id,
+        "status": result.status,
+        "generation": result.generation,
+        "waiting_since": format_ms(result.waiting_since_ms),
+        "next_due_at": format_ms(result.next_due_ms) if result.next_due_ms is not None else None,
+    }
+
+
+def observe(result: Result) -> None:
+    if isinstance(result, RespondResult) and result.status == "answered":
+        metrics.RESPONSE_TIME.observe((result.response_time_ms or 0) / 1000)
+
+
+async def apply_one(request: web.Request, event: Event) -> web.Response:
+    result = await request.app[STORE].apply(event)
+    observe(result)
+    return json_response(result_json(event.conversation_id, result))
+
+
+async def agent_message(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    settings = request.app[SETTINGS]
+    return await apply_one(
+        request, validation.agent_message(request.match_info["id"], body, settings)
+    )
+
+
+async def customer_response(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    return await apply_one(request, validation.customer_response(request.match_info["id"], body))
+
+
+async def events(request: web.Request) -> web.Response:
+    """Bulk ingest: one result per item, in order; a bad item is rejected alone."""
+    items = validation.batch(await read_json(request))
+    settings = request.app[SETTINGS]
+    out: list[dict[str, Any]] = []
+    good: list[tuple[int, Event]] = []
+    for index, item in enumerate(items):
+        try:
+            good.append((index, validation.batch_item(item, settings)))
+            out.append({})
+        except RequestError as exc:
+            out.append(
+                {
+                    "index": index,
+                    "status": "error",
+                    "error": {"code": exc.code, "message": exc.message},
+                }
+            )
+    results = await request.app[STORE].apply_many([e for _, e in good])
+    for (index, event), result in zip(good, results, strict=True):
+        observe(result)
+        out[index] = {
+            "index": index,
+            "status": "ok",
+            "result": result_json(event.conversation_id, result),
+        }
+    return json_response({"results": out})
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    conversation_id = validation.check_id(request.match_info["id"], "conversation_id")
+    conversation = await request.app[STORE].get(conversation_id)
+    if conversation is None:
+        raise RequestError(404, "not_found", "no such conversation")
+    return json_response(conversation_json(conversation))
+
+
+def conversation_json(c: Conversation) -> dict[str, Any]:
+    return {
+        "conversation_id": c.conversation_id,
+        "state": c.state,
+        "generation": c.generation,
+        "agent_id": c.agent_id,
+        "message_id": c.message_id,
+        "waiting_since": format_ms(c.waiting_since_ms),
+        "timeout_ms": c.timeout_ms,
+        "level_fired": c.level_fired,
+        "level_delivered": c.level_delivered,
+        "next_due_at": format_ms(c.next_due_ms) if c.next_due_ms is not None else None,
+        "response_time_ms": c.response_time_ms,
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    try:
+        await asyncio.wait_for(request.app[REDIS].ping(), timeout=1.0)
+    except (TimeoutError, *UNAVAILABLE, RedisError):
+        return error_response(503, "unavailable", "Redis is unreachable", {"Retry-After": "1"})
+    stale = progress.stale_shards(settings)
+    if stale:
+        shards = ", ".join(str(s) for s in stale)
+        return error_response(503, "not_sweeping", f"shards not swept recently: {shards}")
+    return json_response({"status": "ready"})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body, content_type = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(document(request.app[SETTINGS]))
+
+
+def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
+    """The application; it opens its own Redis client unless one is given."""
+    app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    client = redis if redis is not None else connect(settings)
+    app[REDIS] = client
+    app[STORE] = Store(client, settings, Scripts())
+    app.router.add_post("/conversations/{id}/agent-message", agent_message)
+    app.router.add_post("/conversations/{id}/customer-response", customer_response)
+    app.router.add_get("/conversations/{id}", get_conversation)
+    app.router.add_post("/events", events)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi)
+    if redis is None:
+        app.on_cleanup.append(_close_redis)
+    return app
+
+
+async def _close_redis(app: web.Application) -> None:
+    await app[REDIS].aclose()

@@ -1,0 +1,138 @@
+"""Operator commands: status, dead letters (list, replay, purge), one conversation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from tracker.api import conversation_json
+from tracker.keys import CONSUMER_GROUP, PODS, ShardKeys, all_shards, shard_of
+from tracker.scripts import Scripts
+from tracker.settings import Settings
+from tracker.store import Store
+from tracker.timefmt import format_ms
+
+EVENT_FIELDS = ("c", "l", "g", "s", "d", "a", "m")
+HISTORY_SCAN = 10_000
+
+
+def _print(data: Any) -> None:
+    print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+
+
+async def _now_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def shard_status(redis: Redis, k: ShardKeys, now: int) -> dict[str, Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(k.leader)
+        pipe.pttl(k.leader)
+        pipe.zcard(k.waiting)
+        pipe.zrange(k.waiting, 0, 0, withscores=True)
+        pipe.xinfo_groups(k.events)
+        pipe.xlen(k.dead_letters)
+        leader, ttl, waiting, head, groups, dead = await pipe.execute(raise_on_error=False)
+    group = (
+        next(
+            (g for g in groups if g["name"] == CONSUMER_GROUP),
+            {} if isinstance(groups, list) else {},
+        )
+        if isinstance(groups, list)
+        else {}
+    )
+    overdue = max(0, now - int(head[0][1])) if head else 0
+    return {
+        "shard": k.shard,
+        "leader": leader,
+        "lease_ttl_ms": ttl if leader else None,
+        "waiting": waiting,
+        "oldest_overdue_ms": overdue,
+        "backlog": group.get("lag"),
+        "pending": group.get("pending", 0),
+        "dead_letters": dead,
+    }
+
+
+async def status(redis: Redis, settings: Settings) -> int:
+    now = await _now_ms(redis)
+    shards = [await shard_status(redis, k, now) for k in all_shards(settings.shard_count)]
+    pods = await redis.zrangebyscore(PODS, now, "+inf")
+    header = f"{'shard':>5} {'leader':<24} {'waiting':>8} {'overdue_ms':>10} {'backlog':>8} {'pending':>8} {'dead':>6}"
+    lines = [f"pods alive: {', '.join(pods) or 'none'}", header]
+    for s in shards:
+        lines.append(
+            f"{s['shard']:>5} {s['leader'] or '-':<24} {s['waiting']:>8} {s['oldest_overdue_ms']:>10}"
+            f" {s['backlog'] if s['backlog'] is not None else '-':>8} {s['pending']:>8} {s['dead_letters']:>6}"
+        )
+    unled = [s["shard"] for s in shards if not s["leader"]]
+    lines.append(f"shards without a leader: {unled or 'none'}")
+    print("\n".join(lines))
+    return 0
+
+
+async def dead_letters_list(redis: Redis, settings: Settings, limit: int) -> int:
+    for k in all_shards(settings.shard_count):
+        for entry_id, fields in await redis.xrange(k.dead_letters, count=limit):
+            print(orjson.dumps({"shard": k.shard, "id": entry_id, **fields}).decode())
+    return 0
+
+
+async def dead_letters_replay(redis: Redis, settings: Settings, ids: list[str]) -> int:
+    """Put dead letters back on their shard stream (all of them, or the given ids)."""
+    replayed = 0
+    for k in all_shards(settings.shard_count):
+        for entry_id, fields in await redis.xrange(k.dead_letters):
+            if ids and entry_id not in ids:
+                continue
+            async with redis.pipeline(transaction=True) as tx:
+                tx.xadd(k.events, {f: fields[f] for f in EVENT_FIELDS})
+                tx.xdel(k.dead_letters, entry_id)
+                await tx.execute()
+            replayed += 1
+    print(f"replayed {replayed}")
+    return 0
+
+
+async def dead_letters_purge(redis: Redis, settings: Settings, ids: list[str]) -> int:
+    purged = 0
+    for k in all_shards(settings.shard_count):
+        if ids:
+            purged += int(await redis.xdel(k.dead_letters, *ids))
+        else:
+            purged += int(await redis.xlen(k.dead_letters))
+            await redis.delete(k.dead_letters)
+    print(f"purged {purged}")
+    return 0
+
+
+async def conversation(redis: Redis, settings: Settings, conversation_id: str) -> int:
+    """One conversation's state, and its entries still in the shard and dead-letter streams."""
+    view = await Store(redis, settings, Scripts()).get(conversation_id)
+    k = ShardKeys.of(shard_of(conversation_id, settings.shard_count))
+    history = []
+    for stream, kind in ((k.events, "notification"), (k.dead_letters, "dead_letter")):
+        for entry_id, fields in await redis.xrevrange(stream, count=HISTORY_SCAN):
+            if fields.get("c") == conversation_id:
+                history.append(
+                    {
+                        "kind": kind,
+                        "entry_id": entry_id,
+                        "level": int(fields["l"]),
+                        "generation": int(fields["g"]),
+                        "due_at": format_ms(int(fields["d"])),
+                        **({"reason": fields["reason"]} if "reason" in fields else {}),
+                    }
+                )
+    history.sort(key=lambda h: h["entry_id"])
+    _print(
+        {
+            "shard": k.shard,
+            "conversation": conversation_json(view) if view else None,
+            "history": history,
+        }
+    )
+    return 0 if view else 1

@@ -1,0 +1,238 @@
+"""Read due notifications from shard streams, re-check, deliver, acknowledge, retry, dead-letter.
+
+Used by the consumer processes (phase 2) and by the lease holder itself (phase 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from tracker import metrics
+from tracker.errors import DeliveryError
+from tracker.events import Notification, Outgoing
+from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.scripts import Arg, Scripts
+from tracker.settings import Settings
+from tracker.sinks import Sink
+
+log = logging.getLogger(__name__)
+
+SEND, STALE, DUPLICATE = 1, 0, 2
+READ_COUNT = 512
+
+
+def is_nogroup(exc: ResponseError) -> bool:
+    return str(exc).startswith("NOGROUP")
+
+
+class Deliverer:
+    """One consumer of the delivery group over a changing set of shards."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        scripts: Scripts,
+        sinks: Sequence[Sink],
+        consumer: str,
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.scripts = scripts
+        self.sinks = sinks
+        self.consumer = consumer
+        self.retries: set[asyncio.Task[None]] = set()
+        self.retry_cap_s = min(30.0, settings.delivery_timeout_ms / 2000)
+
+    async def ensure_group(self, shard: int) -> None:
+        """Create the delivery group (and the stream) when missing."""
+        try:
+            await self.redis.xgroup_create(
+                ShardKeys.of(shard).events, CONSUMER_GROUP, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def recreate_group(self, shards: Iterable[int]) -> None:
+        for shard in shards:
+            await self.ensure_group(shard)
+        metrics.STREAM_RECREATED.inc()
+        log.warning("consumer group recreated consumer=%s", self.consumer)
+
+    async def read(self, shards: Sequence[int], *, block_ms: int | None, own: bool) -> int:
+        """Read one batch (new entries, or this consumer's own pending ones) and handle it."""
+        if not shards:
+            return 0
+        streams: dict[Any, Any] = {ShardKeys.of(s).events: "0" if own else ">" for s in shards}
+        reply = await self.redis.xreadgroup(
+            CONSUMER_GROUP, self.consumer, streams, count=READ_COUNT, block=block_ms
+        )
+        batch = [
+            Notification.from_entry(_shard_of_stream(name), entry_id, fields)
+            for name, entries in _stream_items(reply)
+            for entry_id, fields in entries
+            if fields
+        ]
+        await self.handle(batch)
+        return len(batch)
+
+    async def drain_own(self, shards: Sequence[int]) -> None:
+        """Redeliver what this consumer read before a restart and never acknowledged."""
+        while await self.read(shards, block_ms=None, own=True) >= READ_COUNT:
+            pass
+
+    async def claim(self, shards: Sequence[int]) -> int:
+        """Take over entries idle past DELIVERY_TIMEOUT_MS, from any consumer of any pod."""
+        claimed = 0
+        for shard in shards:
+            start = "0-0"
+            while True:
+                start, entries, _deleted = await self.redis.xautoclaim(
+                    ShardKeys.of(shard).events,
+                    CONSUMER_GROUP,
+                    self.consumer,
+                    min_idle_time=self.settings.delivery_timeout_ms,
+                    start_id=start,
+                    count=READ_COUNT,
+                )
+                batch = [Notification.from_entry(shard, i, f) for i, f in entries if f]
+                await self.handle(batch)
+                claimed += len(batch)
+                if start == "0-0":
+                    break
+        if claimed:
+            log.info("claimed idle entries count=%d consumer=%s", claimed, self.consumer)
+        return claimed
+
+    async def handle(self, batch: Sequence[Notification]) -> None:
+        by_shard: dict[int, list[Notification]] = defaultdict(list)
+        for n in batch:
+            by_shard[n.shard].append(n)
+        await asyncio.gather(*(self._handle_shard(s, items) for s, items in by_shard.items()))
+
+    async def _handle_shard(self, shard: int, batch: list[Notification]) -> None:
+        keys = ShardKeys.of(shard)
+        args: list[Arg] = []
+        for n in batch:
+            args += [n.conversation_id, n.generation, n.level]
+        codes = await self.scripts.recheck.run(self.redis, [keys.records], args)
+        to_send = [n for n, code in zip(batch, codes, strict=True) if code == SEND]
+        for n, code in zip(batch, codes, strict=True):
+            if code != SEND:
+                metrics.SUPPRESSED.labels("stale" if code == STALE else "duplicate").inc()
+        fired_at = int(time.time() * 1000)
+        outgoing = [n.outgoing(fired_at) for n in to_send]
+        failures = await self._send(outgoing)
+        done: list[tuple[Notification, int]] = [(n, 0) for n, c in zip(batch, codes) if c != SEND]
+        for item in outgoing:
+            error = failures.get(item.notification.entry_id)
+            if error is None:
+                done.append((item.notification, item.notification.level))
+                metrics.SENT.labels(str(item.notification.level)).inc()
+                lateness = max(0, item.fired_at_ms - item.notification.due_at_ms)
+                metrics.LATENESS.observe(lateness / 1000)
+        await self._ack(keys, done)
+        for item in outgoing:
+            error = failures.get(item.notification.entry_id)
+            if error is not None:
+                await self._failed(keys, item.notification, error)
+
+    async def _send(self, outgoing: list[Outgoing]) -> dict[str, DeliveryError]:
+        """Send to every sink; an event fails when any sink fails (the worst error wins)."""
+        failures: dict[str, DeliveryError] = {}
+        if not outgoing:
+            return failures
+        results = await asyncio.gather(*(sink.send(outgoing) for sink in self.sinks))
+        for sink, outcomes in zip(self.sinks, results, strict=True):
+            for item, error in zip(outgoing, outcomes, strict=True):
+                if error is None:
+                    continue
+                metrics.DELIVERY_FAILED.labels(sink.name).inc()
+                entry = item.notification.entry_id
+                if entry not in failures or error.permanent:
+                    failures[entry] = error
+        return failures
+
+    async def _ack(self, keys: ShardKeys, done: list[tuple[Notification, int]]) -> None:
+        if not done:
+            return
+        args: list[Arg] = [CONSUMER_GROUP, len(done)]
+        for n, level in done:
+            args += [n.entry_id, n.conversation_id, n.generation, level]
+        await self.scripts.ack.run(self.redis, [keys.events, keys.records, keys.attempts], args)
+
+    async def _failed(self, keys: ShardKeys, n: Notification, error: DeliveryError) -> None:
+        attempts = int(await self.redis.hincrby(keys.attempts, n.entry_id, 1))
+        if error.permanent or attempts >= self.settings.max_deliveries:
+            reason = "permanent" if error.permanent else "max_deliveries"
+            await self.dead_letter(keys, n, f"{reason}: {error}", attempts)
+            metrics.DEAD_LETTERED.labels(reason).inc()
+            log.warning(
+                "dead-lettered event_id=%s conversation=%s attempts=%d error=%s",
+                n.event_id,
+                n.conversation_id,
+                attempts,
+                error,
+            )
+            return
+        delay = random.uniform(
+            0, min(self.retry_cap_s, self.settings.retry_base_ms / 1000 * 2**attempts)
+        )
+        log.info(
+            "delivery failed event_id=%s attempt=%d retry_in=%.2fs error=%s",
+            n.event_id,
+            attempts,
+            delay,
+            error,
+        )
+        task = asyncio.create_task(self._retry(keys, n, delay))
+        self.retries.add(task)
+        task.add_done_callback(self.retries.discard)
+
+    async def _retry(self, keys: ShardKeys, n: Notification, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            # Keep the entry ours (resets its idle time); nothing back means it was settled.
+            claimed = await self.redis.xclaim(
+                keys.events, CONSUMER_GROUP, self.consumer, 0, [n.entry_id], justid=True
+            )
+            if claimed:
+                await self.handle([n])
+        except Exception as exc:  # the entry stays pending; XAUTOCLAIM will find it
+            log.warning("retry failed event_id=%s error=%s", n.event_id, exc)
+
+    async def dead_letter(
+        self, keys: ShardKeys, n: Notification, reason: str, attempts: int
+    ) -> None:
+        args: list[Arg] = [CONSUMER_GROUP, n.entry_id, reason, attempts]
+        for field, value in n.entry_fields().items():
+            args += [field, value]
+        await self.scripts.dead_letter.run(
+            self.redis, [keys.events, keys.dead_letters, keys.attempts], args
+        )
+
+    async def close(self) -> None:
+        for task in list(self.retries):
+            task.cancel()
+        await asyncio.gather(*self.retries, return_exceptions=True)
+        for sink in self.sinks:
+            await sink.close()
+
+
+def _stream_items(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+    """XREADGROUP's (RESP2) reply as (stream, entries); None when BLOCK timed out."""
+    return [(name, entries) for name, entries in reply or []]
+
+
+def _shard_of_stream(name: str) -> int:
+    return int(name[name.index("{") + 1 : name.index("}")])

@@ -1,0 +1,88 @@
+"""Notification events: built from a shard stream entry, identified deterministically."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tracker.timefmt import format_ms
+
+
+def event_id(conversation_id: str, waiting_since_ms: int, level: int) -> str:
+    """The same conversation, waiting-since and level always give the same id."""
+    digest = hashlib.sha256(f"{conversation_id}|{waiting_since_ms}|{level}".encode()).hexdigest()
+    return f"evt_{digest[:32]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One due level of one conversation, as it travels from the stream to the sinks."""
+
+    entry_id: str
+    shard: int
+    conversation_id: str
+    level: int
+    generation: int
+    agent_id: str
+    message_id: str
+    waiting_since_ms: int
+    due_at_ms: int
+
+    @classmethod
+    def from_entry(cls, shard: int, entry_id: str, fields: dict[str, str]) -> Notification:
+        return cls(
+            entry_id=entry_id,
+            shard=shard,
+            conversation_id=fields["c"],
+            level=int(fields["l"]),
+            generation=int(fields["g"]),
+            agent_id=fields["a"],
+            message_id=fields["m"],
+            waiting_since_ms=int(fields["s"]),
+            due_at_ms=int(fields["d"]),
+        )
+
+    def entry_fields(self) -> dict[str, str]:
+        """The stream entry's own fields, as the sweep script wrote them."""
+        return {
+            "c": self.conversation_id,
+            "l": str(self.level),
+            "g": str(self.generation),
+            "s": str(self.waiting_since_ms),
+            "d": str(self.due_at_ms),
+            "a": self.agent_id,
+            "m": self.message_id,
+        }
+
+    @property
+    def event_id(self) -> str:
+        return event_id(self.conversation_id, self.waiting_since_ms, self.level)
+
+    def outgoing(self, fired_at_ms: int) -> Outgoing:
+        payload = self.payload(fired_at_ms)
+        return Outgoing(self, fired_at_ms, payload, orjson.dumps(payload))
+
+    def payload(self, fired_at_ms: int) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "conversation_id": self.conversation_id,
+            "level": self.level,
+            "agent_id": self.agent_id,
+            "message_id": self.message_id,
+            "waiting_since": format_ms(self.waiting_since_ms),
+            "due_at": format_ms(self.due_at_ms),
+            "fired_at": format_ms(fired_at_ms),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A notification ready for the sinks: its payload and that payload's JSON bytes."""
+
+    notification: Notification
+    fired_at_ms: int
+    payload: dict[str, Any]
+    body: bytes

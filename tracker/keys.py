@@ -1,0 +1,61 @@
+"""Every Redis key and channel name, and the conversation -> shard mapping.
+
+All keys of one shard carry the hash tag ``{N}`` so that each shard's scripts
+touch one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+CONSUMER_GROUP = "delivery"
+PODS = "timeout:pods"
+WAKE_CHANNEL_PREFIX = "timeout:wake:"
+
+
+def shard_of(conversation_id: str, shard_count: int) -> int:
+    """Stable shard of a conversation: CRC32 of its id, modulo the shard count."""
+    return zlib.crc32(conversation_id.encode()) % shard_count
+
+
+def wake_channel(shard: int) -> str:
+    return f"{WAKE_CHANNEL_PREFIX}{shard}"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardKeys:
+    """The names of every key that belongs to one shard."""
+
+    shard: int
+    waiting: str
+    states: str
+    records: str
+    retired: str
+    events: str
+    leader: str
+    fence: str
+    counters: str
+    attempts: str
+    dead_letters: str
+
+    @classmethod
+    def of(cls, shard: int) -> ShardKeys:
+        tag = f"{{{shard}}}"
+        return cls(
+            shard=shard,
+            waiting=f"waiting_conversations:{tag}",
+            states=f"notification_states:{tag}",
+            records=f"conversations:{tag}",
+            retired=f"retired_conversations:{tag}",
+            events=f"timeout_events:{tag}",
+            leader=f"timeout:leader:{tag}",
+            fence=f"timeout:fence:{tag}",
+            counters=f"metrics:timeouts:{tag}",
+            attempts=f"delivery_attempts:{tag}",
+            dead_letters=f"dead_letters:{tag}",
+        )
+
+
+def all_shards(shard_count: int) -> list[ShardKeys]:
+    return [ShardKeys.of(n) for n in range(shard_count)]

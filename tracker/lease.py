@@ -1,0 +1,111 @@
+"""Per-shard leases with fencing tokens, spread evenly over the live sweepers."""
+
+from __future__ import annotations
+
+import logging
+import math
+import zlib
+
+from redis.asyncio import Redis
+
+from tracker import metrics
+from tracker.keys import PODS, ShardKeys
+from tracker.scripts import Scripts, run_batch
+from tracker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Leases:
+    """The shard leases this pod holds; ``balance`` renews them and moves toward a fair share."""
+
+    def __init__(self, redis: Redis, settings: Settings, scripts: Scripts) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.scripts = scripts
+        self.held: dict[int, str] = {}
+        self.gauge = metrics.LEASES_HELD.labels(settings.pod_id)
+        offset = zlib.crc32(settings.pod_id.encode()) % settings.shard_count
+        count = settings.shard_count
+        self.preference = [(offset + i) % count for i in range(count)]
+
+    async def live_pods(self) -> int:
+        """Register this pod as alive for one TTL, and count the pods alive now."""
+        seconds, micros = await self.redis.time()
+        now = seconds * 1000 + micros // 1000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(PODS, {self.settings.pod_id: now + self.settings.leader_ttl_ms})
+            pipe.zremrangebyscore(PODS, "-inf", now)
+            pipe.zcard(PODS)
+            *_, count = await pipe.execute()
+        return max(1, int(count))
+
+    async def balance(self) -> tuple[list[int], list[int]]:
+        """Renew, then take or give up shards toward SHARD_COUNT / live pods.
+
+        Returns (gained, lost) shard numbers.
+        """
+        lost = await self._renew()
+        target = math.ceil(self.settings.shard_count / await self.live_pods())
+        gained: list[int] = []
+        if len(self.held) > target:
+            for shard in sorted(self.held, key=self.preference.index, reverse=True)[
+                : len(self.held) - target
+            ]:
+                await self.release(shard)
+                lost.append(shard)
+        else:
+            for shard in self.preference:
+                if len(self.held) >= target:
+                    break
+                if shard not in self.held and await self._acquire(shard):
+                    gained.append(shard)
+        if gained:
+            metrics.LEADER_CHANGES.labels("gained").inc(len(gained))
+            log.info("leases gained shards=%s pod=%s", gained, self.settings.pod_id)
+        if lost:
+            metrics.LEADER_CHANGES.labels("lost").inc(len(lost))
+            log.info("leases lost shards=%s pod=%s", lost, self.settings.pod_id)
+        self.gauge.set(len(self.held))
+        return gained, lost
+
+    async def _renew(self) -> list[int]:
+        shards = sorted(self.held)
+        if not shards:
+            return []
+        ttl = self.settings.leader_ttl_ms
+        calls = [
+            (self.scripts.lease_renew, [ShardKeys.of(s).leader], [self.held[s], ttl])
+            for s in shards
+        ]
+        results = await run_batch(self.redis, calls)
+        lost = [s for s, ok in zip(shards, results, strict=True) if not int(ok)]
+        for shard in lost:
+            del self.held[shard]
+        return lost
+
+    async def _acquire(self, shard: int) -> bool:
+        k = ShardKeys.of(shard)
+        taken, value = await self.scripts.lease_acquire.run(
+            self.redis, [k.leader, k.fence], [self.settings.pod_id, self.settings.leader_ttl_ms]
+        )
+        if int(taken):
+            self.held[shard] = str(value)
+        return bool(int(taken))
+
+    def drop(self, shard: int) -> None:
+        """Forget a shard whose script said FENCED: another holder has it."""
+        if self.held.pop(shard, None) is not None:
+            metrics.LEADER_CHANGES.labels("lost").inc()
+            self.gauge.set(len(self.held))
+
+    async def release(self, shard: int) -> None:
+        value = self.held.pop(shard, None)
+        if value is not None:
+            await self.scripts.lease_release.run(self.redis, [ShardKeys.of(shard).leader], [value])
+
+    async def release_all(self) -> None:
+        for shard in list(self.held):
+            await self.release(shard)
+        await self.redis.zrem(PODS, self.settings.pod_id)
+        self.gauge.set(0)

@@ -1,0 +1,75 @@
+"""`tracker pod`: prepare one pod's environment and exec supervisord in the foreground.
+
+`tracker ctl ...`: supervisorctl for that same pod (same RUN_DIR).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from tracker.errors import ConfigError
+from tracker.settings import Settings
+
+CONF = "supervisord.conf"
+
+
+def _bin(name: str) -> str:
+    """A console script installed beside this interpreter, else from PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        raise ConfigError(f"{name}: not found; install the project (pip install .)")
+    return found
+
+
+def pod_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
+    """Every variable supervisord.conf expands, derived from the validated settings."""
+    run_dir = settings.run_dir.resolve()
+    embedded = not env.get("REDIS_URL", "").strip()
+    out = dict(env)
+    out.update(
+        RUN_DIR=str(run_dir),
+        PROMETHEUS_MULTIPROC_DIR=str(settings.metrics_dir.resolve()),
+        TRACKER_PYTHON=sys.executable,
+        CONSUMER_PROCESSES=str(settings.consumer_processes),
+        CONSUMER_AUTOSTART="true" if settings.mode == "phase2" else "false",
+        REDIS_AUTOSTART="true" if embedded else "false",
+        REDIS_URL=settings.redis_url,
+        REDIS_DATA_DIR=str(Path(env.get("REDIS_DATA_DIR") or run_dir.parent / "redis").resolve()),
+        REDIS_SERVER=shutil.which("redis-server") or "redis-server",
+    )
+    if embedded and shutil.which("redis-server") is None:
+        raise ConfigError(
+            "redis-server: not on PATH; install it (apt-get install redis-server) or set REDIS_URL"
+        )
+    return out
+
+
+def _config(env: Mapping[str, str]) -> str:
+    conf = Path(env.get("SUPERVISOR_CONFIG") or CONF)
+    if not conf.is_file():
+        raise ConfigError(f"SUPERVISOR_CONFIG: {conf} not found (run from the project root)")
+    return str(conf.resolve())
+
+
+def run_pod(settings: Settings, env: Mapping[str, str]) -> None:
+    """Wipe the metrics dir, create the run dirs, and become supervisord."""
+    pod_env = pod_environment(settings, env)
+    conf = _config(env)
+    metrics_dir = Path(pod_env["PROMETHEUS_MULTIPROC_DIR"])
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    Path(pod_env["RUN_DIR"]).mkdir(parents=True, exist_ok=True)
+    Path(pod_env["REDIS_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    supervisord = _bin("supervisord")
+    os.execve(supervisord, [supervisord, "--nodaemon", "-c", conf], pod_env)
+
+
+def run_ctl(settings: Settings, env: Mapping[str, str], args: list[str]) -> None:
+    pod_env = pod_environment(settings, env)
+    supervisorctl = _bin("supervisorctl")
+    os.execve(supervisorctl, [supervisorctl, "-c", _config(env), *args], pod_env)

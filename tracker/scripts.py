@@ -1,0 +1,89 @@
+"""The Lua scripts: loaded from tracker/lua, run by SHA, reloaded after a SCRIPT FLUSH."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
+
+Arg = str | int | float
+
+
+def _source(name: str) -> str:
+    return (resources.files("tracker") / "lua" / f"{name}.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One Lua file, with the shared prelude prepended."""
+
+    name: str
+    source: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        source = _source("prelude") + "\n" + _source(name)
+        return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+    async def run(self, client: Redis, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+
+    def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """Every script of the tracker, by name."""
+
+    def __init__(self) -> None:
+        self.track = Script.load("track")
+        self.respond = Script.load("respond")
+        self.sweep = Script.load("sweep")
+        self.recheck = Script.load("recheck")
+        self.ack = Script.load("ack")
+        self.dead_letter = Script.load("dead_letter")
+        self.lease_acquire = Script.load("lease_acquire")
+        self.lease_renew = Script.load("lease_renew")
+        self.lease_release = Script.load("lease_release")
+        self.trim = Script.load("trim")
+
+    def all(self) -> list[Script]:
+        return [v for v in vars(self).values() if isinstance(v, Script)]
+
+
+async def run_batch(
+    client: Redis, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]
+) -> list[Any]:
+    """Run many script calls in one round trip; calls hit by NOSCRIPT are loaded and rerun."""
+    results = await _pipeline(client, calls)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        for script in {calls[i][0].name: calls[i][0] for i in missing}.values():
+            await client.script_load(script.source)
+        rerun = await _pipeline(client, [calls[i] for i in missing])
+        for i, result in zip(missing, rerun, strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+async def _pipeline(
+    client: Redis, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]
+) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            script.queue(pipe, keys, args)
+        return await pipe.execute(raise_on_error=False)

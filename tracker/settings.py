@@ -1,0 +1,192 @@
+"""Configuration: read once from the environment, validated, frozen."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from tracker.errors import ConfigError
+from tracker.signing import decode_secret
+
+T = TypeVar("T")
+
+MODES = ("phase1", "phase2")
+REDIS_MODES = ("standalone",)
+SINKS = ("log", "stream", "webhook")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str
+    redis_mode: str
+    mode: str
+    pod_id: str
+    host: str
+    port: int
+    timeout_interval_ms: int
+    level_multipliers: tuple[float, float, float]
+    min_timeout_ms: int
+    max_timeout_ms: int
+    leader_ttl_ms: int
+    check_interval_ms: int
+    shard_count: int
+    consumer_processes: int
+    sweep_batch: int
+    notify_sinks: tuple[str, ...]
+    notify_stream: str
+    notify_stream_maxlen: int
+    webhook_url: str
+    webhook_secrets: tuple[str, ...]
+    webhook_timeout_ms: int
+    max_deliveries: int
+    delivery_timeout_ms: int
+    retry_base_ms: int
+    api_tokens: tuple[str, ...]
+    answered_retention_ms: int
+    run_dir: Path
+    metrics_dir: Path
+    log_format: str
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        r = _Reader(env)
+        run_dir = Path(r.text("RUN_DIR", "var/run"))
+        sinks = r.choices("NOTIFY_SINK", "log", SINKS)
+        webhook_url = r.text("NOTIFY_WEBHOOK_URL", "")
+        secrets = r.items("NOTIFY_WEBHOOK_SECRET")
+        if "webhook" in sinks:
+            _check_http_url("NOTIFY_WEBHOOK_URL", webhook_url)
+            if not secrets:
+                raise ConfigError("NOTIFY_WEBHOOK_SECRET: required when NOTIFY_SINK has webhook")
+            for secret in secrets:
+                decode_secret(secret)
+        interval = r.integer("TIMEOUT_INTERVAL_MS", 30_000, 10, 30 * 86_400_000)
+        settings = cls(
+            redis_url=_redis_url(r.text("REDIS_URL", f"unix://{run_dir.resolve()}/redis.sock")),
+            redis_mode=r.choice("REDIS_MODE", "standalone", REDIS_MODES),
+            mode=r.choice("MODE", "phase2", MODES),
+            pod_id=r.token("POD_ID", socket.gethostname()),
+            host=r.text("HOST", "0.0.0.0"),
+            port=r.integer("PORT", 8080, 0, 65535),
+            timeout_interval_ms=interval,
+            level_multipliers=_multipliers(r.text("LEVEL_MULTIPLIERS", "1,2,3")),
+            min_timeout_ms=r.integer("MIN_TIMEOUT_MS", 100, 10, 86_400_000),
+            max_timeout_ms=r.integer("MAX_TIMEOUT_MS", 7 * 86_400_000, 10, 365 * 86_400_000),
+            leader_ttl_ms=round(r.number("LEADER_ELECTION_TTL", 10.0, 0.5, 3600.0) * 1000),
+            check_interval_ms=r.integer("CHECK_INTERVAL_MS", 1000, 10, 600_000),
+            shard_count=r.integer("SHARD_COUNT", 16, 1, 16384),
+            consumer_processes=r.integer("CONSUMER_PROCESSES", 2, 1, 256),
+            sweep_batch=r.integer("SWEEP_BATCH", 500, 1, 100_000),
+            notify_sinks=sinks,
+            notify_stream=r.token("NOTIFY_STREAM", "timeout_notifications"),
+            notify_stream_maxlen=r.integer("NOTIFY_STREAM_MAXLEN", 1_000_000, 1, 10**10),
+            webhook_url=webhook_url,
+            webhook_secrets=secrets,
+            webhook_timeout_ms=r.integer("NOTIFY_WEBHOOK_TIMEOUT_MS", 5000, 10, 300_000),
+            max_deliveries=r.integer("MAX_DELIVERIES", 5, 1, 1000),
+            delivery_timeout_ms=r.integer("DELIVERY_TIMEOUT_MS", 60_000, 100, 86_400_000),
+            retry_base_ms=r.integer("RETRY_BASE_MS", 500, 1, 600_000),
+            api_tokens=r.items("API_TOKEN"),
+            answered_retention_ms=r.integer(
+                "ANSWERED_RETENTION_MS", 86_400_000, 1000, 365 * 86_400_000
+            ),
+            run_dir=run_dir,
+            metrics_dir=Path(r.text("PROMETHEUS_MULTIPROC_DIR", str(run_dir / "metrics"))),
+            log_format=r.choice("LOG_FORMAT", "text", LOG_FORMATS),
+            log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
+        )
+        if settings.min_timeout_ms > settings.max_timeout_ms:
+            raise ConfigError("MIN_TIMEOUT_MS: must not exceed MAX_TIMEOUT_MS")
+        return settings
+
+    def level_offsets_ms(self, interval_ms: int) -> tuple[int, int, int]:
+        """Delay of each level after the agent message, for one interval."""
+        a, b, c = (round(m * interval_ms) for m in self.level_multipliers)
+        return a, b, c
+
+    def shards_of_consumer(self, index: int) -> list[int]:
+        """The shards consumer ``index`` of this pod reads: its share of the hash space."""
+        return [n for n in range(self.shard_count) if n % self.consumer_processes == index]
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def text(self, name: str, default: str) -> str:
+        value = self.env.get(name, "").strip()
+        return value or default
+
+    def items(self, name: str) -> tuple[str, ...]:
+        return tuple(v.strip() for v in self.env.get(name, "").split(",") if v.strip())
+
+    def _parse(self, name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: expected {kind}, got {raw!r}") from None
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self._parse(name, default, int, "an integer")
+        if not low <= value <= high:
+            raise ConfigError(f"{name}: {value} is outside {low}..{high}")
+        return value
+
+    def number(self, name: str, default: float, low: float, high: float) -> float:
+        value = self._parse(name, default, float, "a number")
+        if not low <= value <= high:
+            raise ConfigError(f"{name}: {value} is outside {low}..{high}")
+        return value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in allowed:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    def choices(self, name: str, default: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+        values = self.items(name) or (default,)
+        for value in values:
+            if value not in allowed:
+                raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+        return tuple(dict.fromkeys(values))
+
+    def token(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        if not value.isprintable() or any(c in value for c in " {}|") or len(value) > 128:
+            raise ConfigError(f"{name}: {value!r} must be 1-128 printable characters, no spaces")
+        return value
+
+
+def _redis_url(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme not in REDIS_SCHEMES:
+        raise ConfigError(f"REDIS_URL: scheme must be one of {', '.join(REDIS_SCHEMES)}")
+    return url
+
+
+def _check_http_url(name: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{name}: expected an http(s) URL, got {url!r}")
+
+
+def _multipliers(raw: str) -> tuple[float, float, float]:
+    try:
+        values = [float(v) for v in raw.split(",")]
+    except ValueError:
+        raise ConfigError(f"LEVEL_MULTIPLIERS: expected three numbers, got {raw!r}") from None
+    if len(values) != 3 or not 0 < values[0] < values[1] < values[2]:
+        raise ConfigError("LEVEL_MULTIPLIERS: expected three increasing positive numbers")
+    return values[0], values[1], values[2]

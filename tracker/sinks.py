@@ -1,0 +1,130 @@
+"""Where notifications go: the log, an outbound Redis stream, a signed HTTP webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+import aiohttp
+from redis.asyncio import Redis
+
+from tracker.connection import UNAVAILABLE
+from tracker.errors import DeliveryError
+from tracker.events import Outgoing
+from tracker.settings import Settings
+from tracker.signing import decode_secret, sign
+
+log = logging.getLogger(__name__)
+
+#: One outcome per notification: None when delivered.
+Outcomes = list[DeliveryError | None]
+
+
+class Sink(Protocol):
+    name: str
+
+    async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
+        """Deliver each event; report each one's failure instead of raising."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LogSink:
+    name = "log"
+
+    async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
+        for item in batch:
+            log.info("notification %s", item.body.decode())
+        return [None] * len(batch)
+
+    async def close(self) -> None:
+        return None
+
+
+class StreamSink:
+    """XADD each event to NOTIFY_STREAM (approximately capped), one round trip a batch."""
+
+    name = "stream"
+
+    def __init__(self, redis: Redis, stream: str, maxlen: int) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.maxlen = maxlen
+
+    async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for item in batch:
+                    fields = {k: str(v) for k, v in item.payload.items()}
+                    pipe.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+                await pipe.execute()
+        except UNAVAILABLE as exc:
+            error = DeliveryError(f"stream sink: {exc}")
+            return [error] * len(batch)
+        return [None] * len(batch)
+
+    async def close(self) -> None:
+        return None
+
+
+class WebhookSink:
+    """One signed POST per event (Standard Webhooks); 4xx but 429 is permanent."""
+
+    name = "webhook"
+
+    def __init__(self, settings: Settings, concurrency: int = 64) -> None:
+        self.url = settings.webhook_url
+        self.keys = tuple(decode_secret(s) for s in settings.webhook_secrets)
+        self.timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_ms / 1000)
+        self.limit = asyncio.Semaphore(concurrency)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
+        return self._session
+
+    async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
+        return list(await asyncio.gather(*(self._post(item) for item in batch)))
+
+    async def _post(self, item: Outgoing) -> DeliveryError | None:
+        timestamp = int(time.time())
+        event_id = item.notification.event_id
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(self.keys, event_id, timestamp, item.body),
+        }
+        async with self.limit:
+            try:
+                async with self._client().post(self.url, data=item.body, headers=headers) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return DeliveryError(f"webhook: {type(exc).__name__}: {exc}")
+        if status < 300:
+            return None
+        permanent = 400 <= status < 500 and status not in (408, 429)
+        return DeliveryError(f"webhook: HTTP {status}", permanent=permanent)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def build_sinks(settings: Settings, redis: Redis) -> list[Sink]:
+    sinks: list[Sink] = []
+    for name in settings.notify_sinks:
+        if name == "log":
+            sinks.append(LogSink())
+        elif name == "stream":
+            sinks.append(StreamSink(redis, settings.notify_stream, settings.notify_stream_maxlen))
+        else:
+            sinks.append(WebhookSink(settings))
+    return sinks

@@ -1,0 +1,206 @@
+"""The sweeper role: hold shard leases, move due timeouts into the shard streams on time.
+
+It sleeps until the earliest deadline of the shards it leads (at most CHECK_INTERVAL_MS),
+and a wake message from the track script cuts the sleep short when an earlier
+deadline arrives. In phase 1 it also delivers what it enqueued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from tracker import maintenance, metrics, progress
+from tracker.connection import UNAVAILABLE, connect
+from tracker.delivery import Deliverer, is_nogroup
+from tracker.keys import WAKE_CHANNEL_PREFIX, ShardKeys
+from tracker.lease import Leases
+from tracker.scripts import Scripts
+from tracker.settings import Settings
+from tracker.sinks import build_sinks
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_EVERY_S = 5.0
+
+
+class Sweeper:
+    def __init__(self, settings: Settings, redis: Redis, scripts: Scripts) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.scripts = scripts
+        self.leases = Leases(redis, settings, scripts)
+        self.next_due: dict[int, float] = {}  # shard -> due ms (Redis clock)
+        self.last_sweep: dict[int, int] = {}
+        self.clock_offset_ms = 0.0  # Redis time minus local time
+        self.wake = asyncio.Event()
+        args = [*settings.level_multipliers, settings.answered_retention_ms]
+        self.sweep_args = [settings.sweep_batch, *args]
+
+    def redis_now_ms(self) -> float:
+        return time.time() * 1000 + self.clock_offset_ms
+
+    async def rebalance(self) -> None:
+        gained, lost = await self.leases.balance()
+        for shard in gained:
+            self.next_due[shard] = 0
+        for shard in lost:
+            self.forget(shard)
+
+    def forget(self, shard: int) -> None:
+        self.next_due.pop(shard, None)
+        self.last_sweep.pop(shard, None)
+        metrics.LAST_SWEEP.labels(str(shard)).set(0)  # not led here any more
+
+    async def sweep_shard(self, shard: int) -> int:
+        """Sweep one shard until nothing is due; returns how many notifications it fired."""
+        k = ShardKeys.of(shard)
+        keys = [k.waiting, k.states, k.records, k.retired, k.events, k.leader, k.counters]
+        fired = 0
+        while True:
+            lease = self.leases.held.get(shard)
+            if lease is None:
+                return fired
+            started = time.perf_counter()
+            try:
+                n, next_due, now, more = await self.scripts.sweep.run(
+                    self.redis, keys, [lease, *self.sweep_args]
+                )
+            except ResponseError as exc:
+                if "FENCED" not in str(exc):
+                    raise
+                log.warning("fenced: lease lost shard=%d pod=%s", shard, self.settings.pod_id)
+                self.leases.drop(shard)
+                self.forget(shard)
+                return fired
+            metrics.CHECK_DURATION.observe(time.perf_counter() - started)
+            self.clock_offset_ms = int(now) - time.time() * 1000
+            fired += int(n)
+            self.next_due[shard] = float(next_due) if int(next_due) >= 0 else float("inf")
+            self.last_sweep[shard] = int(time.time() * 1000)
+            metrics.LAST_SWEEP.labels(str(shard)).set(time.time())
+            if not int(more):
+                return fired
+
+    async def sweep_round(self, everything: bool) -> None:
+        now = self.redis_now_ms()
+        shards = [s for s in self.leases.held if everything or self.next_due.get(s, 0) <= now]
+        await asyncio.gather(*(self.sweep_shard(s) for s in shards))
+        progress.write(self.settings, self.last_sweep)
+
+    def sleep_s(self) -> float:
+        soonest = min(self.next_due.values(), default=float("inf"))
+        wait_ms = min(soonest - self.redis_now_ms(), self.settings.check_interval_ms)
+        return max(0.0, wait_ms / 1000)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        renew_every = self.settings.leader_ttl_ms / 3000
+        next_renew = next_full = next_maintenance = 0.0
+        while not stop.is_set():
+            try:
+                clock = time.monotonic()
+                if clock >= next_renew:
+                    await self.rebalance()
+                    next_renew = clock + renew_every
+                everything = clock >= next_full
+                await self.sweep_round(everything)
+                if everything:
+                    next_full = clock + self.settings.check_interval_ms / 1000
+                if clock >= next_maintenance:
+                    await maintenance.run(self.redis, self.scripts, sorted(self.leases.held))
+                    next_maintenance = clock + MAINTENANCE_EVERY_S
+                timeout = min(self.sleep_s(), max(0.0, next_renew - time.monotonic()))
+            except UNAVAILABLE as exc:
+                metrics.REDIS_ERRORS.labels("sweeper").inc()
+                log.warning("redis unavailable, backing off error=%s", exc)
+                timeout = 1.0
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_first(self.wake, stop), timeout)
+
+    async def listen_wakes(self, stop: asyncio.Event) -> None:
+        """Cut the sleep short when a shard we lead gets an earlier deadline."""
+        while not stop.is_set():
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.psubscribe(WAKE_CHANNEL_PREFIX + "*")
+                    async for message in pubsub.listen():
+                        if message["type"] == "pmessage":
+                            self.on_wake(message["channel"], message["data"])
+            except UNAVAILABLE:
+                await asyncio.sleep(1.0)
+
+    def on_wake(self, channel: str, data: str) -> None:
+        shard = int(channel.removeprefix(WAKE_CHANNEL_PREFIX))
+        due = float(data)
+        if shard in self.next_due and due < self.next_due[shard]:
+            self.next_due[shard] = due
+            self.wake.set()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+async def deliver_led_shards(sweeper: Sweeper, deliverer: Deliverer, stop: asyncio.Event) -> None:
+    """Phase 1: the lease holder delivers what it enqueued, for the shards it leads."""
+    known: set[int] = set()
+    while not stop.is_set():
+        shards = sorted(sweeper.leases.held)
+        try:
+            for shard in set(shards) - known:
+                await deliverer.ensure_group(shard)
+                await deliverer.drain_own([shard])
+            known = set(shards)
+            if not shards:
+                await asyncio.sleep(0.2)
+                continue
+            await deliverer.read(shards, block_ms=500, own=False)
+        except ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            await deliverer.recreate_group(shards)
+        except UNAVAILABLE:
+            await asyncio.sleep(1.0)
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    redis = connect(settings)
+    scripts = Scripts()
+    sweeper = Sweeper(settings, redis, scripts)
+    listener = asyncio.create_task(sweeper.listen_wakes(stop))
+    deliverer, delivering = None, None
+    if settings.mode == "phase1":
+        deliverer = Deliverer(
+            redis, settings, scripts, build_sinks(settings, redis), settings.pod_id
+        )
+        delivering = asyncio.create_task(deliver_led_shards(sweeper, deliverer, stop))
+    log.info(
+        "sweeper started pod=%s mode=%s shards=%d",
+        settings.pod_id,
+        settings.mode,
+        settings.shard_count,
+    )
+    try:
+        await sweeper.run(stop)
+    finally:
+        listener.cancel()
+        if delivering is not None:  # it finishes the batch in hand, then sees stop
+            await asyncio.gather(delivering, return_exceptions=True)
+        if deliverer is not None:
+            await deliverer.close()
+        with contextlib.suppress(*UNAVAILABLE):
+            await sweeper.leases.release_all()
+        progress.clear(settings)
+        await redis.aclose()
+        log.info("sweeper stopped pod=%s", settings.pod_id)
