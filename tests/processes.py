@@ -1,0 +1,169 @@
+"""Real tracker processes and a real webhook receiver, for end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
+
+from tests.redis_server import free_port
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+class Role:
+    """One `python -m tracker ROLE` process, logging to a file, stopped by its pid."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log: Path) -> None:
+        self.args = args
+        self.log = log
+        self.logfile = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tracker", *args],
+            env={**os.environ, **env},
+            stdout=self.logfile,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.logfile.close()
+        return code
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def role_env(redis_url: str, run_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "REDIS_URL": redis_url,
+        "RUN_DIR": str(run_dir),
+        "PROMETHEUS_MULTIPROC_DIR": str(run_dir / "metrics"),
+        "HOST": "127.0.0.1",
+        "LOG_LEVEL": "INFO",
+    }
+    env.update(extra)
+    return env
+
+
+async def wait_http(url: str, timeout: float = 20.0, status: int = 200) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == status:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer {status} within {timeout}s")
+
+
+@dataclass
+class Received:
+    event: dict[str, Any]
+    received_ms: int
+    headers: dict[str, str]
+
+
+@dataclass
+class Receiver:
+    """A local webhook endpoint that verifies Standard Webhooks signatures and records events."""
+
+    port: int = field(default_factory=free_port)
+    secret: str = SECRET
+    status: int = 200
+    events: list[Received] = field(default_factory=list)
+    bad_signatures: int = 0
+    runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        headers = dict(request.headers)
+        try:
+            Webhook(self.secret).verify(body, headers)
+        except Exception:
+            self.bad_signatures += 1
+            return web.Response(status=400)
+        if self.status >= 300:
+            return web.Response(status=self.status)
+        self.events.append(Received(orjson.loads(body), int(time.time() * 1000), headers))
+        return web.Response(status=204)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def by_conversation(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for r in self.events:
+            out.setdefault(r.event["conversation_id"], []).append(int(r.event["level"]))
+        return out
+
+    def lateness_ms(self) -> list[int]:
+        from tracker.timefmt import parse_rfc3339_ms
+
+        return sorted(r.received_ms - parse_rfc3339_ms(r.event["due_at"]) for r in self.events)
+
+
+def percentile(values: list[int], q: float) -> int:
+    if not values:
+        return 0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def post_events(base: str, items: list[dict[str, Any]], chunk: int = 500) -> list[Any]:
+    results: list[Any] = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(0, len(items), chunk):
+            async with session.post(f"{base}/events", json=items[i : i + chunk]) as resp:
+                assert resp.status == 200, await resp.text()
+                results += (await resp.json())["results"]
+    return results
+
+
+async def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return bool(predicate())
