@@ -101,6 +101,7 @@ class Receiver:
     status: int = 200
     events: list[Received] = field(default_factory=list)
     bad_signatures: int = 0
+    delay_s: float = 0.0
     runner: web.AppRunner | None = None
 
     @property
@@ -115,6 +116,8 @@ class Receiver:
         except Exception:
             self.bad_signatures += 1
             return web.Response(status=400)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if self.status >= 300:
             return web.Response(status=self.status)
         self.events.append(Received(orjson.loads(body), int(time.time() * 1000), headers))
@@ -167,3 +170,41 @@ async def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> b
             return True
         await asyncio.sleep(interval)
     return bool(predicate())
+
+
+class Pod:
+    """A whole pod: `tracker pod` (supervisord and every role) in its own RUN_DIR."""
+
+    def __init__(self, name: str, redis_url: str, workdir: Path, **extra: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.run_dir = workdir / name
+        self.env = role_env(redis_url, self.run_dir, POD_ID=name, PORT=str(self.port), **extra)
+        self.role = Role(["pod"], self.env, workdir / f"{name}.log")
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ctl(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "tracker", "ctl", *args],
+            env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60,
+        )
+        return done.stdout + done.stderr
+
+    def pid_of(self, program: str) -> int:
+        return int(self.ctl("pid", program).strip())
+
+    async def metric_sum(self, name: str) -> float:
+        async with aiohttp.ClientSession() as session, session.get(f"{self.base}/metrics") as resp:
+            text = await resp.text()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name) and not line.startswith("#")
+            and line[len(name)] in "{ "
+        )
+
+    def stop(self) -> int:
+        return self.role.stop(timeout=60)
