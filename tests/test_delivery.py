@@ -1,0 +1,194 @@
+"""The delivery path against a real Redis: re-check, acknowledge, retry, dead-letter, trim."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import make_settings
+from tests.redis_server import RedisServer
+from tracker.delivery import Deliverer
+from tracker.errors import DeliveryError
+from tracker.events import Notification, Outgoing
+from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of
+from tracker.scripts import Scripts
+from tracker.settings import Settings
+from tracker.sinks import Outcomes
+from tracker.store import AgentMessage, CustomerResponse, Store
+
+INTERVAL = 100
+
+
+class RecordingSink:
+    """A sink that keeps what it was given and fails the way it is told to."""
+
+    name = "recording"
+
+    def __init__(self, error: DeliveryError | None = None) -> None:
+        self.error = error
+        self.sent: list[Outgoing] = []
+
+    async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
+        if self.error is not None:
+            return [self.error] * len(batch)
+        self.sent.extend(batch)
+        return [None] * len(batch)
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
+    return make_settings(
+        redis_server.url, tmp_path / "run", SHARD_COUNT="1", TIMEOUT_INTERVAL_MS=str(INTERVAL),
+        MAX_DELIVERIES="3", RETRY_BASE_MS="1", DELIVERY_TIMEOUT_MS="100",
+    )
+
+
+async def redis_now_ms(redis: Redis) -> int:
+    seconds, micros = await redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def fire(redis: Redis, settings: Settings, scripts: Scripts, *conversations: str) -> None:
+    """Start each conversation in the past so its level 1 is due, and sweep it into the stream."""
+    store = Store(redis, settings, scripts)
+    since = await redis_now_ms(redis) - INTERVAL - 20
+    for c in conversations:
+        await store.apply(AgentMessage(c, "agent", f"m-{c}", since))
+    k = ShardKeys.of(0)
+    taken, lease = await scripts.lease_acquire.run(redis, [k.leader, k.fence], ["p", 10_000])
+    assert int(taken)
+    keys = [k.waiting, k.states, k.records, k.retired, k.events, k.leader, k.counters]
+    fired, *_ = await scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000])
+    assert int(fired) == len(conversations)
+
+
+async def deliverer(redis: Redis, settings: Settings, sink: RecordingSink) -> Deliverer:
+    d = Deliverer(redis, settings, Scripts(), [sink], "consumer-test")
+    await d.ensure_group(0)
+    return d
+
+
+async def pending(redis: Redis) -> int:
+    info = await redis.xpending(ShardKeys.of(0).events, CONSUMER_GROUP)
+    return int(info["pending"])
+
+
+async def test_delivers_acknowledges_and_marks_the_level(redis: Redis, settings: Settings) -> None:
+    sink = RecordingSink()
+    d = await deliverer(redis, settings, sink)
+    await fire(redis, settings, d.scripts, "c1", "c2")
+    assert await d.read([0], block_ms=None, own=False) == 2
+    assert sorted(o.notification.conversation_id for o in sink.sent) == ["c1", "c2"]
+    assert await pending(redis) == 0
+    view = await Store(redis, settings, d.scripts).get("c1")
+    assert view is not None and view.level_delivered == 1
+
+
+async def test_an_answer_that_reached_redis_first_suppresses_the_send(
+    redis: Redis, settings: Settings
+) -> None:
+    sink = RecordingSink()
+    d = await deliverer(redis, settings, sink)
+    await fire(redis, settings, d.scripts, "answered", "waiting")
+    await Store(redis, settings, d.scripts).apply(CustomerResponse("answered", "cust", "r1", 0))
+    await d.read([0], block_ms=None, own=False)
+    assert [o.notification.conversation_id for o in sink.sent] == ["waiting"]
+    assert await pending(redis) == 0  # the suppressed entry is acknowledged too
+
+
+async def test_a_redelivered_entry_is_not_sent_twice(redis: Redis, settings: Settings) -> None:
+    sink = RecordingSink()
+    d = await deliverer(redis, settings, sink)
+    await fire(redis, settings, d.scripts, "c1")
+    entries = await redis.xrange(ShardKeys.of(0).events)
+    await d.read([0], block_ms=None, own=False)
+    # Another consumer that claimed the same entry before the ack replays it: the mark wins.
+    again = Notification.from_entry(0, entries[0][0], entries[0][1])
+    await d.handle([again])
+    assert len(sink.sent) == 1
+
+
+async def test_retries_then_dead_letters_after_max_deliveries(
+    redis: Redis, settings: Settings
+) -> None:
+    sink = RecordingSink(DeliveryError("HTTP 500"))
+    d = await deliverer(redis, settings, sink)
+    await fire(redis, settings, d.scripts, "c1")
+    await d.read([0], block_ms=None, own=False)
+    for _ in range(100):
+        if await redis.xlen(ShardKeys.of(0).dead_letters) or not d.retries:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.gather(*d.retries)
+    dead = await redis.xrange(ShardKeys.of(0).dead_letters)
+    assert len(dead) == 1
+    assert dead[0][1]["attempts"] == "3" and dead[0][1]["c"] == "c1"
+    assert dead[0][1]["reason"].startswith("max_deliveries")
+    assert await pending(redis) == 0
+    assert await redis.hlen(ShardKeys.of(0).attempts) == 0
+
+
+async def test_a_permanent_failure_dead_letters_at_once(redis: Redis, settings: Settings) -> None:
+    sink = RecordingSink(DeliveryError("HTTP 410", permanent=True))
+    d = await deliverer(redis, settings, sink)
+    await fire(redis, settings, d.scripts, "c1")
+    await d.read([0], block_ms=None, own=False)
+    dead = await redis.xrange(ShardKeys.of(0).dead_letters)
+    assert len(dead) == 1 and dead[0][1]["attempts"] == "1"
+    assert not d.retries
+
+
+async def test_idle_entries_of_a_dead_consumer_are_claimed(redis: Redis, settings: Settings) -> None:
+    await fire(redis, settings, Scripts(), "c1")
+    k = ShardKeys.of(0)
+    await redis.xgroup_create(k.events, CONSUMER_GROUP, id="0")
+    await redis.xreadgroup(CONSUMER_GROUP, "dead-consumer", {k.events: ">"}, count=10)
+    sink = RecordingSink()
+    d = Deliverer(redis, settings, Scripts(), [sink], "survivor")
+    assert await d.claim([0]) == 0  # not idle long enough yet
+    await asyncio.sleep(settings.delivery_timeout_ms / 1000 + 0.05)
+    assert await d.claim([0]) == 1
+    assert len(sink.sent) == 1 and await pending(redis) == 0
+
+
+async def test_trim_keeps_unacknowledged_entries(redis: Redis, settings: Settings) -> None:
+    sink = RecordingSink()
+    d = await deliverer(redis, settings, sink)
+    scripts = d.scripts
+    await fire(redis, settings, scripts, "a1", "a2")
+    await d.read([0], block_ms=None, own=False)  # a1, a2 delivered and acknowledged
+    k = ShardKeys.of(0)
+    store = Store(redis, settings, scripts)
+    since = await redis_now_ms(redis) - INTERVAL - 20
+    for c in ("p1", "p2"):
+        await store.apply(AgentMessage(c, "agent", f"m-{c}", since))
+    lease = await redis.get(k.leader)
+    keys = [k.waiting, k.states, k.records, k.retired, k.events, k.leader, k.counters]
+    await scripts.sweep.run(redis, keys, [str(lease), 100, 1, 2, 3, 60_000])
+    await redis.xreadgroup(CONSUMER_GROUP, "slow", {k.events: ">"}, count=1)  # p1 pending
+    assert await redis.xlen(k.events) == 4
+    trimmed = await scripts.trim.run(redis, [k.events], [])
+    assert int(trimmed) == 2
+    remaining = [f["c"] for _, f in await redis.xrange(k.events)]
+    assert remaining == ["p1", "p2"]  # the pending entry and the unread one stay
+
+
+async def test_a_deleted_stream_gets_its_group_back(redis: Redis, settings: Settings) -> None:
+    d = await deliverer(redis, settings, RecordingSink())
+    await redis.delete(ShardKeys.of(0).events)
+    with pytest.raises(Exception, match="NOGROUP"):
+        await d.read([0], block_ms=None, own=False)
+    await d.recreate_group([0])
+    assert await d.read([0], block_ms=None, own=False) == 0
+
+
+def test_shard_of_is_stable() -> None:
+    assert shard_of("conversation-42", 16) == shard_of("conversation-42", 16)
+    assert {shard_of(f"c{i}", 16) for i in range(200)} == set(range(16))
