@@ -62,8 +62,9 @@ bench: $(STAMP) redis-server
 load-test: $(STAMP)
 	@echo "load-test: not built yet (issue 7)"; exit 1
 
+## demo-multi: two pods on one Redis; the leading sweeper stops; the other takes over
 demo-multi: $(STAMP) redis-server
-	@echo "demo-multi: not built yet (issue 3)"; exit 1
+	$(PY) -m bench.demo_multi
 
 docker-up docker-down docker-logs:
 	@echo "$@: not built yet (issue 5)"; exit 1

@@ -24,7 +24,7 @@ class RedisServer:
     """One redis-server process; restartable on the same port and data dir (AOF tests)."""
 
     def __init__(self, workdir: Path, *, appendonly: bool = False, fsync: str = "everysec") -> None:
-        self.workdir = workdir
+        self.workdir = workdir.resolve()
         self.port = free_port()
         self.appendonly = appendonly
         self.fsync = fsync
