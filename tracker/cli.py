@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -16,6 +16,15 @@ from tracker.timefmt import format_ms
 
 EVENT_FIELDS = ("c", "l", "g", "s", "d", "a", "m")
 HISTORY_SCAN = 10_000
+Entries = list[tuple[str, dict[str, str]]]
+
+
+async def _xrange(redis: Redis, key: str, count: int | None = None) -> Entries:
+    return cast(Entries, await redis.xrange(key, count=count))
+
+
+async def _xrevrange(redis: Redis, key: str, count: int) -> Entries:
+    return cast(Entries, await redis.xrevrange(key, count=count))
 
 
 def _print(data: Any) -> None:
@@ -36,14 +45,8 @@ async def shard_status(redis: Redis, k: ShardKeys, now: int) -> dict[str, Any]:
         pipe.xinfo_groups(k.events)
         pipe.xlen(k.dead_letters)
         leader, ttl, waiting, head, groups, dead = await pipe.execute(raise_on_error=False)
-    group = (
-        next(
-            (g for g in groups if g["name"] == CONSUMER_GROUP),
-            {} if isinstance(groups, list) else {},
-        )
-        if isinstance(groups, list)
-        else {}
-    )
+    groups_list = groups if isinstance(groups, list) else []
+    group: dict[str, Any] = next((g for g in groups_list if g["name"] == CONSUMER_GROUP), {})
     overdue = max(0, now - int(head[0][1])) if head else 0
     return {
         "shard": k.shard,
@@ -60,14 +63,22 @@ async def shard_status(redis: Redis, k: ShardKeys, now: int) -> dict[str, Any]:
 async def status(redis: Redis, settings: Settings) -> int:
     now = await _now_ms(redis)
     shards = [await shard_status(redis, k, now) for k in all_shards(settings.shard_count)]
-    pods = await redis.zrangebyscore(PODS, now, "+inf")
-    header = f"{'shard':>5} {'leader':<24} {'waiting':>8} {'overdue_ms':>10} {'backlog':>8} {'pending':>8} {'dead':>6}"
-    lines = [f"pods alive: {', '.join(pods) or 'none'}", header]
+    pods = cast(list[str], await redis.zrangebyscore(PODS, now, "+inf"))
+    columns = (
+        "shard",
+        "leader",
+        "waiting",
+        "oldest_overdue_ms",
+        "backlog",
+        "pending",
+        "dead_letters",
+    )
+    widths = (5, 24, 8, 17, 8, 8, 12)
+    lines = [f"pods alive: {', '.join(pods) or 'none'}"]
+    lines.append(" ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
     for s in shards:
-        lines.append(
-            f"{s['shard']:>5} {s['leader'] or '-':<24} {s['waiting']:>8} {s['oldest_overdue_ms']:>10}"
-            f" {s['backlog'] if s['backlog'] is not None else '-':>8} {s['pending']:>8} {s['dead_letters']:>6}"
-        )
+        cells = ("-" if s[c] is None else str(s[c]) for c in columns)
+        lines.append(" ".join(f"{v:>{w}}" for v, w in zip(cells, widths, strict=True)))
     unled = [s["shard"] for s in shards if not s["leader"]]
     lines.append(f"shards without a leader: {unled or 'none'}")
     print("\n".join(lines))
@@ -76,7 +87,7 @@ async def status(redis: Redis, settings: Settings) -> int:
 
 async def dead_letters_list(redis: Redis, settings: Settings, limit: int) -> int:
     for k in all_shards(settings.shard_count):
-        for entry_id, fields in await redis.xrange(k.dead_letters, count=limit):
+        for entry_id, fields in await _xrange(redis, k.dead_letters, limit):
             print(orjson.dumps({"shard": k.shard, "id": entry_id, **fields}).decode())
     return 0
 
@@ -85,7 +96,7 @@ async def dead_letters_replay(redis: Redis, settings: Settings, ids: list[str]) 
     """Put dead letters back on their shard stream (all of them, or the given ids)."""
     replayed = 0
     for k in all_shards(settings.shard_count):
-        for entry_id, fields in await redis.xrange(k.dead_letters):
+        for entry_id, fields in await _xrange(redis, k.dead_letters):
             if ids and entry_id not in ids:
                 continue
             async with redis.pipeline(transaction=True) as tx:
@@ -113,9 +124,9 @@ async def conversation(redis: Redis, settings: Settings, conversation_id: str) -
     """One conversation's state, and its entries still in the shard and dead-letter streams."""
     view = await Store(redis, settings, Scripts()).get(conversation_id)
     k = ShardKeys.of(shard_of(conversation_id, settings.shard_count))
-    history = []
+    history: list[dict[str, Any]] = []
     for stream, kind in ((k.events, "notification"), (k.dead_letters, "dead_letter")):
-        for entry_id, fields in await redis.xrevrange(stream, count=HISTORY_SCAN):
+        for entry_id, fields in await _xrevrange(redis, stream, HISTORY_SCAN):
             if fields.get("c") == conversation_id:
                 history.append(
                     {
@@ -127,7 +138,7 @@ async def conversation(redis: Redis, settings: Settings, conversation_id: str) -
                         **({"reason": fields["reason"]} if "reason" in fields else {}),
                     }
                 )
-    history.sort(key=lambda h: h["entry_id"])
+    history.sort(key=lambda h: str(h["entry_id"]))
     _print(
         {
             "shard": k.shard,

@@ -127,13 +127,15 @@ class Deliverer:
             args += [n.conversation_id, n.generation, n.level]
         codes = await self.scripts.recheck.run(self.redis, [keys.records], args)
         to_send = [n for n, code in zip(batch, codes, strict=True) if code == SEND]
-        for n, code in zip(batch, codes, strict=True):
+        for code in codes:
             if code != SEND:
                 metrics.SUPPRESSED.labels("stale" if code == STALE else "duplicate").inc()
         fired_at = int(time.time() * 1000)
         outgoing = [n.outgoing(fired_at) for n in to_send]
         failures = await self._send(outgoing)
-        done: list[tuple[Notification, int]] = [(n, 0) for n, c in zip(batch, codes) if c != SEND]
+        done: list[tuple[Notification, int]] = [
+            (n, 0) for n, c in zip(batch, codes, strict=True) if c != SEND
+        ]
         for item in outgoing:
             error = failures.get(item.notification.entry_id)
             if error is None:

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from tracker import metrics
 from tracker.keys import PODS, ShardKeys
-from tracker.scripts import Scripts, run_batch
+from tracker.scripts import Call, Scripts, run_batch
 from tracker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,8 @@ class Leases:
         if not shards:
             return []
         ttl = self.settings.leader_ttl_ms
-        calls = [
-            (self.scripts.lease_renew, [ShardKeys.of(s).leader], [self.held[s], ttl])
-            for s in shards
-        ]
+        renew = self.scripts.lease_renew
+        calls: list[Call] = [(renew, [ShardKeys.of(s).leader], [self.held[s], ttl]) for s in shards]
         results = await run_batch(self.redis, calls)
         lost = [s for s, ok in zip(shards, results, strict=True) if not int(ok)]
         for shard in lost:

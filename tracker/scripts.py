@@ -34,10 +34,10 @@ class Script:
 
     async def run(self, client: Redis, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
 
     def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
         pipe.evalsha(self.sha, len(keys), *keys, *args)
@@ -62,9 +62,10 @@ class Scripts:
         return [v for v in vars(self).values() if isinstance(v, Script)]
 
 
-async def run_batch(
-    client: Redis, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]
-) -> list[Any]:
+Call = tuple[Script, Sequence[str], Sequence[Arg]]
+
+
+async def run_batch(client: Redis, calls: Sequence[Call]) -> list[Any]:
     """Run many script calls in one round trip; calls hit by NOSCRIPT are loaded and rerun."""
     results = await _pipeline(client, calls)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
@@ -80,9 +81,7 @@ async def run_batch(
     return results
 
 
-async def _pipeline(
-    client: Redis, calls: Sequence[tuple[Script, Sequence[str], Sequence[Arg]]]
-) -> list[Any]:
+async def _pipeline(client: Redis, calls: Sequence[Call]) -> list[Any]:
     async with client.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             script.queue(pipe, keys, args)
