@@ -22,7 +22,7 @@ from tracker.events import Notification, Outgoing
 from tracker.keys import CONSUMER_GROUP, ShardKeys
 from tracker.scripts import Arg, Scripts
 from tracker.settings import Settings
-from tracker.sinks import Sink
+from tracker.sinks import CircuitOpen, Sink
 
 log = logging.getLogger(__name__)
 
@@ -159,9 +159,10 @@ class Deliverer:
             for item, error in zip(outgoing, outcomes, strict=True):
                 if error is None:
                     continue
-                metrics.DELIVERY_FAILED.labels(sink.name).inc()
+                if not isinstance(error, CircuitOpen):
+                    metrics.DELIVERY_FAILED.labels(sink.name).inc()
                 entry = item.notification.entry_id
-                if entry not in failures or error.permanent:
+                if entry not in failures or _severity(error) > _severity(failures[entry]):
                     failures[entry] = error
         return failures
 
@@ -174,6 +175,9 @@ class Deliverer:
         await self.scripts.ack.run(self.redis, [keys.events, keys.records, keys.attempts], args)
 
     async def _failed(self, keys: ShardKeys, n: Notification, error: DeliveryError) -> None:
+        if isinstance(error, CircuitOpen):  # not attempted: no attempt counted
+            self._schedule_retry(keys, n, min(self.retry_cap_s, error.retry_after_s))
+            return
         attempts = int(await self.redis.hincrby(keys.attempts, n.entry_id, 1))
         if error.permanent or attempts >= self.settings.max_deliveries:
             reason = "permanent" if error.permanent else "max_deliveries"
@@ -197,6 +201,9 @@ class Deliverer:
             delay,
             error,
         )
+        self._schedule_retry(keys, n, delay)
+
+    def _schedule_retry(self, keys: ShardKeys, n: Notification, delay: float) -> None:
         task = asyncio.create_task(self._retry(keys, n, delay))
         self.retries.add(task)
         task.add_done_callback(self.retries.discard)
@@ -229,6 +236,14 @@ class Deliverer:
         await asyncio.gather(*self.retries, return_exceptions=True)
         for sink in self.sinks:
             await sink.close()
+
+
+def _severity(error: DeliveryError) -> int:
+    """Which sink's error decides an event's fate: permanent, then a real attempt, then
+    a breaker's refusal (which alone costs no attempt)."""
+    if error.permanent:
+        return 2
+    return 0 if isinstance(error, CircuitOpen) else 1
 
 
 def _stream_items(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:

@@ -68,6 +68,15 @@ DEAD_LETTERS = Gauge(
     "Entries now in the dead-letter streams of the shards this pod leads",
     multiprocess_mode="livesum",
 )
+WEBHOOK_BREAKER_STATE = Gauge(
+    "timeout_webhook_breaker_state",
+    "Webhook circuit breaker: 0 closed, 1 half-open (probing), 2 open (not sending);"
+    " the worst over this pod's processes",
+    multiprocess_mode="livemax",
+)
+WEBHOOK_BREAKER_OPENED = Counter(
+    "timeout_webhook_breaker_opened", "Times the webhook circuit breaker opened"
+)
 DELIVERY_FAILED = Counter(
     "timeout_deliveries_failed", "Failed delivery attempts, by sink", ["sink"]
 )

@@ -1,4 +1,6 @@
-"""The Lua scripts: loaded from tracker/lua, run by SHA, reloaded after a SCRIPT FLUSH."""
+"""The Lua scripts: loaded from tracker/lua, run by SHA; after a SCRIPT FLUSH (NOSCRIPT)
+the call is rerun with EVAL, which sends the source and caches it again in one step
+(a SCRIPT LOAD followed by EVALSHA could meet a second flush in between)."""
 
 from __future__ import annotations
 
@@ -36,11 +38,13 @@ class Script:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.eval(self.source, len(keys), *keys, *args)
 
     def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
         pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    def queue_source(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
+        pipe.eval(self.source, len(keys), *keys, *args)
 
 
 class Scripts:
@@ -66,13 +70,11 @@ Call = tuple[Script, Sequence[str], Sequence[Arg]]
 
 
 async def run_batch(client: Redis, calls: Sequence[Call]) -> list[Any]:
-    """Run many script calls in one round trip; calls hit by NOSCRIPT are loaded and rerun."""
+    """Run many script calls in one round trip; calls hit by NOSCRIPT are rerun with EVAL."""
     results = await _pipeline(client, calls)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
-        for script in {calls[i][0].name: calls[i][0] for i in missing}.values():
-            await client.script_load(script.source)
-        rerun = await _pipeline(client, [calls[i] for i in missing])
+        rerun = await _pipeline(client, [calls[i] for i in missing], source=True)
         for i, result in zip(missing, rerun, strict=True):
             results[i] = result
     for result in results:
@@ -81,8 +83,11 @@ async def run_batch(client: Redis, calls: Sequence[Call]) -> list[Any]:
     return results
 
 
-async def _pipeline(client: Redis, calls: Sequence[Call]) -> list[Any]:
+async def _pipeline(client: Redis, calls: Sequence[Call], *, source: bool = False) -> list[Any]:
     async with client.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
-            script.queue(pipe, keys, args)
+            if source:
+                script.queue_source(pipe, keys, args)
+            else:
+                script.queue(pipe, keys, args)
         return await pipe.execute(raise_on_error=False)

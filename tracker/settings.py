@@ -45,6 +45,8 @@ class Settings:
     webhook_url: str
     webhook_secrets: tuple[str, ...]
     webhook_timeout_ms: int
+    breaker_failures: int
+    breaker_cooldown_ms: int
     max_deliveries: int
     delivery_timeout_ms: int
     retry_base_ms: int
@@ -91,6 +93,10 @@ class Settings:
             webhook_url=webhook_url,
             webhook_secrets=secrets,
             webhook_timeout_ms=r.integer("NOTIFY_WEBHOOK_TIMEOUT_MS", 5000, 10, 300_000),
+            breaker_failures=r.integer("NOTIFY_WEBHOOK_BREAKER_FAILURES", 5, 1, 100_000),
+            breaker_cooldown_ms=r.integer(
+                "NOTIFY_WEBHOOK_BREAKER_COOLDOWN_MS", 30_000, 10, 3_600_000
+            ),
             max_deliveries=r.integer("MAX_DELIVERIES", 5, 1, 1000),
             delivery_timeout_ms=r.integer("DELIVERY_TIMEOUT_MS", 60_000, 100, 86_400_000),
             retry_base_ms=r.integer("RETRY_BASE_MS", 500, 1, 600_000),

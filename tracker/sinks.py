@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import aiohttp
 from redis.asyncio import Redis
 
+from tracker import metrics
 from tracker.connection import UNAVAILABLE
 from tracker.errors import DeliveryError
 from tracker.events import Outgoing
@@ -71,8 +73,71 @@ class StreamSink:
         return None
 
 
+class CircuitOpen(DeliveryError):
+    """Not attempted: the breaker is open. The entry stays pending and keeps its attempts."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__("webhook: circuit open, not sent")
+        self.retry_after_s = retry_after_s
+
+
+CLOSED, HALF_OPEN, OPEN = 0, 1, 2
+STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half-open", OPEN: "open"}
+
+
+class Breaker:
+    """Circuit breaker: ``failures`` failures in a row open it for ``cooldown_s``;
+    then one probe is let through (half-open): its success closes it, its failure reopens it.
+    """
+
+    def __init__(
+        self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.threshold = failures
+        self.cooldown_s = cooldown_s
+        self.clock = clock
+        self.failures = 0
+        self.state = CLOSED
+        self.opened_at = 0.0
+        metrics.WEBHOOK_BREAKER_STATE.set(CLOSED)
+
+    def allow(self) -> bool:
+        """May a request go now? In half-open, only the first caller (the probe) may."""
+        if self.state == CLOSED:
+            return True
+        if self.state == OPEN and self.clock() - self.opened_at >= self.cooldown_s:
+            self._set(HALF_OPEN)
+            return True
+        return False
+
+    def retry_after_s(self) -> float:
+        """When a request turned away now should come back: after the cool-down, spread."""
+        remaining = self.opened_at + self.cooldown_s - self.clock() if self.state == OPEN else 0.0
+        return max(0.0, remaining) + self.cooldown_s * random.uniform(0.1, 1.0)
+
+    def success(self) -> None:
+        self.failures = 0
+        if self.state != CLOSED:
+            self._set(CLOSED)
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.state == HALF_OPEN or (self.state == CLOSED and self.failures >= self.threshold):
+            self.opened_at = self.clock()
+            self._set(OPEN)
+            metrics.WEBHOOK_BREAKER_OPENED.inc()
+
+    def _set(self, state: int) -> None:
+        self.state = state
+        metrics.WEBHOOK_BREAKER_STATE.set(state)
+        log.warning("webhook circuit %s failures=%d", STATE_NAMES[state], self.failures)
+
+
 class WebhookSink:
-    """One signed POST per event (Standard Webhooks); 4xx but 429 is permanent."""
+    """One signed POST per event (Standard Webhooks); 4xx but 408 and 429 is permanent.
+
+    A circuit breaker stops sending while the endpoint keeps failing.
+    """
 
     name = "webhook"
 
@@ -81,6 +146,7 @@ class WebhookSink:
         self.keys = tuple(decode_secret(s) for s in settings.webhook_secrets)
         self.timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_ms / 1000)
         self.limit = asyncio.Semaphore(concurrency)
+        self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown_ms / 1000)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -102,15 +168,23 @@ class WebhookSink:
             "webhook-signature": sign(self.keys, event_id, timestamp, item.body),
         }
         async with self.limit:
+            if not self.breaker.allow():
+                return CircuitOpen(self.breaker.retry_after_s())
             try:
                 async with self._client().post(self.url, data=item.body, headers=headers) as resp:
                     await resp.read()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:
+                self.breaker.failure()
                 return DeliveryError(f"webhook: {type(exc).__name__}: {exc}")
         if status < 300:
+            self.breaker.success()
             return None
         permanent = 400 <= status < 500 and status not in (408, 429)
+        if permanent:
+            self.breaker.success()  # the endpoint is up; this one event is refused
+        else:
+            self.breaker.failure()
         return DeliveryError(f"webhook: HTTP {status}", permanent=permanent)
 
     async def close(self) -> None:
