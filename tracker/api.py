@@ -232,9 +232,10 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     client = redis if redis is not None else connect(settings)
     app[REDIS] = client
     app[STORE] = Store(client, settings, Scripts())
-    app.router.add_post("/conversations/{id}/agent-message", agent_message)
-    app.router.add_post("/conversations/{id}/customer-response", customer_response)
-    app.router.add_get("/conversations/{id}", get_conversation)
+    # Any id reaches its handler, so a malformed one gets a 422 that says why, not a 404.
+    app.router.add_post("/conversations/{id:[^/]+}/agent-message", agent_message)
+    app.router.add_post("/conversations/{id:[^/]+}/customer-response", customer_response)
+    app.router.add_get("/conversations/{id:[^/]+}", get_conversation)
     app.router.add_post("/events", events)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)

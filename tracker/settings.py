@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -193,6 +194,6 @@ def _multipliers(raw: str) -> tuple[float, float, float]:
         values = [float(v) for v in raw.split(",")]
     except ValueError:
         raise ConfigError(f"LEVEL_MULTIPLIERS: expected three numbers, got {raw!r}") from None
-    if len(values) != 3 or not 0 < values[0] < values[1] < values[2]:
-        raise ConfigError("LEVEL_MULTIPLIERS: expected three increasing positive numbers")
+    if len(values) != 3 or not 0 < values[0] < values[1] < values[2] < math.inf:
+        raise ConfigError("LEVEL_MULTIPLIERS: expected three increasing positive finite numbers")
     return values[0], values[1], values[2]

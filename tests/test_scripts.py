@@ -1,0 +1,654 @@
+"""Each Lua script called directly, against the session's real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ResponseError
+
+from tracker.keys import CONSUMER_GROUP, ShardKeys, wake_channel
+from tracker.scripts import Arg, Scripts
+
+SCRIPTS = Scripts()
+K = ShardKeys.of(3)
+T = 1000  # the interval of these tests, ms
+MULTIPLIERS = (1, 2, 3)
+RETENTION = 60_000
+POD = "pod-a"
+TTL = 10_000
+CONSUMER = "consumer-1"
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def redis_now(r: Redis) -> int:
+    seconds, micros = await r.time()
+    return seconds * 1000 + micros // 1000
+
+
+async def track(
+    r: Redis,
+    cid: str,
+    message_id: str,
+    ts: int = 0,
+    *,
+    agent: str = "agent-1",
+    interval: int = T,
+) -> list[Any]:
+    keys = [K.records, K.waiting, K.states, K.retired]
+    args: list[Arg] = [cid, agent, message_id, ts, interval, MULTIPLIERS[0], wake_channel(K.shard)]
+    return cast(list[Any], await SCRIPTS.track.run(r, keys, args))
+
+
+async def respond(
+    r: Redis, cid: str, message_id: str, ts: int = 0, *, retention: int = RETENTION
+) -> list[Any]:
+    keys = [K.records, K.waiting, K.states, K.retired]
+    return cast(list[Any], await SCRIPTS.respond.run(r, keys, [cid, message_id, ts, retention]))
+
+
+async def acquire(r: Redis, pod: str = POD, ttl: int = TTL) -> list[Any]:
+    return cast(list[Any], await SCRIPTS.lease_acquire.run(r, [K.leader, K.fence], [pod, ttl]))
+
+
+async def lease(r: Redis, pod: str = POD) -> str:
+    taken, value = await acquire(r, pod)
+    assert taken == 1
+    return str(value)
+
+
+async def sweep(
+    r: Redis, lease_value: str, *, batch: int = 100, retention: int = RETENTION
+) -> list[int]:
+    keys = [K.waiting, K.states, K.records, K.retired, K.events, K.leader, K.counters]
+    args: list[Arg] = [lease_value, batch, *MULTIPLIERS, retention]
+    return [int(v) for v in await SCRIPTS.sweep.run(r, keys, args)]
+
+
+async def record(r: Redis, cid: str) -> list[str] | None:
+    raw = await r.hget(K.records, cid)
+    return None if raw is None else str(raw).split("|")
+
+
+def entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
+    """Stream entries as (id, fields) with str types (redis-py types them bytes | str)."""
+    return [(str(entry_id), dict(fields)) for entry_id, fields in raw or []]
+
+
+async def xrange(r: Redis, key: str = K.events) -> list[tuple[str, dict[str, str]]]:
+    return entries(await r.xrange(key))
+
+
+async def events(r: Redis) -> list[dict[str, str]]:
+    return [fields for _, fields in await xrange(r)]
+
+
+async def fired_level(r: Redis, cid: str) -> int | None:
+    level = await r.hget(K.states, cid)
+    return None if level is None else int(level)
+
+
+async def snapshot(r: Redis, cid: str) -> tuple[Any, ...]:
+    """Everything the track and respond scripts may write for one conversation."""
+    return (
+        await r.hget(K.records, cid),
+        await r.zscore(K.waiting, cid),
+        await r.hget(K.states, cid),
+        await r.zscore(K.retired, cid),
+    )
+
+
+async def read_group(r: Redis) -> list[tuple[str, dict[str, str]]]:
+    """Create the delivery group if needed and read every new entry as one consumer."""
+    groups = await r.xinfo_groups(K.events) if await r.exists(K.events) else []
+    if not groups:
+        await r.xgroup_create(K.events, CONSUMER_GROUP, id="0", mkstream=True)
+    reply: Any = await r.xreadgroup(CONSUMER_GROUP, CONSUMER, {K.events: ">"})
+    if not reply:
+        return []
+    return entries(reply[K.events][0] if isinstance(reply, dict) else reply[0][1])
+
+
+async def pending_ids(r: Redis) -> list[str]:
+    rows = await r.xpending_range(K.events, CONSUMER_GROUP, "-", "+", 100)
+    return [str(row["message_id"]) for row in rows]
+
+
+async def fire_level_one(r: Redis, cid: str) -> tuple[str, dict[str, str]]:
+    """A conversation whose level 1 is due, swept and read by the delivery group."""
+    await track(r, cid, "m1", await redis_now(r) - T - 500)
+    assert (await sweep(r, await lease(r)))[0] == 1
+    (entry,) = await read_group(r)
+    return entry
+
+
+async def next_message(pubsub: PubSub, wait: float = 0.3) -> str | None:
+    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+    return None if message is None else str(message["data"])
+
+
+# --- track ---------------------------------------------------------------------------------
+
+
+async def test_track_starts_a_new_conversation(redis: Redis) -> None:
+    ts = await redis_now(redis) - 100
+    assert await track(redis, "c1", "m1", ts, agent="agent-7") == ["started", 1, ts, ts + T]
+    assert await record(redis, "c1") == [
+        *("W", "1", str(ts), str(T), "agent-7", "m1", str(ts)),
+        *("0", "", ""),
+    ]
+    assert await redis.zscore(K.waiting, "c1") == ts + T
+
+
+async def test_track_restarts_from_a_newer_agent_message(redis: Redis) -> None:
+    ts = await redis_now(redis) - T - 500
+    await track(redis, "c1", "m1", ts)
+    assert (await sweep(redis, await lease(redis)))[0] == 1
+    assert await fired_level(redis, "c1") == 1
+
+    newer = ts + 1200
+    assert await track(redis, "c1", "m2", newer) == ["restarted", 2, newer, newer + T]
+    rec = await record(redis, "c1")
+    assert rec is not None
+    assert rec[:3] == ["W", "2", str(newer)]
+    assert rec[5] == "m2"
+    assert await fired_level(redis, "c1") is None
+    assert await redis.zscore(K.waiting, "c1") == newer + T
+
+
+async def test_track_duplicate_message_id_is_a_noop(redis: Redis) -> None:
+    ts = await redis_now(redis)
+    await track(redis, "c1", "m1", ts)
+    before = await snapshot(redis, "c1")
+    assert await track(redis, "c1", "m1", ts + 500) == ["duplicate", 1, ts, ts + T]
+    assert await snapshot(redis, "c1") == before
+
+
+async def test_track_older_agent_message_is_stale_and_changes_nothing(redis: Redis) -> None:
+    ts = await redis_now(redis)
+    await track(redis, "c1", "m2", ts)
+    before = await snapshot(redis, "c1")
+    assert await track(redis, "c1", "m1", ts - 500) == ["stale", 1, ts, ts + T]
+    assert await snapshot(redis, "c1") == before
+
+
+async def test_track_agent_message_older_than_the_answer_is_stale(redis: Redis) -> None:
+    ts = await redis_now(redis) - 5000
+    await track(redis, "c1", "m1", ts)
+    await respond(redis, "c1", "r1", ts + 2000)
+    before = await snapshot(redis, "c1")
+    assert (await track(redis, "c1", "m2", ts + 1000))[0] == "stale"
+    assert await snapshot(redis, "c1") == before
+
+
+async def test_track_after_an_answer_starts_a_new_generation(redis: Redis) -> None:
+    ts = await redis_now(redis) - 5000
+    await track(redis, "c1", "m1", ts)
+    await respond(redis, "c1", "r1", ts + 1000)
+    assert await track(redis, "c1", "m2", ts + 2000) == ["started", 2, ts + 2000, ts + 2000 + T]
+    assert await redis.zscore(K.retired, "c1") is None
+    assert await redis.zscore(K.waiting, "c1") == ts + 2000 + T
+
+
+async def test_track_timestamp_zero_uses_the_redis_clock(redis: Redis) -> None:
+    before = await redis_now(redis)
+    status, _, since, due = await track(redis, "c1", "m1", 0)
+    after = await redis_now(redis)
+    assert status == "started"
+    assert before <= since <= after
+    assert due == since + T
+
+
+async def test_track_publishes_a_wake_only_when_the_deadline_moves_earlier(redis: Redis) -> None:
+    ts = await redis_now(redis)
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(wake_channel(K.shard))
+        assert await pubsub.get_message(timeout=1.0) is not None  # subscribe confirmation
+
+        await track(redis, "c1", "m1", ts)  # first deadline of the shard
+        assert await next_message(pubsub) == str(ts + T)
+        await track(redis, "c2", "m1", ts + 500)  # later than the head: no wake
+        assert await next_message(pubsub) is None
+        await track(redis, "c3", "m1", ts - 500)  # earlier than the head
+        assert await next_message(pubsub) == str(ts - 500 + T)
+        await track(redis, "c3", "m1", ts - 900)  # duplicate: nothing written, no wake
+        assert await next_message(pubsub) is None
+
+
+# --- respond -------------------------------------------------------------------------------
+
+
+async def test_respond_answers_with_the_response_time(redis: Redis) -> None:
+    ts = await redis_now(redis) - 5000
+    await track(redis, "c1", "m1", ts)
+    before = await redis_now(redis)
+    assert await respond(redis, "c1", "r1", ts + 2500) == ["answered", 2500, 1]
+    rec = await record(redis, "c1")
+    assert rec is not None
+    assert rec[0] == "A"
+    assert rec[8:] == ["r1", "2500"]
+    assert await redis.zscore(K.waiting, "c1") is None
+    retire_at = await redis.zscore(K.retired, "c1")
+    assert retire_at is not None
+    assert before + RETENTION <= retire_at <= await redis_now(redis) + RETENTION
+
+
+async def test_respond_duplicate_replay_returns_the_same_response_time(redis: Redis) -> None:
+    ts = await redis_now(redis) - 5000
+    await track(redis, "c1", "m1", ts)
+    await respond(redis, "c1", "r1", ts + 2500)
+    before = await snapshot(redis, "c1")
+    assert await respond(redis, "c1", "r1", ts + 4000) == ["duplicate", 2500, 1]
+    assert await snapshot(redis, "c1") == before
+
+
+async def test_respond_older_than_the_agent_message_is_stale(redis: Redis) -> None:
+    ts = await redis_now(redis)
+    await track(redis, "c1", "m1", ts)
+    before = await snapshot(redis, "c1")
+    assert await respond(redis, "c1", "r1", ts - 1) == ["stale", -1, 1]
+    assert await snapshot(redis, "c1") == before
+
+
+async def test_respond_without_a_waiting_conversation_is_not_waiting(redis: Redis) -> None:
+    assert await respond(redis, "nobody", "r1") == ["not_waiting", -1, 0]
+    assert await redis.dbsize() == 0
+
+    ts = await redis_now(redis) - 5000
+    await track(redis, "c1", "m1", ts)
+    await respond(redis, "c1", "r1", ts + 100)
+    before = await snapshot(redis, "c1")
+    assert await respond(redis, "c1", "r2", ts + 200) == ["not_waiting", -1, 1]
+    assert await snapshot(redis, "c1") == before
+
+
+async def test_respond_timestamp_zero_uses_the_redis_clock(redis: Redis) -> None:
+    ts = await redis_now(redis) - 3000
+    await track(redis, "c1", "m1", ts)
+    before = await redis_now(redis)
+    status, response, _ = await respond(redis, "c1", "r1")
+    after = await redis_now(redis)
+    assert status == "answered"
+    assert before - ts <= response <= after - ts
+
+
+# --- sweep ---------------------------------------------------------------------------------
+
+
+async def test_sweep_fires_the_due_level_and_rearms_the_next(redis: Redis) -> None:
+    ts = await redis_now(redis) - T - 500
+    await track(redis, "c1", "m1", ts, agent="agent-7")
+    fired, next_due, now, more = await sweep(redis, await lease(redis))
+    assert (fired, next_due, more) == (1, ts + 2 * T, 0)
+    assert ts + T <= now <= await redis_now(redis)
+    assert await events(redis) == [
+        {
+            "c": "c1",
+            "l": "1",
+            "g": "1",
+            "s": str(ts),
+            "d": str(ts + T),
+            "a": "agent-7",
+            "m": "m1",
+        }
+    ]
+    assert await fired_level(redis, "c1") == 1
+    assert await redis.zscore(K.waiting, "c1") == ts + 2 * T
+    assert await redis.hgetall(K.counters) == {"total": "1", "level1": "1"}
+
+
+async def test_sweep_fires_nothing_before_due(redis: Redis) -> None:
+    ts = await redis_now(redis)
+    await track(redis, "c1", "m1", ts)
+    fired, next_due, _, more = await sweep(redis, await lease(redis))
+    assert (fired, next_due, more) == (0, ts + T, 0)
+    assert await events(redis) == []
+    assert await fired_level(redis, "c1") is None
+    assert await redis.exists(K.counters) == 0
+
+
+async def test_sweep_escalates_level_by_level(redis: Redis) -> None:
+    interval = 300
+    ts = await redis_now(redis) - interval - 20
+    await track(redis, "c1", "m1", ts, interval=interval)
+    value = await lease(redis)
+    levels = []
+    for _ in range(3):
+        fired, next_due, _, _ = await sweep(redis, value)
+        assert fired == 1
+        levels.append(await fired_level(redis, "c1"))
+        if next_due > 0:
+            await asyncio.sleep((next_due - await redis_now(redis)) / 1000 + 0.01)
+    assert levels == [1, 2, 3]
+    assert [e["l"] for e in await events(redis)] == ["1", "2", "3"]
+    assert [e["d"] for e in await events(redis)] == [str(ts + n * interval) for n in (1, 2, 3)]
+
+
+async def test_sweep_catch_up_fires_only_the_highest_due_level(redis: Redis) -> None:
+    ts = await redis_now(redis) - 10 * T
+    await track(redis, "c1", "m1", ts)
+    value = await lease(redis)
+    assert (await sweep(redis, value))[:2] == [1, -1]
+    assert [(e["l"], e["d"]) for e in await events(redis)] == [("3", str(ts + 3 * T))]
+    assert await redis.hgetall(K.counters) == {"total": "1", "level3": "1"}
+    assert (await sweep(redis, value))[0] == 0
+    assert len(await events(redis)) == 1
+
+
+async def test_sweep_catch_up_from_level_one_jumps_to_the_highest_due(redis: Redis) -> None:
+    interval = 300
+    ts = await redis_now(redis) - interval - 20
+    await track(redis, "c1", "m1", ts, interval=interval)
+    value = await lease(redis)
+    assert (await sweep(redis, value))[0] == 1
+    # The sweeper is away until levels 2 and 3 are both overdue: only level 3 fires.
+    await asyncio.sleep((ts + 3 * interval - await redis_now(redis)) / 1000 + 0.02)
+    assert (await sweep(redis, value))[0] == 1
+    assert [e["l"] for e in await events(redis)] == ["1", "3"]
+
+
+async def test_sweep_after_level_three_leaves_waiting_and_retires_the_record(
+    redis: Redis,
+) -> None:
+    retention = 300
+    await track(redis, "c1", "m1", await redis_now(redis) - 10 * T)
+    value = await lease(redis)
+    await sweep(redis, value, retention=retention)
+    assert await redis.zscore(K.waiting, "c1") is None
+    rec = await record(redis, "c1")
+    assert rec is not None
+    assert rec[0] == "E"
+    assert await fired_level(redis, "c1") == 3
+
+    await sweep(redis, value, retention=retention)  # before the retention ends: kept
+    assert await record(redis, "c1") is not None
+    await asyncio.sleep(retention / 1000 + 0.05)
+    await sweep(redis, value, retention=retention)
+    assert await snapshot(redis, "c1") == (None, None, None, None)
+
+
+async def test_sweep_retires_answered_records(redis: Redis) -> None:
+    retention = 300
+    ts = await redis_now(redis) - 5000
+    await track(redis, "c1", "m1", ts)
+    await respond(redis, "c1", "r1", ts + 100, retention=retention)
+    value = await lease(redis)
+    await sweep(redis, value)
+    assert await record(redis, "c1") is not None
+    await asyncio.sleep(retention / 1000 + 0.05)
+    assert (await sweep(redis, value))[0] == 0
+    assert await snapshot(redis, "c1") == (None, None, None, None)
+    assert await events(redis) == []
+
+
+async def test_sweep_counts_every_level(redis: Redis) -> None:
+    now = await redis_now(redis)
+    await track(redis, "c1", "m1", now - T - 100)
+    await track(redis, "c2", "m1", now - T - 200)
+    await track(redis, "c3", "m1", now - 2 * T - 100)
+    await track(redis, "c4", "m1", now - 5 * T)
+    await track(redis, "c5", "m1", now)
+    assert (await sweep(redis, await lease(redis)))[0] == 4
+    assert await redis.hgetall(K.counters) == {
+        "total": "4",
+        "level1": "2",
+        "level2": "1",
+        "level3": "1",
+    }
+
+
+async def test_sweep_batch_reports_more_due(redis: Redis) -> None:
+    now = await redis_now(redis)
+    for n in range(3):
+        await track(redis, f"c{n}", "m1", now - T - 100 - n)
+    value = await lease(redis)
+    assert (await sweep(redis, value, batch=2))[0::3] == [2, 1]
+    assert (await sweep(redis, value, batch=2))[0::3] == [1, 0]
+
+
+@pytest.mark.parametrize("holder", [None, "pod-b"])
+async def test_sweep_without_the_lease_is_fenced(redis: Redis, holder: str | None) -> None:
+    await track(redis, "c1", "m1", await redis_now(redis) - 10 * T)
+    if holder is not None:
+        await lease(redis, holder)
+    before = await snapshot(redis, "c1")
+    with pytest.raises(ResponseError, match="FENCED"):
+        await sweep(redis, f"{POD}|1")
+    assert await snapshot(redis, "c1") == before
+    assert await redis.exists(K.events, K.counters) == 0
+
+
+async def test_sweep_with_a_stale_token_of_the_same_pod_is_fenced(redis: Redis) -> None:
+    await track(redis, "c1", "m1", await redis_now(redis) - 10 * T)
+    old = await lease(redis)
+    new = await lease(redis)
+    with pytest.raises(ResponseError, match="FENCED"):
+        await sweep(redis, old)
+    assert await events(redis) == []
+    assert (await sweep(redis, new))[0] == 1
+
+
+# --- leases --------------------------------------------------------------------------------
+
+
+def token(value: str) -> int:
+    return int(value.rsplit("|", 1)[1])
+
+
+async def test_lease_acquire_gives_an_increasing_fencing_token(redis: Redis) -> None:
+    taken, first = await acquire(redis, POD)
+    assert taken == 1
+    assert first.startswith(f"{POD}|")
+    assert 0 < await redis.pttl(K.leader) <= TTL
+    assert await redis.get(K.leader) == first
+
+    assert await acquire(redis, "pod-b") == [0, first]
+    assert await redis.get(K.leader) == first
+
+    taken, again = await acquire(redis, POD)
+    assert taken == 1
+    assert token(again) > token(first)
+    assert await redis.get(K.leader) == again
+
+
+async def test_lease_expired_is_taken_by_another_pod_with_a_higher_token(redis: Redis) -> None:
+    _, first = await acquire(redis, POD, ttl=50)
+    await asyncio.sleep(0.1)
+    taken, second = await acquire(redis, "pod-b")
+    assert taken == 1
+    assert second.startswith("pod-b|")
+    assert token(second) > token(first)
+    assert await SCRIPTS.lease_renew.run(redis, [K.leader], [first, TTL]) == 0
+    assert await redis.get(K.leader) == second
+
+
+async def test_lease_renew_extends_only_the_held_lease(redis: Redis) -> None:
+    value = await lease(redis)
+    await redis.pexpire(K.leader, 500)
+    assert await SCRIPTS.lease_renew.run(redis, [K.leader], [value, TTL]) == 1
+    assert await redis.pttl(K.leader) > 500
+
+    newer = await lease(redis)
+    await redis.pexpire(K.leader, 500)
+    assert await SCRIPTS.lease_renew.run(redis, [K.leader], [value, TTL]) == 0
+    assert await redis.pttl(K.leader) <= 500
+    assert await redis.get(K.leader) == newer
+
+
+async def test_lease_release_drops_only_the_held_lease(redis: Redis) -> None:
+    old = await lease(redis)
+    current = await lease(redis)
+    assert await SCRIPTS.lease_release.run(redis, [K.leader], [old]) == 0
+    assert await redis.get(K.leader) == current
+    assert await SCRIPTS.lease_release.run(redis, [K.leader], [current]) == 1
+    assert await redis.exists(K.leader) == 0
+    assert await SCRIPTS.lease_release.run(redis, [K.leader], [current]) == 0
+
+    taken, other = await acquire(redis, "pod-b")
+    assert taken == 1
+    assert token(other) > token(current)
+
+
+# --- recheck -------------------------------------------------------------------------------
+
+
+async def recheck(r: Redis, *triples: tuple[str, int, int]) -> list[int]:
+    args = [v for triple in triples for v in triple]
+    return [int(v) for v in await SCRIPTS.recheck.run(r, [K.records], args)]
+
+
+async def ack(r: Redis, *entries: tuple[str, str, int, int]) -> int:
+    args: list[str | int] = [CONSUMER_GROUP, len(entries)]
+    for entry in entries:
+        args.extend(entry)
+    return int(await SCRIPTS.ack.run(r, [K.events, K.records, K.attempts], args))
+
+
+async def test_recheck_sends_a_current_notification(redis: Redis) -> None:
+    await track(redis, "c1", "m1")
+    assert await recheck(redis, ("c1", 1, 1), ("c1", 1, 3)) == [1, 1]
+
+
+async def test_recheck_is_stale_after_an_answer(redis: Redis) -> None:
+    ts = await redis_now(redis) - 5000
+    await track(redis, "c1", "m1", ts)
+    await respond(redis, "c1", "r1", ts + 100)
+    assert await recheck(redis, ("c1", 1, 1)) == [0]
+
+
+async def test_recheck_is_stale_after_a_restart_or_for_unknown(redis: Redis) -> None:
+    ts = await redis_now(redis)
+    await track(redis, "c1", "m1", ts - 100)
+    await track(redis, "c1", "m2", ts)
+    assert await recheck(redis, ("c1", 1, 1), ("c1", 2, 1), ("nobody", 1, 1)) == [0, 1, 0]
+
+
+async def test_recheck_reports_already_delivered_after_ack(redis: Redis) -> None:
+    entry_id, fields = await fire_level_one(redis, "c1")
+    assert await ack(redis, (entry_id, "c1", int(fields["g"]), 1)) == 1
+    assert await recheck(redis, ("c1", 1, 1), ("c1", 1, 2)) == [2, 1]
+
+
+# --- ack -----------------------------------------------------------------------------------
+
+
+async def test_ack_acknowledges_marks_the_level_and_clears_attempts(redis: Redis) -> None:
+    entry_id, fields = await fire_level_one(redis, "c1")
+    await redis.hset(K.attempts, mapping={entry_id: 2, "other-entry": 1})
+    assert await pending_ids(redis) == [entry_id]
+
+    assert await ack(redis, (entry_id, "c1", int(fields["g"]), int(fields["l"]))) == 1
+    assert await pending_ids(redis) == []
+    rec = await record(redis, "c1")
+    assert rec is not None
+    assert rec[7] == "1"
+    assert await redis.hgetall(K.attempts) == {"other-entry": "1"}
+
+
+async def test_ack_of_a_skipped_or_stale_entry_does_not_mark_the_record(redis: Redis) -> None:
+    now = await redis_now(redis)
+    await track(redis, "c1", "m1", now - T - 500)
+    await track(redis, "c2", "m1", now - T - 500)
+    await sweep(redis, await lease(redis))
+    (id1, _), (id2, _) = await read_group(redis)
+    await track(redis, "c2", "m2", now)  # restarted: generation 2
+    assert await ack(redis, (id1, "c1", 1, 0), (id2, "c2", 1, 1)) == 2
+    assert await pending_ids(redis) == []
+    for cid in ("c1", "c2"):
+        rec = await record(redis, cid)
+        assert rec is not None
+        assert rec[7] == "0"
+
+
+async def test_ack_never_lowers_the_delivered_level(redis: Redis) -> None:
+    entry_id, _ = await fire_level_one(redis, "c1")
+    await redis.xadd(K.events, {"c": "c1", "l": "3", "g": "1"})
+    (late_id, _) = (await read_group(redis))[0]
+    assert await ack(redis, (late_id, "c1", 1, 3), (entry_id, "c1", 1, 1)) == 2
+    rec = await record(redis, "c1")
+    assert rec is not None
+    assert rec[7] == "3"
+
+
+# --- dead_letter ---------------------------------------------------------------------------
+
+
+async def test_dead_letter_moves_the_entry_with_its_reason_and_acks(redis: Redis) -> None:
+    entry_id, fields = await fire_level_one(redis, "c1")
+    await redis.hset(K.attempts, entry_id, 5)
+    keys = [K.events, K.dead_letters, K.attempts]
+    flat = [v for pair in fields.items() for v in pair]
+    args: list[Arg] = [CONSUMER_GROUP, entry_id, "webhook 410 Gone", 5, *flat]
+    dl_id = await SCRIPTS.dead_letter.run(redis, keys, args)
+
+    (dead,) = await xrange(redis, K.dead_letters)
+    assert dead[0] == dl_id
+    assert dead[1] == {
+        "reason": "webhook 410 Gone",
+        "attempts": "5",
+        "source_id": entry_id,
+        **fields,
+    }
+    assert await pending_ids(redis) == []
+    assert await redis.hexists(K.attempts, entry_id) == 0
+
+
+# --- trim ----------------------------------------------------------------------------------
+
+
+async def trim(r: Redis) -> int:
+    return int(await SCRIPTS.trim.run(r, [K.events], []))
+
+
+async def stream_ids(r: Redis) -> list[str]:
+    return [entry_id for entry_id, _ in await xrange(r)]
+
+
+async def test_trim_without_a_stream_or_group_trims_nothing(redis: Redis) -> None:
+    assert await trim(redis) == 0
+    await redis.xadd(K.events, {"c": "c1"})
+    assert await trim(redis) == 0
+    assert await redis.xlen(K.events) == 1
+
+
+async def test_trim_never_trims_a_pending_entry(redis: Redis) -> None:
+    for n in range(3):
+        await redis.xadd(K.events, {"c": f"c{n}"})
+    ids = [entry_id for entry_id, _ in await read_group(redis)]
+    assert await trim(redis) == 0
+    assert await stream_ids(redis) == ids
+
+    await redis.xack(K.events, CONSUMER_GROUP, ids[0], ids[2])
+    assert await trim(redis) == 1
+    assert await stream_ids(redis) == ids[1:]
+
+
+async def test_trim_removes_delivered_and_acked_entries_but_not_unread(redis: Redis) -> None:
+    await redis.xgroup_create(K.events, CONSUMER_GROUP, id="0", mkstream=True)
+    ids = [str(await redis.xadd(K.events, {"c": f"c{n}"})) for n in range(4)]
+    reply = await redis.xreadgroup(CONSUMER_GROUP, CONSUMER, {K.events: ">"}, count=2)
+    assert reply
+    await redis.xack(K.events, CONSUMER_GROUP, *ids[:2])
+    assert await trim(redis) == 2
+    assert await stream_ids(redis) == ids[2:]
+
+    await read_group(redis)
+    await redis.xack(K.events, CONSUMER_GROUP, *ids[2:])
+    assert await trim(redis) == 2
+    assert await redis.xlen(K.events) == 0
+
+
+async def test_trim_keeps_what_the_slowest_group_needs(redis: Redis) -> None:
+    ids = [str(await redis.xadd(K.events, {"c": f"c{n}"})) for n in range(3)]
+    await read_group(redis)
+    await redis.xack(K.events, CONSUMER_GROUP, *ids)
+    await redis.xgroup_create(K.events, "audit", id="0")
+    await redis.xreadgroup("audit", CONSUMER, {K.events: ">"}, count=1)
+    await redis.xack(K.events, "audit", ids[0])
+    assert await trim(redis) == 1
+    assert await stream_ids(redis) == ids[1:]

@@ -1,0 +1,169 @@
+"""Settings.from_env: defaults, good values, and one clear ConfigError per bad value."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracker.errors import ConfigError
+from tracker.settings import Settings
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes, from the Standard Webhooks spec
+WEBHOOK = {
+    "NOTIFY_SINK": "webhook",
+    "NOTIFY_WEBHOOK_URL": "https://hooks.example.test/tracker",
+    "NOTIFY_WEBHOOK_SECRET": SECRET,
+}
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_env({"POD_ID": "pod-1", **env})
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({"RUN_DIR": "/srv/tracker"})
+    assert s.redis_url == "unix:///srv/tracker/redis.sock"
+    assert s.redis_mode == "standalone"
+    assert s.mode == "phase2"
+    assert s.port == 8080
+    assert s.timeout_interval_ms == 30_000
+    assert s.level_multipliers == (1.0, 2.0, 3.0)
+    assert s.level_offsets_ms(30_000) == (30_000, 60_000, 90_000)
+    assert s.leader_ttl_ms == 10_000
+    assert s.check_interval_ms == 1000
+    assert s.shard_count == 16
+    assert s.notify_sinks == ("log",)
+    assert s.api_tokens == ()
+    assert s.run_dir == Path("/srv/tracker")
+    assert s.metrics_dir == Path("/srv/tracker/metrics")
+    assert s.pod_id
+
+
+def test_good_values() -> None:
+    s = settings(
+        REDIS_URL="rediss://user:secret@redis.example.test:6380/2",
+        MODE="phase1",
+        PORT="9090",
+        TIMEOUT_INTERVAL_MS=" 5000 ",
+        LEVEL_MULTIPLIERS="1,1.5,4",
+        LEADER_ELECTION_TTL="2.5",
+        CHECK_INTERVAL_MS="250",
+        SHARD_COUNT="64",
+        CONSUMER_PROCESSES="4",
+        API_TOKEN="token-a, token-b,,",
+        NOTIFY_SINK="log,stream,log",
+        NOTIFY_STREAM="outbound",
+        MIN_TIMEOUT_MS="500",
+        MAX_TIMEOUT_MS="500",
+        PROMETHEUS_MULTIPROC_DIR="/tmp/prom",
+        LOG_FORMAT="json",
+        LOG_LEVEL="DEBUG",
+    )
+    assert s.redis_url == "rediss://user:secret@redis.example.test:6380/2"
+    assert (s.mode, s.port, s.pod_id) == ("phase1", 9090, "pod-1")
+    assert s.timeout_interval_ms == 5000
+    assert s.level_offsets_ms(5000) == (5000, 7500, 20_000)
+    assert s.leader_ttl_ms == 2500
+    assert (s.check_interval_ms, s.shard_count, s.consumer_processes) == (250, 64, 4)
+    assert s.api_tokens == ("token-a", "token-b")
+    assert s.notify_sinks == ("log", "stream")
+    assert s.notify_stream == "outbound"
+    assert (s.min_timeout_ms, s.max_timeout_ms) == (500, 500)
+    assert s.metrics_dir == Path("/tmp/prom")
+    assert (s.log_format, s.log_level) == ("json", "DEBUG")
+
+
+def test_webhook_sink() -> None:
+    s = settings(**{**WEBHOOK, "NOTIFY_WEBHOOK_SECRET": f"{SECRET}, {SECRET[:-1]}Y"})
+    assert s.notify_sinks == ("webhook",)
+    assert s.webhook_url == WEBHOOK["NOTIFY_WEBHOOK_URL"]
+    assert len(s.webhook_secrets) == 2
+
+
+def test_empty_values_fall_back_to_defaults() -> None:
+    s = settings(PORT="", SHARD_COUNT="  ", NOTIFY_SINK=" , ", MODE="")
+    assert (s.port, s.shard_count, s.notify_sinks, s.mode) == (8080, 16, ("log",), "phase2")
+
+
+def test_consumer_shares_cover_every_shard_once() -> None:
+    s = settings(SHARD_COUNT="10", CONSUMER_PROCESSES="3")
+    shares = [s.shards_of_consumer(i) for i in range(3)]
+    assert sorted(n for share in shares for n in share) == list(range(10))
+
+
+BAD = [
+    ("SHARD_COUNT", {"SHARD_COUNT": "zero"}),
+    ("SHARD_COUNT", {"SHARD_COUNT": "0"}),
+    ("SHARD_COUNT", {"SHARD_COUNT": "16384.5"}),
+    ("PORT", {"PORT": "70000"}),
+    ("PORT", {"PORT": "-1"}),
+    ("TIMEOUT_INTERVAL_MS", {"TIMEOUT_INTERVAL_MS": "30s"}),
+    ("TIMEOUT_INTERVAL_MS", {"TIMEOUT_INTERVAL_MS": "5"}),
+    ("LEADER_ELECTION_TTL", {"LEADER_ELECTION_TTL": "ten"}),
+    ("LEADER_ELECTION_TTL", {"LEADER_ELECTION_TTL": "0"}),
+    ("LEADER_ELECTION_TTL", {"LEADER_ELECTION_TTL": "nan"}),
+    ("CHECK_INTERVAL_MS", {"CHECK_INTERVAL_MS": "1e3"}),
+    ("CONSUMER_PROCESSES", {"CONSUMER_PROCESSES": "0"}),
+    ("MAX_DELIVERIES", {"MAX_DELIVERIES": "-5"}),
+    ("MODE", {"MODE": "phase3"}),
+    ("REDIS_MODE", {"REDIS_MODE": "replica"}),
+    ("REDIS_URL", {"REDIS_URL": "http://localhost:6379"}),
+    ("REDIS_URL", {"REDIS_URL": "localhost:6379"}),
+    ("LEVEL_MULTIPLIERS", {"LEVEL_MULTIPLIERS": "1,2"}),
+    ("LEVEL_MULTIPLIERS", {"LEVEL_MULTIPLIERS": "3,2,1"}),
+    ("LEVEL_MULTIPLIERS", {"LEVEL_MULTIPLIERS": "0,1,2"}),
+    ("LEVEL_MULTIPLIERS", {"LEVEL_MULTIPLIERS": "1,two,3"}),
+    ("LEVEL_MULTIPLIERS", {"LEVEL_MULTIPLIERS": "1,2,inf"}),
+    ("LEVEL_MULTIPLIERS", {"LEVEL_MULTIPLIERS": "1,2,nan"}),
+    ("NOTIFY_SINK", {"NOTIFY_SINK": "log,email"}),
+    ("NOTIFY_WEBHOOK_URL", {"NOTIFY_SINK": "webhook", "NOTIFY_WEBHOOK_SECRET": SECRET}),
+    ("NOTIFY_WEBHOOK_URL", {**WEBHOOK, "NOTIFY_WEBHOOK_URL": "ftp://hooks.example.test/"}),
+    ("NOTIFY_WEBHOOK_SECRET", {**WEBHOOK, "NOTIFY_WEBHOOK_SECRET": ""}),
+    ("NOTIFY_WEBHOOK_SECRET", {**WEBHOOK, "NOTIFY_WEBHOOK_SECRET": "whsec_c2hvcnQ="}),
+    ("NOTIFY_STREAM", {"NOTIFY_STREAM": "out {1}"}),
+    ("POD_ID", {"POD_ID": "pod 1"}),
+    ("POD_ID", {"POD_ID": "pod|1"}),
+    ("POD_ID", {"POD_ID": "pod{1}"}),
+    ("POD_ID", {"POD_ID": "p" * 129}),
+    ("MIN_TIMEOUT_MS", {"MIN_TIMEOUT_MS": "5000", "MAX_TIMEOUT_MS": "4000"}),
+    ("MAX_TIMEOUT_MS", {"MAX_TIMEOUT_MS": "forever"}),
+    ("ANSWERED_RETENTION_MS", {"ANSWERED_RETENTION_MS": "10"}),
+    ("LOG_LEVEL", {"LOG_LEVEL": "verbose"}),
+    ("LOG_FORMAT", {"LOG_FORMAT": "xml"}),
+]
+
+
+@pytest.mark.parametrize(("variable", "env"), BAD, ids=[f"{v}={e.get(v, '')[:20]}" for v, e in BAD])
+def test_bad_value_raises_config_error_naming_the_variable(
+    variable: str, env: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings(**env)
+    message = str(info.value)
+    assert message.startswith(f"{variable}:")
+    assert "\n" not in message
+
+
+def test_bad_setting_exits_2_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RUN_DIR")}
+    env.update(SHARD_COUNT="zero", RUN_DIR=str(tmp_path / "run"))
+    done = subprocess.run(
+        [sys.executable, "-m", "tracker", "api"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "SHARD_COUNT" in lines[0]
+    assert "zero" in lines[0]
+    assert done.stdout == ""
+    assert not (tmp_path / "run").exists()
