@@ -46,3 +46,14 @@ def make_settings(redis_url: str, run_dir: Path, **overrides: str) -> Settings:
 @pytest.fixture
 def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
     return make_settings(redis_server.url, tmp_path / "run", TIMEOUT_INTERVAL_MS="1000")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The reliability table of the fault tests that ran, also written to var/reliability.md."""
+    from tests import reliability
+
+    if not reliability.ROWS:
+        return
+    text = reliability.write(terminalreporter.config.rootpath / "var" / "reliability.md")
+    terminalreporter.write_sep("-", "reliability (var/reliability.md)")
+    terminalreporter.write(text)

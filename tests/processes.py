@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import signal
 import subprocess
@@ -90,6 +91,7 @@ class Received:
     event: dict[str, Any]
     received_ms: int
     headers: dict[str, str]
+    body: bytes = b""
 
 
 @dataclass
@@ -103,12 +105,15 @@ class Receiver:
     bad_signatures: int = 0
     delay_s: float = 0.0
     runner: web.AppRunner | None = None
+    #: every correctly signed request, answered or not, by webhook-id (delivery attempts)
+    attempts: collections.Counter[str] = field(default_factory=collections.Counter)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
     async def handle(self, request: web.Request) -> web.Response:
+        arrived_ms = int(time.time() * 1000)
         body = await request.read()
         headers = dict(request.headers)
         try:
@@ -116,11 +121,12 @@ class Receiver:
         except Exception:
             self.bad_signatures += 1
             return web.Response(status=400)
+        self.attempts[headers.get("webhook-id", "")] += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.status >= 300:
             return web.Response(status=self.status)
-        self.events.append(Received(orjson.loads(body), int(time.time() * 1000), headers))
+        self.events.append(Received(orjson.loads(body), arrived_ms, headers, body))
         return web.Response(status=204)
 
     async def start(self) -> None:
@@ -189,7 +195,10 @@ class Pod:
     def ctl(self, *args: str) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "tracker", "ctl", *args],
-            env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60,
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return done.stdout + done.stderr
 
@@ -202,8 +211,7 @@ class Pod:
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith(name) and not line.startswith("#")
-            and line[len(name)] in "{ "
+            if line.startswith(name) and not line.startswith("#") and line[len(name)] in "{ "
         )
 
     def stop(self) -> int:

@@ -1,0 +1,151 @@
+"""Helpers of the fault tests: build events, read the shard streams, watch leases and pods."""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis as sync_redis
+
+from tests.processes import Pod
+from tracker.keys import ShardKeys
+from tracker.timefmt import format_ms
+
+#: Short timings every fault test starts from.
+FAST = {
+    "TIMEOUT_INTERVAL_MS": "1000",
+    "LEADER_ELECTION_TTL": "2",
+    "DELIVERY_TIMEOUT_MS": "2000",
+    "CHECK_INTERVAL_MS": "500",
+    "SHARD_COUNT": "8",
+}
+LEVELS = (1, 2, 3)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def agent(conversation_id: str, since_ms: int | None = None, message: str = "m") -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "type": "agent_message",
+        "conversation_id": conversation_id,
+        "agent_id": "agent-1",
+        "message_id": f"{message}-{conversation_id}",
+    }
+    if since_ms is not None:
+        item["timestamp"] = format_ms(since_ms)
+    return item
+
+
+def reply(conversation_id: str, at_ms: int | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "type": "customer_response",
+        "conversation_id": conversation_id,
+        "customer_id": "customer-1",
+        "message_id": f"r-{conversation_id}",
+    }
+    if at_ms is not None:
+        item["timestamp"] = format_ms(at_ms)
+    return item
+
+
+def every_level(ids: list[str]) -> set[tuple[str, int]]:
+    return {(c, level) for c in ids for level in LEVELS}
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """One entry the sweep script wrote into a shard stream."""
+
+    conversation_id: str
+    level: int
+    waiting_since_ms: int
+    due_ms: int
+    enqueued_ms: int  # the entry id's time: Redis's clock at XADD
+
+
+def enqueued(client: sync_redis.Redis, shard_count: int) -> list[Enqueued]:
+    out = []
+    for shard in range(shard_count):
+        entries: Any = client.xrange(ShardKeys.of(shard).events)
+        for entry_id, f in entries:
+            out.append(
+                Enqueued(f["c"], int(f["l"]), int(f["s"]), int(f["d"]), int(entry_id.split("-")[0]))
+            )
+    return out
+
+
+def fired_total(client: sync_redis.Redis, shards: list[int]) -> int:
+    return sum(int(client.hget(ShardKeys.of(s).counters, "total") or 0) for s in shards)
+
+
+def lease_holders(client: sync_redis.Redis, shard_count: int) -> dict[int, str]:
+    """Shard -> pod id of its lease holder (shards without a holder are absent)."""
+    out = {}
+    for shard in range(shard_count):
+        value = client.get(ShardKeys.of(shard).leader)
+        if value:
+            out[shard] = str(value).split("|")[0]
+    return out
+
+
+def lease_counts(client: sync_redis.Redis, shard_count: int) -> collections.Counter[str]:
+    return collections.Counter(lease_holders(client, shard_count).values())
+
+
+def program_states(pod: Pod) -> dict[str, str]:
+    """supervisorctl status as program name -> state (RUNNING, FATAL, ...)."""
+    states = {}
+    for line in pod.ctl("status").splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+POD_PROGRAMS = ("api", "sweeper", "consumer:consumer-0", "consumer:consumer-1")
+
+
+def program_pids(pod: Pod, programs: tuple[str, ...] = POD_PROGRAMS) -> dict[str, int]:
+    return {p: pod.pid_of(p) for p in programs}
+
+
+def where_are(client: sync_redis.Redis, lost: set[tuple[str, int]], shard_count: int) -> str:
+    """For a failure message: what Redis holds about the notifications that never arrived."""
+    from tracker.keys import CONSUMER_GROUP, shard_of
+
+    streams = {(e.conversation_id, e.level) for e in enqueued(client, shard_count)}
+    lines = []
+    for c, level in sorted(lost)[:10]:
+        k = ShardKeys.of(shard_of(c, shard_count))
+        lines.append(
+            f"{c} level {level}: shard {k.shard} record={client.hget(k.records, c)!r}"
+            f" fired={client.hget(k.states, c)!r} due={client.zscore(k.waiting, c)!r}"
+            f" in_stream={(c, level) in streams}"
+        )
+    pending: Any = [
+        client.xpending(ShardKeys.of(s).events, CONSUMER_GROUP)
+        for s in range(shard_count)
+        if client.exists(ShardKeys.of(s).events)
+    ]
+    return "\n".join([*lines, f"pending per shard: {pending}"])
+
+
+def pending_of(client: sync_redis.Redis, consumer: str, shards: list[int]) -> int:
+    """Entries read by ``consumer`` and not acknowledged yet, over the given shards."""
+    from tracker.keys import CONSUMER_GROUP
+
+    total = 0
+    for shard in shards:
+        stream = ShardKeys.of(shard).events
+        if not client.exists(stream):
+            continue
+        try:
+            consumers: Any = client.xinfo_consumers(stream, CONSUMER_GROUP)
+        except sync_redis.ResponseError:
+            continue
+        total += sum(int(c["pending"]) for c in consumers if c["name"] == consumer)
+    return total
