@@ -18,6 +18,7 @@ import redis as sync_redis
 from tests import reliability
 from tests.faults import (
     FAST,
+    SPACED,
     agent,
     enqueued,
     every_level,
@@ -37,10 +38,6 @@ pytestmark = pytest.mark.slow
 
 SHARDS = int(FAST["SHARD_COUNT"])
 TTL_MS = int(float(FAST["LEADER_ELECTION_TTL"]) * 1000)
-# Levels 4 s apart, more than a takeover takes (lease TTL + one renew period): no level is
-# overdue together with the next one, so guarantee 4's catch-up (fire only the highest
-# due level) never applies and every level must arrive.
-SPACED = {"LEVEL_MULTIPLIERS": "1,5,9"}
 
 
 @pytest.mark.parametrize("mode", ["phase2", "phase1"])
