@@ -4,9 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+COMPOSE ?= docker compose -f docker/compose.yaml
 
 .PHONY: run run-phase1 run-phase2 ctl status test test-fast test-coverage bench load-test \
-        demo-multi docker-up docker-down docker-logs fmt lint clean redis-server
+        demo-multi docker-up docker-down docker-logs docker-constraints fmt lint clean redis-server \
+        promtool
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +26,17 @@ redis-server:
 	  fi; }
 	@command -v redis-server >/dev/null || { \
 	  echo "redis-server not found: install it (apt-get install redis-server) or set REDIS_URL"; exit 1; }
+
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules and the
+# dashboard queries in the tests. Only the binary is needed: no Prometheus service.
+promtool:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1; \
+	  fi; }
+	@command -v promtool >/dev/null || { \
+	  echo "promtool not found: install it (apt-get install prometheus)"; exit 1; }
 
 ## run: the whole pod under supervisord in the foreground (embedded Redis unless REDIS_URL)
 run: $(STAMP)
@@ -46,13 +59,13 @@ status: $(STAMP)
 	$(VENV)/bin/tracker status
 
 ## test: the whole suite against real redis-servers the fixtures start
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server promtool
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP) redis-server
+test-fast: $(STAMP) redis-server promtool
 	$(PY) -m pytest -q -m "not slow"
 
-test-coverage: $(STAMP) redis-server
+test-coverage: $(STAMP) redis-server promtool
 	$(PIP) install -q coverage
 	$(PY) -m coverage run -m pytest -q && $(PY) -m coverage report
 
@@ -66,8 +79,21 @@ load-test: $(STAMP)
 demo-multi: $(STAMP) redis-server
 	$(PY) -m bench.demo_multi
 
-docker-up docker-down docker-logs:
-	@echo "$@: not built yet (issue 5)"; exit 1
+## docker-up: Redis, two pods, Prometheus, Grafana and a webhook receiver (docker/compose.yaml)
+docker-up:
+	$(COMPOSE) up --build --detach --wait
+	@echo "pods: localhost:8081 localhost:8082  prometheus: localhost:9090  grafana: localhost:3000"
+	@echo "make docker-logs follows the pods and the webhook receiver"
+
+docker-down:
+	$(COMPOSE) down --remove-orphans
+
+docker-logs:
+	$(COMPOSE) logs --follow --tail=100 tracker-1 tracker-2 webhook
+
+## docker-constraints: re-pin the image's dependencies to the versions in the venv
+docker-constraints: $(STAMP)
+	$(PY) docker/constraints.py > docker/constraints.txt
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format tracker tests bench
