@@ -31,7 +31,10 @@ READ_COUNT = 512
 
 
 def is_nogroup(exc: ResponseError) -> bool:
-    return str(exc).startswith("NOGROUP")
+    """The stream or its group is gone: NOGROUP, or a blocked XREADGROUP that Redis
+    unblocked because its stream key was deleted ("UNBLOCKED the stream key no longer
+    exists")."""
+    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
 
 
 class Deliverer:
