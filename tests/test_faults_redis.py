@@ -1,0 +1,377 @@
+"""Guarantees 1 and 5 against a broken Redis: kill -9 and restart from the AOF, unreachable
+for 10 s, SCRIPT FLUSH under load, the shard streams deleted. Each runs a whole pod under
+supervisord, so "nothing crash-loops" is read from supervisord itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis as sync_redis
+
+from tests import reliability
+from tests.faults import (
+    FAST,
+    SPACED,
+    agent,
+    every_level,
+    program_pids,
+    program_states,
+    where_are,
+)
+from tests.processes import Pod, Receiver, post_events, wait_http, wait_until
+from tests.redis_server import RedisServer
+from tracker.keys import ShardKeys, shard_of
+from tracker.timefmt import parse_rfc3339_ms
+
+pytestmark = pytest.mark.slow
+
+SHARDS = int(FAST["SHARD_COUNT"])
+LEVEL_OFFSETS_MS = (1000, 5000, 9000)  # SPACED with the 1 s interval
+
+
+@contextlib.asynccontextmanager
+async def pod_with_receiver(
+    redis_url: str, tmp_path: Path, **env: str
+) -> AsyncIterator[tuple[Pod, Receiver]]:
+    receiver = Receiver()
+    await receiver.start()
+    hook = {"NOTIFY_WEBHOOK_URL": receiver.url, "NOTIFY_WEBHOOK_SECRET": receiver.secret}
+    settings = {**FAST, "MODE": "phase2", "CONSUMER_PROCESSES": "2", "NOTIFY_SINK": "webhook"}
+    pod = Pod("pod-f", redis_url, tmp_path, **{**settings, **hook, **env})
+    try:
+        await wait_http(f"{pod.base}/ready", timeout=30)
+        yield pod, receiver
+    finally:
+        pod.stop()
+        await receiver.stop()
+
+
+def assert_healthy(pod: Pod, pids: dict[str, int]) -> None:
+    """Every program still RUNNING under supervisord, none restarted, no stack trace."""
+    states = program_states(pod)
+    states.pop("redis", None)  # not started: REDIS_URL points at the test's own server
+    assert set(states.values()) == {"RUNNING"}, states
+    assert program_pids(pod) == pids, "a program was restarted"
+
+
+def pairs(receiver: Receiver) -> list[tuple[str, int]]:
+    return [(r.event["conversation_id"], r.event["level"]) for r in receiver.events]
+
+
+@dataclass
+class Load:
+    """Agent messages (and a reply for every third conversation), one request at a time
+    per worker; remembers which writes the API acknowledged with 200."""
+
+    base: str
+    prefix: str
+    acked_agent: dict[str, int] = field(default_factory=dict)  # id -> waiting since ms
+    acked_reply: dict[str, int] = field(default_factory=dict)  # id -> answered at ms
+    unacked: set[str] = field(default_factory=set)
+    statuses: list[int] = field(default_factory=list)
+    missing_retry_after: int = 0
+
+    async def post(self, session: aiohttp.ClientSession, path: str, body: Any) -> Any:
+        try:
+            async with session.post(f"{self.base}{path}", json=body) as resp:
+                self.statuses.append(resp.status)
+                if resp.status == 503 and "Retry-After" not in resp.headers:
+                    self.missing_retry_after += 1
+                return await resp.json() if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            self.statuses.append(0)
+            return None
+
+    async def worker(self, index: int, count: int, pause_s: float) -> None:
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for i in range(count):
+                c = f"{self.prefix}-{index}-{i}"
+                body = {"agent_id": "agent-1", "message_id": f"m-{c}"}
+                got = await self.post(session, f"/conversations/{c}/agent-message", body)
+                if got is None:
+                    self.unacked.add(c)
+                else:
+                    self.acked_agent[c] = parse_rfc3339_ms(got["waiting_since"])
+                    if i % 3 == 0:
+                        body = {"customer_id": "customer-1", "message_id": f"r-{c}"}
+                        path = f"/conversations/{c}/customer-response"
+                        got = await self.post(session, path, body)
+                        if got is None:
+                            self.unacked.add(c)
+                        elif got["status"] == "answered":
+                            since = self.acked_agent[c]
+                            self.acked_reply[c] = since + int(got["response_time_ms"])
+                await asyncio.sleep(pause_s)
+
+    def expected(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+        """(must arrive, may arrive): every level of every acknowledged, unanswered
+        conversation must; a level due before an acknowledged answer may; so may anything
+        of a conversation whose outcome a failed request left unknown."""
+        must, may = set(), set()
+        for c, since in self.acked_agent.items():
+            for level, offset in zip((1, 2, 3), LEVEL_OFFSETS_MS, strict=True):
+                if c in self.unacked:
+                    may.add((c, level))
+                elif c not in self.acked_reply:
+                    must.add((c, level))
+                elif since + offset <= self.acked_reply[c]:
+                    may.add((c, level))
+        for c in self.unacked - set(self.acked_agent):
+            may |= {(c, level) for level in (1, 2, 3)}
+        return must, may
+
+
+def check_acknowledged_writes(client: sync_redis.Redis, load: Load) -> None:
+    """Every write answered 200 is in Redis: the agent message as the record's current
+    message, the answer as its answered state."""
+    missing = []
+    for c in load.acked_agent:
+        raw = client.hget(ShardKeys.of(shard_of(c, SHARDS)).records, c)
+        record = str(raw).split("|") if raw else []
+        if not record or record[5] != f"m-{c}":
+            missing.append(f"{c}: {raw!r}")
+        elif c in load.acked_reply and (record[0] != "A" or record[8] != f"r-{c}"):
+            missing.append(f"{c} answer: {raw!r}")
+    assert not missing, f"{len(missing)} acknowledged writes lost: {missing[:5]}"
+
+
+async def test_no_lost_write_or_timeout_when_redis_is_killed_and_restarts_from_aof(
+    tmp_path: Path,
+) -> None:
+    """kill -9 redis-server (appendfsync always) under load, restart it 2 s later from its
+    AOF. Every 200 the API gave is in Redis, the API answered 503 + Retry-After (never 500)
+    meanwhile, every due level arrives, and no program restarted or went FATAL."""
+    server = RedisServer(tmp_path / "redis", appendonly=True, fsync="always")
+    server.start()
+    try:
+        async with pod_with_receiver(server.url, tmp_path, **SPACED) as (pod, receiver):
+            pids = program_pids(pod)
+            load = Load(pod.base, "r5")
+            workers = asyncio.gather(*(load.worker(w, 150, 0.04) for w in range(4)))
+            await asyncio.sleep(2.0)
+            server.kill(signal.SIGKILL)
+            await asyncio.sleep(2.0)
+            server.start()
+            await workers
+            client = server.client()
+            check_acknowledged_writes(client, load)
+            must, may = load.expected()
+            await wait_until(lambda: set(pairs(receiver)) >= must, timeout=30)
+            await asyncio.sleep(1.0)
+            row = reliability.tally(
+                "kill -9 Redis, restart from AOF",
+                len(load.acked_agent),
+                must,
+                pairs(receiver),
+                receiver.lateness_ms(),
+                allowed=may,
+            )
+            lost = must - set(pairs(receiver))
+            assert not lost, where_are(client, lost, SHARDS)
+            assert row.unexpected == 0
+            assert set(load.statuses) <= {200, 503}, sorted(set(load.statuses))
+            assert load.statuses.count(503) > 0, "the outage was never seen"
+            assert load.missing_retry_after == 0
+            assert_healthy(pod, pids)
+            print(
+                f"\nacknowledged {len(load.acked_agent)} agent messages,"
+                f" {len(load.acked_reply)} answers; {load.statuses.count(503)} answers 503"
+            )
+        assert "Traceback" not in pod.role.output(), pod.role.output()[-3000:]
+    finally:
+        server.stop()
+
+
+async def probe(session: aiohttp.ClientSession, url: str) -> tuple[int, float, bool]:
+    """(status or 0 when no answer, seconds taken, Retry-After present)."""
+    started = time.monotonic()
+    try:
+        async with session.get(url) as resp:
+            return resp.status, time.monotonic() - started, "Retry-After" in resp.headers
+    except (aiohttp.ClientError, TimeoutError):
+        return 0, time.monotonic() - started, False
+
+
+@pytest.mark.parametrize("how", ["frozen", "down"])
+async def test_api_answers_503_while_redis_is_unreachable_and_everything_resumes(
+    how: str, tmp_path: Path
+) -> None:
+    """Redis unreachable for 10 s: SIGSTOPped (requests hang) or killed (refused). /health
+    stays 200 and fast, /ready answers 503, writes answer 200 or 503 with Retry-After and
+    never 500; afterwards /ready recovers by itself, the writes acknowledged are there and
+    new conversations escalate on time, with no program restarted."""
+    server = RedisServer(tmp_path / "redis", appendonly=True, fsync="always")
+    server.start()
+    try:
+        async with pod_with_receiver(server.url, tmp_path, TIMEOUT_INTERVAL_MS="500") as (
+            pod,
+            receiver,
+        ):
+            pids = program_pids(pod)
+            load = Load(pod.base, f"u-{how}")
+            health: list[tuple[int, float, bool]] = []
+            ready: list[tuple[int, float, bool]] = []
+            if how == "frozen":
+                assert server.proc is not None
+                server.proc.send_signal(signal.SIGSTOP)
+            else:
+                server.kill(signal.SIGKILL)
+            outage_end = time.monotonic() + 10.0
+            writes = asyncio.gather(*(load.worker(w, 10, 0.8) for w in range(2)))
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as s:
+                while time.monotonic() < outage_end:
+                    health.append(await probe(s, f"{pod.base}/health"))
+                    ready.append(await probe(s, f"{pod.base}/ready"))
+                    await asyncio.sleep(0.4)
+            if how == "frozen":
+                assert server.proc is not None
+                server.proc.send_signal(signal.SIGCONT)
+            else:
+                server.start()
+            await writes
+            assert all(status == 200 and took < 1.0 for status, took, _ in health), health
+            assert all(status == 503 and retry for status, _, retry in ready[3:]), ready
+            assert set(load.statuses) <= {200, 503}, sorted(set(load.statuses))
+            assert load.missing_retry_after == 0
+            await wait_http(f"{pod.base}/ready", timeout=15)
+            check_acknowledged_writes(server.client(), load)
+
+            ids = [f"after-{how}-{i}" for i in range(50)]
+            await post_events(pod.base, [agent(c) for c in ids])
+            expected = every_level(ids)
+            await wait_until(lambda: set(pairs(receiver)) >= expected, timeout=15)
+            fresh = [r for r in receiver.events if r.event["conversation_id"] in set(ids)]
+            late = [r.received_ms - parse_rfc3339_ms(r.event["due_at"]) for r in fresh]
+            row = reliability.tally(
+                f"Redis unreachable 10 s ({how})",
+                len(ids),
+                expected,
+                [(r.event["conversation_id"], r.event["level"]) for r in fresh],
+                late,
+            )
+            assert row.lost == 0
+            assert row.worst_lateness_ms is not None
+            assert row.worst_lateness_ms < 2000  # back on time
+            assert_healthy(pod, pids)
+            print(f"\nwrites during the outage: {sorted(load.statuses)}")
+        assert "Traceback" not in pod.role.output(), pod.role.output()[-3000:]
+    finally:
+        with contextlib.suppress(Exception):
+            if server.proc is not None:
+                server.proc.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+async def test_script_flush_under_load_is_invisible_to_every_caller(
+    redis_server: RedisServer, redis_sync: sync_redis.Redis, tmp_path: Path
+) -> None:
+    """SCRIPT FLUSH every 20 ms for 4 s while the API ingests, the sweeper sweeps and renews
+    leases and the consumers re-check and acknowledge: every request answers 200, every
+    notification arrives, nothing logs an error or restarts."""
+    async with pod_with_receiver(redis_server.url, tmp_path, TIMEOUT_INTERVAL_MS="300") as (
+        pod,
+        receiver,
+    ):
+        pids = program_pids(pod)
+        load = Load(pod.base, "f7")
+        stop_flushing = time.monotonic() + 4.0
+        flushes = 0
+
+        async def flusher() -> None:
+            nonlocal flushes
+            while time.monotonic() < stop_flushing:
+                redis_sync.script_flush()
+                flushes += 1
+                await asyncio.sleep(0.02)
+
+        batch_ids = [f"f7b-{i}" for i in range(300)]
+
+        async def batches() -> None:
+            for i in range(0, len(batch_ids), 30):
+                await post_events(pod.base, [agent(c) for c in batch_ids[i : i + 30]])
+                await asyncio.sleep(0.3)
+
+        await asyncio.gather(flusher(), batches(), *(load.worker(w, 40, 0.05) for w in range(2)))
+        assert set(load.statuses) == {200}, sorted(set(load.statuses))
+        must, may = load.expected()
+        must |= every_level(batch_ids)
+        await wait_until(lambda: set(pairs(receiver)) >= must, timeout=20)
+        await asyncio.sleep(0.5)
+        row = reliability.tally(
+            "SCRIPT FLUSH every 20 ms for 4 s",
+            len(batch_ids) + len(load.acked_agent),
+            must,
+            pairs(receiver),
+            receiver.lateness_ms(),
+            allowed=may,
+        )
+        assert row.lost == 0
+        assert row.unexpected == 0
+        assert_healthy(pod, pids)
+        print(f"\n{flushes} script flushes")
+    log = pod.role.output()
+    for bad in ("Traceback", "NOSCRIPT", "ERROR", "WARNING"):
+        assert bad not in log, log[log.find(bad) - 2000 : log.find(bad) + 1000]
+
+
+async def test_deleted_streams_get_their_consumer_group_back(
+    redis_server: RedisServer, redis_sync: sync_redis.Redis, tmp_path: Path
+) -> None:
+    """DEL every shard stream (group and all) between two bursts, then once more mid-burst:
+    the consumers recreate the group, timeout_stream_group_recreated_total counts it, later
+    notifications arrive and no program crash-loops."""
+    async with pod_with_receiver(redis_server.url, tmp_path, TIMEOUT_INTERVAL_MS="300") as (
+        pod,
+        receiver,
+    ):
+        pids = program_pids(pod)
+        first = [f"s8a-{i}" for i in range(50)]
+        await post_events(pod.base, [agent(c) for c in first])
+        assert await wait_until(lambda: set(pairs(receiver)) >= every_level(first), 15)
+        await asyncio.sleep(0.5)  # acknowledged, nothing pending
+
+        def delete_streams() -> None:
+            redis_sync.delete(*(ShardKeys.of(s).events for s in range(SHARDS)))
+
+        delete_streams()
+        second = [f"s8b-{i}" for i in range(50)]
+        await post_events(pod.base, [agent(c) for c in second])
+        assert await wait_until(lambda: set(pairs(receiver)) >= every_level(second), 15)
+        recreated = await pod.metric_sum("timeout_stream_group_recreated_total")
+        assert recreated >= 1
+
+        # Mid-burst: whatever sits undelivered in a deleted stream is gone with it (that is
+        # what deleting it means), but everything that falls due afterwards arrives.
+        third = [f"s8c-{i}" for i in range(50)]
+        await post_events(pod.base, [agent(c) for c in third])
+        await asyncio.sleep(0.2)
+        delete_streams()
+        fourth = [f"s8d-{i}" for i in range(50)]
+        await post_events(pod.base, [agent(c) for c in fourth])
+        later = {(c, level) for c in third for level in (2, 3)} | every_level(fourth)
+        assert await wait_until(lambda: set(pairs(receiver)) >= later, 15)
+        ids = first + second + third + fourth
+        row = reliability.tally(
+            "shard streams deleted (twice)",
+            len(ids),
+            every_level(first + second + fourth) | later,
+            pairs(receiver),
+            receiver.lateness_ms(),
+            allowed={(c, 1) for c in third},
+        )
+        assert row.lost == 0
+        assert row.unexpected == 0
+        assert await pod.metric_sum("timeout_stream_group_recreated_total") > recreated
+        await asyncio.sleep(2.0)  # a crash loop would show as a new pid now
+        assert_healthy(pod, pids)
+    assert "Traceback" not in pod.role.output(), pod.role.output()[-3000:]
