@@ -45,8 +45,13 @@ class RecordingSink:
 @pytest.fixture
 def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
     return make_settings(
-        redis_server.url, tmp_path / "run", SHARD_COUNT="1", TIMEOUT_INTERVAL_MS=str(INTERVAL),
-        MAX_DELIVERIES="3", RETRY_BASE_MS="1", DELIVERY_TIMEOUT_MS="100",
+        redis_server.url,
+        tmp_path / "run",
+        SHARD_COUNT="1",
+        TIMEOUT_INTERVAL_MS=str(INTERVAL),
+        MAX_DELIVERIES="3",
+        RETRY_BASE_MS="1",
+        DELIVERY_TIMEOUT_MS="100",
     )
 
 
@@ -145,7 +150,9 @@ async def test_a_permanent_failure_dead_letters_at_once(redis: Redis, settings: 
     assert not d.retries
 
 
-async def test_idle_entries_of_a_dead_consumer_are_claimed(redis: Redis, settings: Settings) -> None:
+async def test_idle_entries_of_a_dead_consumer_are_claimed(
+    redis: Redis, settings: Settings
+) -> None:
     await fire(redis, settings, Scripts(), "c1")
     k = ShardKeys.of(0)
     await redis.xgroup_create(k.events, CONSUMER_GROUP, id="0")

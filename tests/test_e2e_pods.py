@@ -21,8 +21,12 @@ pytestmark = pytest.mark.slow
 
 SHARDS = 8
 POD_SETTINGS = {
-    "MODE": "phase2", "SHARD_COUNT": str(SHARDS), "CONSUMER_PROCESSES": "2",
-    "TIMEOUT_INTERVAL_MS": "1000", "LEADER_ELECTION_TTL": "2", "DELIVERY_TIMEOUT_MS": "2000",
+    "MODE": "phase2",
+    "SHARD_COUNT": str(SHARDS),
+    "CONSUMER_PROCESSES": "2",
+    "TIMEOUT_INTERVAL_MS": "1000",
+    "LEADER_ELECTION_TTL": "2",
+    "DELIVERY_TIMEOUT_MS": "2000",
     "NOTIFY_SINK": "webhook",
 }
 
@@ -41,8 +45,12 @@ def agent_messages(ids: list[str]) -> list[dict[str, Any]]:
 
 def replies(ids: list[str]) -> list[dict[str, Any]]:
     return [
-        {"type": "customer_response", "conversation_id": c, "customer_id": "cu",
-         "message_id": f"r-{c}"}
+        {
+            "type": "customer_response",
+            "conversation_id": c,
+            "customer_id": "cu",
+            "message_id": f"r-{c}",
+        }
         for c in ids
     ]
 
@@ -73,9 +81,17 @@ async def test_two_pods_share_shards_and_deliver_every_level(
     a, b, receiver = two_pods
     for pod in (a, b):
         status = pod.ctl("status")
-        for program in ("api", "sweeper", "consumer:consumer-0", "consumer:consumer-1",
-                        "metrics-listener", "fatal-listener"):
-            assert f"{program} " in status and "RUNNING" in status.split(program, 1)[1].splitlines()[0]
+        for program in (
+            "api",
+            "sweeper",
+            "consumer:consumer-0",
+            "consumer:consumer-1",
+            "metrics-listener",
+            "fatal-listener",
+        ):
+            assert (
+                f"{program} " in status and "RUNNING" in status.split(program, 1)[1].splitlines()[0]
+            )
 
     assert await wait_until(lambda: sorted(leases(redis_sync).values()) == [4, 4], timeout=15)
 
@@ -98,8 +114,10 @@ async def test_two_pods_share_shards_and_deliver_every_level(
     sent += await b.metric_sum("timeout_notifications_sent_total")
     assert sent == len(receiver.events)
     late = receiver.lateness_ms()
-    print(f"\ntwo pods: {len(got)} notifications, {duplicates} duplicates,"
-          f" lateness p50={percentile(late, 0.5)} ms p99={percentile(late, 0.99)} ms")
+    print(
+        f"\ntwo pods: {len(got)} notifications, {duplicates} duplicates,"
+        f" lateness p50={percentile(late, 0.5)} ms p99={percentile(late, 0.99)} ms"
+    )
 
     # One pod leaves the leader race: the other takes every shard, and new work is on time.
     assert "stopped" in a.ctl("stop", "sweeper")
@@ -112,7 +130,9 @@ async def test_two_pods_share_shards_and_deliver_every_level(
         (c, level) for c in late_ids for level in (1, 2, 3)
     }
     late = receiver.lateness_ms()
-    print(f"after stop sweeper on pod-a: p50={percentile(late, 0.5)} ms p99={percentile(late, 0.99)} ms")
+    print(
+        f"after stop sweeper on pod-a: p50={percentile(late, 0.5)} ms p99={percentile(late, 0.99)} ms"
+    )
     assert percentile(late, 0.99) < 2000  # on time: well inside one lease TTL
 
 
@@ -138,10 +158,14 @@ async def test_kill_consumer_mid_batch_loses_nothing(
     os.kill(victim, signal.SIGKILL)
     expected = {(c, level) for c in ids for level in (1, 2, 3)}
     assert await wait_until(
-        lambda: {(r.event["conversation_id"], r.event["level"]) for r in receiver.events} >= expected,
+        lambda: (
+            {(r.event["conversation_id"], r.event["level"]) for r in receiver.events} >= expected
+        ),
         timeout=60,
     )
     ids_by_event = collections.Counter(r.event["event_id"] for r in receiver.events)
-    print(f"\nkill -9 consumer: {len(receiver.events)} received for {len(expected)} expected,"
-          f" {sum(n - 1 for n in ids_by_event.values())} duplicates (same event_id)")
+    print(
+        f"\nkill -9 consumer: {len(receiver.events)} received for {len(expected)} expected,"
+        f" {sum(n - 1 for n in ids_by_event.values())} duplicates (same event_id)"
+    )
     assert a.pid_of("consumer:consumer-0") != victim  # supervisord restarted it

@@ -1,31 +1,125 @@
-"""The Redis client: one per process, reconnecting with backoff."""
+"""The Redis client: one per process, for a standalone server, a Cluster or Sentinel."""
 
 from __future__ import annotations
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ConnectionError,
+    TimeoutError,
+    TryAgainError,
+)
+
+from tracker.errors import ConfigError
 from tracker.settings import Settings
 
 #: Errors that mean "Redis is not reachable right now": 503 at the API, back off in loops.
-UNAVAILABLE = (ConnectionError, TimeoutError, BusyLoadingError, OSError)
+UNAVAILABLE = (
+    ConnectionError,
+    TimeoutError,
+    BusyLoadingError,
+    ClusterDownError,
+    TryAgainError,
+    OSError,
+)
+
+
+def _common(settings: Settings, socket_timeout: float) -> dict[str, Any]:
+    return {
+        "decode_responses": True,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": 2.0,
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+        "retry_on_error": [ConnectionError, TimeoutError],
+        "client_name": f"tracker:{settings.pod_id}",
+    }
+
+
+def sentinel_hosts(url: str) -> list[tuple[str, int]]:
+    """``redis://[user:pass@]h1:26379,h2:26379/0`` -> [(h1, 26379), (h2, 26379)]."""
+    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    hosts = []
+    for item in netloc.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"REDIS_URL: sentinel address {item!r} must be host:port")
+        hosts.append((host.strip("[]"), int(port)))
+    return hosts
+
+
+def _credentials(url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    user, _, password = userinfo.partition(":")
+    db = parts.path.strip("/")
+    return {
+        "username": unquote(user) or None,
+        "password": unquote(password) or None,
+        "db": int(db) if db.isdigit() else 0,
+        "ssl": parts.scheme == "rediss",
+    }
 
 
 def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections: int = 64) -> Redis:
-    """A client for REDIS_URL; commands retry briefly on connection errors."""
-    retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2)
+    """A client for REDIS_URL in REDIS_MODE; commands retry briefly on connection errors.
+
+    A RedisCluster is returned typed as Redis: the tracker only uses commands both share,
+    and every script and pipeline stays within one slot.
+    """
+    common = _common(settings, socket_timeout)
+    if settings.redis_mode == "cluster":
+        cluster = RedisCluster.from_url(
+            settings.redis_url, max_connections=max_connections, **common
+        )
+        return cast(Redis, cluster)
+    if settings.redis_mode == "sentinel":
+        creds = _credentials(settings.redis_url)
+        ssl = creds.pop("ssl")
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            sentinel_hosts(settings.redis_url),
+            sentinel_kwargs={"socket_timeout": 2.0, "decode_responses": True, "ssl": ssl},
+            ssl=ssl,
+            **common,
+        )
+        master = sentinel.master_for(
+            settings.redis_sentinel_master, max_connections=max_connections, **creds
+        )
+        return cast(Redis, master)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections,
         timeout=socket_timeout,
-        decode_responses=True,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=2.0,
-        retry=retry,
-        retry_on_error=[ConnectionError, TimeoutError],
         health_check_interval=15,
-        client_name=f"tracker:{settings.pod_id}",
+        **common,
     )
     return Redis.from_pool(pool)
+
+
+def is_cluster(client: Redis) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+async def pubsub_client(settings: Settings, client: Redis) -> Redis:
+    """A client to subscribe with. Redis Cluster broadcasts PUBLISH to every node, so a
+    plain connection to any one node hears every shard's messages."""
+    if not isinstance(client, RedisCluster):
+        return client
+    await client.initialize()
+    node = client.get_random_node()
+    creds = _credentials(settings.redis_url)
+    return Redis(
+        host=node.host,
+        port=node.port,
+        username=creds["username"],
+        password=creds["password"],
+        ssl=creds["ssl"],
+        decode_responses=True,
+        socket_connect_timeout=2.0,
+    )

@@ -11,12 +11,13 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 from tracker import metrics
+from tracker.connection import is_cluster
 from tracker.errors import DeliveryError
 from tracker.events import Notification, Outgoing
 from tracker.keys import CONSUMER_GROUP, ShardKeys
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 SEND, STALE, DUPLICATE = 1, 0, 2
 READ_COUNT = 512
+CLUSTER_POLL_MS = 20
 
 
 def is_nogroup(exc: ResponseError) -> bool:
@@ -53,6 +55,7 @@ class Deliverer:
         self.scripts = scripts
         self.sinks = sinks
         self.consumer = consumer
+        self.cluster = is_cluster(redis)
         self.retries: set[asyncio.Task[None]] = set()
         self.retry_cap_s = min(30.0, settings.delivery_timeout_ms / 2000)
 
@@ -73,13 +76,20 @@ class Deliverer:
         log.warning("consumer group recreated consumer=%s", self.consumer)
 
     async def read(self, shards: Sequence[int], *, block_ms: int | None, own: bool) -> int:
-        """Read one batch (new entries, or this consumer's own pending ones) and handle it."""
+        """Read one batch (new entries, or this consumer's own pending ones) and handle it.
+
+        On Redis Cluster one XREADGROUP cannot span shards (slots): several shards are
+        then read one by one without blocking, and an empty round sleeps briefly instead.
+        """
         if not shards:
             return 0
-        streams: dict[Any, Any] = {ShardKeys.of(s).events: "0" if own else ">" for s in shards}
-        reply = await self.redis.xreadgroup(
-            CONSUMER_GROUP, self.consumer, streams, count=READ_COUNT, block=block_ms
-        )
+        if len(shards) > 1 and self.cluster:
+            counts = await asyncio.gather(*(self.read([s], block_ms=None, own=own) for s in shards))
+            if not sum(counts) and block_ms:
+                await asyncio.sleep(min(block_ms, CLUSTER_POLL_MS) / 1000)
+            return sum(counts)
+        streams = {ShardKeys.of(s).events: "0" if own else ">" for s in shards}
+        reply = await self._xreadgroup(streams, block_ms)
         batch = [
             Notification.from_entry(_shard_of_stream(name), entry_id, fields)
             for name, entries in _stream_items(reply)
@@ -88,6 +98,29 @@ class Deliverer:
         ]
         await self.handle(batch)
         return len(batch)
+
+    async def _xreadgroup(self, streams: dict[str, str], block_ms: int | None) -> Any:
+        if not self.cluster:
+            return await self.redis.xreadgroup(
+                CONSUMER_GROUP, self.consumer, dict(streams), count=READ_COUNT, block=block_ms
+            )
+        # On a cluster, name the node: redis-py would otherwise ask a fixed node for the
+        # keys of XREADGROUP (COMMAND GETKEYS) and keep asking it after that node failed.
+        cluster = cast(RedisCluster, self.redis)
+        await cluster.initialize()  # a no-op unless a failure asked for a topology refresh
+        ((key, start),) = streams.items()
+        args: list[Any] = [
+            "XREADGROUP",
+            "GROUP",
+            CONSUMER_GROUP,
+            self.consumer,
+            "COUNT",
+            READ_COUNT,
+        ]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
+        args += ["STREAMS", key, start]
+        return await cluster.execute_command(*args, target_nodes=cluster.get_node_from_key(key))
 
     async def drain_own(self, shards: Sequence[int]) -> None:
         """Redeliver what this consumer read before a restart and never acknowledged."""

@@ -41,7 +41,9 @@ class Script:
             return await client.eval(self.source, len(keys), *keys, *args)
 
     def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        # execute_command, not evalsha(): redis-py's cluster pipeline refuses the helper but
+        # routes a raw EVALSHA by its keys, and every call here keeps to one slot.
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
     def queue_source(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
         pipe.eval(self.source, len(keys), *keys, *args)

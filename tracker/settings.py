@@ -16,7 +16,7 @@ from tracker.signing import decode_secret
 T = TypeVar("T")
 
 MODES = ("phase1", "phase2")
-REDIS_MODES = ("standalone",)
+REDIS_MODES = ("standalone", "cluster", "sentinel")
 SINKS = ("log", "stream", "webhook")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -27,6 +27,7 @@ REDIS_SCHEMES = ("redis", "rediss", "unix")
 class Settings:
     redis_url: str
     redis_mode: str
+    redis_sentinel_master: str
     mode: str
     pod_id: str
     host: str
@@ -71,10 +72,16 @@ class Settings:
                 raise ConfigError("NOTIFY_WEBHOOK_SECRET: required when NOTIFY_SINK has webhook")
             for secret in secrets:
                 decode_secret(secret)
+        redis_mode = r.choice("REDIS_MODE", "standalone", REDIS_MODES)
+        if redis_mode != "standalone" and not env.get("REDIS_URL", "").strip():
+            raise ConfigError(f"REDIS_URL: required with REDIS_MODE={redis_mode}")
         interval = r.integer("TIMEOUT_INTERVAL_MS", 30_000, 10, 30 * 86_400_000)
         settings = cls(
-            redis_url=_redis_url(r.text("REDIS_URL", f"unix://{run_dir.resolve()}/redis.sock")),
-            redis_mode=r.choice("REDIS_MODE", "standalone", REDIS_MODES),
+            redis_url=_redis_url(
+                r.text("REDIS_URL", f"unix://{run_dir.resolve()}/redis.sock"), redis_mode
+            ),
+            redis_mode=redis_mode,
+            redis_sentinel_master=r.token("REDIS_SENTINEL_MASTER", "mymaster"),
             mode=r.choice("MODE", "phase2", MODES),
             pod_id=r.token("POD_ID", socket.gethostname()),
             host=r.text("HOST", "0.0.0.0"),
@@ -176,10 +183,12 @@ class _Reader:
         return value
 
 
-def _redis_url(url: str) -> str:
+def _redis_url(url: str, mode: str) -> str:
     scheme = urlsplit(url).scheme
     if scheme not in REDIS_SCHEMES:
         raise ConfigError(f"REDIS_URL: scheme must be one of {', '.join(REDIS_SCHEMES)}")
+    if mode != "standalone" and scheme == "unix":
+        raise ConfigError(f"REDIS_URL: REDIS_MODE={mode} needs redis:// or rediss://")
     return url
 
 

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from tracker import maintenance, metrics, progress
-from tracker.connection import UNAVAILABLE, connect
+from tracker.connection import UNAVAILABLE, connect, pubsub_client
 from tracker.delivery import Deliverer, is_nogroup
 from tracker.keys import WAKE_CHANNEL_PREFIX, ShardKeys
 from tracker.lease import Leases
@@ -47,10 +47,10 @@ class Sweeper:
 
     async def rebalance(self) -> None:
         gained, lost = await self.leases.balance()
+        for shard in lost:  # first: a shard can be lost and taken again in one round
+            self.forget(shard)
         for shard in gained:
             self.next_due[shard] = 0
-        for shard in lost:
-            self.forget(shard)
 
     def forget(self, shard: int) -> None:
         self.next_due.pop(shard, None)
@@ -81,6 +81,8 @@ class Sweeper:
             metrics.CHECK_DURATION.observe(time.perf_counter() - started)
             self.clock_offset_ms = int(now) - time.time() * 1000
             fired += int(n)
+            if int(n):
+                log.debug("swept shard=%d fired=%s next_due=%s", shard, n, next_due)
             self.next_due[shard] = float(next_due) if int(next_due) >= 0 else float("inf")
             self.last_sweep[shard] = int(time.time() * 1000)
             metrics.LAST_SWEEP.labels(str(shard)).set(time.time())
@@ -124,16 +126,27 @@ class Sweeper:
                 await asyncio.wait_for(_first(self.wake, stop), timeout)
 
     async def listen_wakes(self, stop: asyncio.Event) -> None:
-        """Cut the sleep short when a shard we lead gets an earlier deadline."""
+        """Cut the sleep short when a shard we lead gets an earlier deadline.
+
+        Best effort: without it the sweeper still wakes every CHECK_INTERVAL_MS.
+        """
         while not stop.is_set():
+            client = None
             try:
-                async with self.redis.pubsub() as pubsub:
+                client = await pubsub_client(self.settings, self.redis)
+                async with client.pubsub() as pubsub:
                     await pubsub.psubscribe(WAKE_CHANNEL_PREFIX + "*")
                     async for message in pubsub.listen():
                         if message["type"] == "pmessage":
                             self.on_wake(message["channel"], message["data"])
-            except UNAVAILABLE:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("wake subscription lost, retrying error=%s", exc)
                 await asyncio.sleep(1.0)
+            finally:
+                if client is not None and client is not self.redis:
+                    await client.aclose()
 
     def on_wake(self, channel: str, data: str) -> None:
         shard = int(channel.removeprefix(WAKE_CHANNEL_PREFIX))
@@ -166,12 +179,12 @@ async def deliver_led_shards(sweeper: Sweeper, deliverer: Deliverer, stop: async
                 await asyncio.sleep(0.2)
                 continue
             await deliverer.read(shards, block_ms=500, own=False)
+        except UNAVAILABLE:  # first: ClusterDownError is also a ResponseError
+            await asyncio.sleep(1.0)
         except ResponseError as exc:
             if not is_nogroup(exc):
                 raise
             await deliverer.recreate_group(shards)
-        except UNAVAILABLE:
-            await asyncio.sleep(1.0)
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
