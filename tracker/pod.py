@@ -56,15 +56,24 @@ def _config(env: Mapping[str, str]) -> str:
     return str(conf.resolve())
 
 
+def wipe(directory: Path) -> None:
+    """Empty a directory (it may be a mount point, so it is kept), creating it if missing."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def run_pod(settings: Settings, env: Mapping[str, str]) -> None:
     """Wipe the metrics dir, create the run dirs, and become supervisord."""
     pod_env = pod_environment(settings, env)
     conf = _config(env)
-    metrics_dir = Path(pod_env["PROMETHEUS_MULTIPROC_DIR"])
-    shutil.rmtree(metrics_dir, ignore_errors=True)
-    metrics_dir.mkdir(parents=True)
+    wipe(Path(pod_env["PROMETHEUS_MULTIPROC_DIR"]))
     Path(pod_env["RUN_DIR"]).mkdir(parents=True, exist_ok=True)
-    Path(pod_env["REDIS_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    if pod_env["REDIS_AUTOSTART"] == "true":
+        Path(pod_env["REDIS_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     supervisord = _bin("supervisord")
     os.execve(supervisord, [supervisord, "--nodaemon", "-c", conf], pod_env)
 
