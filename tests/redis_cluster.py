@@ -107,3 +107,65 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class SentinelSetup:
+    """A master, a replica and three sentinels watching them as `mymaster`."""
+
+    def __init__(self, workdir: Path, master_name: str = "mymaster") -> None:
+        self.master_name = master_name
+        self.master = RedisServer(workdir / "master", appendonly=True)
+        self.replica = RedisServer(workdir / "replica", appendonly=True)
+        self.replica.extra = ["--replicaof", "127.0.0.1", str(self.master.port)]
+        self.sentinels = [RedisServer(workdir / f"sentinel{i}") for i in range(3)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis://{hosts}/0"
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except Exception:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        binary = shutil.which("redis-server")
+        assert binary
+        for s in self.sentinels:
+            conf = s.workdir / "sentinel.conf"
+            conf.write_text(
+                f"port {s.port}\nbind 127.0.0.1\ndir {s.workdir}\n"
+                f"sentinel monitor {self.master_name} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.master_name} 1000\n"
+                f"sentinel failover-timeout {self.master_name} 5000\n"
+            )
+            s.proc = subprocess.Popen(
+                [binary, str(conf), "--sentinel"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            s.wait_ready()
+        self.wait_replica_synced(self.replica)
+
+    def wait_replica_synced(self, replica: RedisServer, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if replica.client().info("replication").get("master_link_status") == "up":
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the replica did not sync")
+
+    def current_master_port(self) -> int:
+        client = self.sentinels[0].client()
+        _, port = client.execute_command("SENTINEL", "get-master-addr-by-name", self.master_name)
+        return int(port)
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, self.replica, self.master]:
+            server.stop()

@@ -102,7 +102,7 @@ class Deliverer:
     async def _xreadgroup(self, streams: dict[str, str], block_ms: int | None) -> Any:
         if not self.cluster:
             return await self.redis.xreadgroup(
-                CONSUMER_GROUP, self.consumer, dict(streams), count=READ_COUNT, block=block_ms
+                CONSUMER_GROUP, self.consumer, cast(Any, streams), count=READ_COUNT, block=block_ms
             )
         # On a cluster, name the node: redis-py would otherwise ask a fixed node for the
         # keys of XREADGROUP (COMMAND GETKEYS) and keep asking it after that node failed.

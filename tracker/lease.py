@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import zlib
+from typing import cast
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from tracker import metrics
+from tracker.connection import is_cluster
 from tracker.keys import PODS, ShardKeys
 from tracker.scripts import Call, Scripts, run_batch
 from tracker.settings import Settings
@@ -39,6 +41,18 @@ class Leases:
             pipe.zcard(PODS)
             *_, count = await pipe.execute()
         return max(1, int(count))
+
+    async def servers(self) -> dict[int, str]:
+        """Which Redis server holds each shard: the cluster node of its slot, or else the
+        run id of the one server (it changes when a failover or restart replaces it)."""
+        shards = range(self.settings.shard_count)
+        if is_cluster(self.redis):
+            cluster = cast(RedisCluster, self.redis)
+            await cluster.initialize()
+            nodes = {s: cluster.get_node_from_key(ShardKeys.of(s).leader) for s in shards}
+            return {s: node.name if node else "none" for s, node in nodes.items()}
+        info = await self.redis.info("server")
+        return dict.fromkeys(shards, str(info["run_id"]))
 
     async def balance(self) -> tuple[list[int], list[int]]:
         """Renew, then take or give up shards toward SHARD_COUNT / live pods.

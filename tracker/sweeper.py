@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 
 from redis.asyncio import Redis
@@ -38,6 +39,9 @@ class Sweeper:
         self.next_due: dict[int, float] = {}  # shard -> due ms (Redis clock)
         self.last_sweep: dict[int, int] = {}
         self.clock_offset_ms = 0.0  # Redis time minus local time
+        self.servers: dict[int, str] = {}  # shard -> the Redis server that holds it
+        self.failover_at: dict[int, float] = {}  # shard -> monotonic time its server changed
+        self.hold_until: dict[int, float] = {}  # shard -> no sweep before this monotonic time
         self.wake = asyncio.Event()
         args = [*settings.level_multipliers, settings.answered_retention_ms]
         self.sweep_args = [settings.sweep_batch, *args]
@@ -46,11 +50,27 @@ class Sweeper:
         return time.time() * 1000 + self.clock_offset_ms
 
     async def rebalance(self) -> None:
+        await self.watch_failovers()
         gained, lost = await self.leases.balance()
         for shard in lost:  # first: a shard can be lost and taken again in one round
             self.forget(shard)
+        ttl_s = self.settings.leader_ttl_ms / 1000
         for shard in gained:
             self.next_due[shard] = 0
+            if time.monotonic() - self.failover_at.get(shard, -math.inf) < 2 * ttl_s:
+                # An old holder cut off on the old master may still believe it leads:
+                # let its lease run out before the first sweep.
+                self.hold_until[shard] = time.monotonic() + ttl_s
+                log.warning("shard=%d taken after a failover: first sweep in %.1fs", shard, ttl_s)
+
+    async def watch_failovers(self) -> None:
+        """Note when the Redis server behind a shard changes (a failover or a restart)."""
+        servers = await self.leases.servers()
+        for shard, server in servers.items():
+            if self.servers.get(shard, server) != server:
+                self.failover_at[shard] = time.monotonic()
+                log.warning("redis server changed shard=%d server=%s", shard, server)
+        self.servers = servers
 
     def forget(self, shard: int) -> None:
         self.next_due.pop(shard, None)
@@ -91,7 +111,12 @@ class Sweeper:
 
     async def sweep_round(self, everything: bool) -> None:
         now = self.redis_now_ms()
-        shards = [s for s in self.leases.held if everything or self.next_due.get(s, 0) <= now]
+        clock = time.monotonic()
+        shards = [
+            s
+            for s in self.leases.held
+            if (everything or self.next_due.get(s, 0) <= now) and self.hold_until.get(s, 0) <= clock
+        ]
         await asyncio.gather(*(self.sweep_shard(s) for s in shards))
         progress.write(self.settings, self.last_sweep)
 
