@@ -245,6 +245,10 @@ async def test_api_answers_503_while_redis_is_unreachable_and_everything_resumes
             assert load.missing_retry_after == 0
             await wait_http(f"{pod.base}/ready", timeout=15)
             check_acknowledged_writes(server.client(), load)
+            # After a restart (a new Redis run id) a lease holder waits one lease TTL before
+            # its first sweep (fencing against a holder cut off by a failover); a level due
+            # meanwhile is caught up by its successor (guarantee 4). Start the clocks after.
+            await asyncio.sleep(float(FAST["LEADER_ELECTION_TTL"]) + 0.5)
 
             ids = [f"after-{how}-{i}" for i in range(50)]
             await post_events(pod.base, [agent(c) for c in ids])
@@ -259,7 +263,8 @@ async def test_api_answers_503_while_redis_is_unreachable_and_everything_resumes
                 [(r.event["conversation_id"], r.event["level"]) for r in fresh],
                 late,
             )
-            assert row.lost == 0
+            lost = expected - {(r.event["conversation_id"], r.event["level"]) for r in fresh}
+            assert not lost, where_are(server.client(), lost, SHARDS)
             assert row.worst_lateness_ms is not None
             assert row.worst_lateness_ms < 2000  # back on time
             assert_healthy(pod, pids)
