@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -105,6 +106,8 @@ class Receiver:
     bad_signatures: int = 0
     delay_s: float = 0.0
     runner: web.AppRunner | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    thread: threading.Thread | None = None
     #: every correctly signed request, answered or not, by webhook-id (delivery attempts)
     attempts: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -130,15 +133,30 @@ class Receiver:
         return web.Response(status=204)
 
     async def start(self) -> None:
+        """Serve from a thread with its own event loop, so that a test blocked in a
+        synchronous wait (stopping a process) never keeps the receiver from answering."""
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(ready,), daemon=True)
+        self.thread.start()
+        await asyncio.to_thread(ready.wait, 10)
+
+    def _serve(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
         app = web.Application()
         app.router.add_post("/hook", self.handle)
         self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        loop.run_until_complete(self.runner.setup())
+        loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(self.runner.cleanup())
+        loop.close()
 
     async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
+        if self.loop is not None and self.thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            await asyncio.to_thread(self.thread.join, 10)
 
     def by_conversation(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}

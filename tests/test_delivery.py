@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
@@ -55,6 +56,10 @@ def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
     )
 
 
+async def xrange(redis: Redis, key: str) -> list[tuple[str, dict[str, str]]]:
+    return cast(list[tuple[str, dict[str, str]]], await redis.xrange(key))
+
+
 async def redis_now_ms(redis: Redis) -> int:
     seconds, micros = await redis.time()
     return int(seconds) * 1000 + int(micros) // 1000
@@ -93,7 +98,7 @@ async def test_delivers_acknowledges_and_marks_the_level(redis: Redis, settings:
     assert sorted(o.notification.conversation_id for o in sink.sent) == ["c1", "c2"]
     assert await pending(redis) == 0
     view = await Store(redis, settings, d.scripts).get("c1")
-    assert view is not None and view.level_delivered == 1
+    assert view is not None and view.levels_delivered == [1]
 
 
 async def test_an_answer_that_reached_redis_first_suppresses_the_send(
@@ -112,7 +117,7 @@ async def test_a_redelivered_entry_is_not_sent_twice(redis: Redis, settings: Set
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "c1")
-    entries = await redis.xrange(ShardKeys.of(0).events)
+    entries = await xrange(redis, ShardKeys.of(0).events)
     await d.read([0], block_ms=None, own=False)
     # Another consumer that claimed the same entry before the ack replays it: the mark wins.
     again = Notification.from_entry(0, entries[0][0], entries[0][1])
@@ -132,7 +137,7 @@ async def test_retries_then_dead_letters_after_max_deliveries(
             break
         await asyncio.sleep(0.05)
     await asyncio.gather(*d.retries)
-    dead = await redis.xrange(ShardKeys.of(0).dead_letters)
+    dead = await xrange(redis, ShardKeys.of(0).dead_letters)
     assert len(dead) == 1
     assert dead[0][1]["attempts"] == "3" and dead[0][1]["c"] == "c1"
     assert dead[0][1]["reason"].startswith("max_deliveries")
@@ -145,7 +150,7 @@ async def test_a_permanent_failure_dead_letters_at_once(redis: Redis, settings: 
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "c1")
     await d.read([0], block_ms=None, own=False)
-    dead = await redis.xrange(ShardKeys.of(0).dead_letters)
+    dead = await xrange(redis, ShardKeys.of(0).dead_letters)
     assert len(dead) == 1 and dead[0][1]["attempts"] == "1"
     assert not d.retries
 
@@ -183,7 +188,7 @@ async def test_trim_keeps_unacknowledged_entries(redis: Redis, settings: Setting
     assert await redis.xlen(k.events) == 4
     trimmed = await scripts.trim.run(redis, [k.events], [])
     assert int(trimmed) == 2
-    remaining = [f["c"] for _, f in await redis.xrange(k.events)]
+    remaining = [f["c"] for _, f in await xrange(redis, k.events)]
     assert remaining == ["p1", "p2"]  # the pending entry and the unread one stay
 
 
@@ -199,3 +204,23 @@ async def test_a_deleted_stream_gets_its_group_back(redis: Redis, settings: Sett
 def test_shard_of_is_stable() -> None:
     assert shard_of("conversation-42", 16) == shard_of("conversation-42", 16)
     assert {shard_of(f"c{i}", 16) for i in range(200)} == set(range(16))
+
+
+async def test_a_lower_level_redelivered_after_a_higher_one_is_still_sent(
+    redis: Redis, settings: Settings
+) -> None:
+    """Consumer A dies holding level 1; consumer B delivers level 2 first; A's level 1,
+    claimed later, must still go out: delivery marks are per level, not a high-water mark."""
+    sink = RecordingSink()
+    d = await deliverer(redis, settings, sink)
+    await fire(redis, settings, d.scripts, "c1")  # level 1 in the stream
+    k = ShardKeys.of(0)
+    level1 = (await xrange(redis, k.events))[0]
+    await redis.xreadgroup(CONSUMER_GROUP, "dead", {k.events: ">"}, count=10)  # A took it
+    await asyncio.sleep(INTERVAL / 1000)
+    lease = str(await redis.get(k.leader))
+    keys = [k.waiting, k.states, k.records, k.retired, k.events, k.leader, k.counters]
+    await d.scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000])  # level 2
+    await d.read([0], block_ms=None, own=False)  # B delivers level 2
+    await d.handle([Notification.from_entry(0, level1[0], level1[1])], retried=True)
+    assert [o.notification.level for o in sink.sent] == [2, 1]

@@ -175,11 +175,11 @@ def test_notifications_equal_the_reference_model(
             continue
         ts = base + step.offset_ms
         if step.kind == "agent":
-            args = [step.conversation, "agent", step.message, ts, INTERVAL, 1.0, wake_channel(0)]
+            args = [1.0, wake_channel(0), step.conversation, "agent", step.message, ts, INTERVAL]
             status = run(client, SCRIPTS.track, RECORD_KEYS, args)[0]
             expected = model.agent(step.conversation, step.message, ts)
         else:
-            args = [step.conversation, step.message, ts, RETENTION]
+            args = [RETENTION, step.conversation, step.message, ts]
             status = run(client, SCRIPTS.respond, RECORD_KEYS, args)[0]
             expected = model.answer(step.conversation, step.message, ts)
         assert status == expected, (step, status, expected)

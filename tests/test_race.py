@@ -79,7 +79,7 @@ async def answer_all(client: Redis, scripts: Scripts, r: Round, due: int) -> Non
                 client,
                 scripts.respond,
                 [K.records, K.waiting, K.states, K.retired],
-                [c, f"r-{c}", due, 60_000],
+                [60_000, c, f"r-{c}", due],
             )
             r.trials[c].reply_seq, r.trials[c].reply_status = seq, str(status)
 
@@ -130,7 +130,7 @@ async def test_an_answer_at_the_deadline_never_loses_to_the_sweeper(
                     scripts.track.queue(
                         pipe,
                         [K.records, K.waiting, K.states, K.retired],
-                        [c, "agent", f"m-{c}", due - INTERVAL, INTERVAL, 1, wake_channel(0)],
+                        [1, wake_channel(0), c, "agent", f"m-{c}", due - INTERVAL, INTERVAL],
                     )
                 await pipe.execute()
             await asyncio.gather(

@@ -41,7 +41,7 @@ async def track(
     interval: int = T,
 ) -> list[Any]:
     keys = [K.records, K.waiting, K.states, K.retired]
-    args: list[Arg] = [cid, agent, message_id, ts, interval, MULTIPLIERS[0], wake_channel(K.shard)]
+    args: list[Arg] = [MULTIPLIERS[0], wake_channel(K.shard), cid, agent, message_id, ts, interval]
     return cast(list[Any], await SCRIPTS.track.run(r, keys, args))
 
 
@@ -49,7 +49,7 @@ async def respond(
     r: Redis, cid: str, message_id: str, ts: int = 0, *, retention: int = RETENTION
 ) -> list[Any]:
     keys = [K.records, K.waiting, K.states, K.retired]
-    return cast(list[Any], await SCRIPTS.respond.run(r, keys, [cid, message_id, ts, retention]))
+    return cast(list[Any], await SCRIPTS.respond.run(r, keys, [retention, cid, message_id, ts]))
 
 
 async def acquire(r: Redis, pod: str = POD, ttl: int = TTL) -> list[Any]:
@@ -503,7 +503,7 @@ async def recheck(r: Redis, *triples: tuple[str, int, int]) -> list[int]:
 
 
 async def ack(r: Redis, *entries: tuple[str, str, int, int]) -> int:
-    args: list[str | int] = [CONSUMER_GROUP, len(entries)]
+    args: list[str | int] = [CONSUMER_GROUP, 1]  # 1: forget delivery attempts too
     for entry in entries:
         args.extend(entry)
     return int(await SCRIPTS.ack.run(r, [K.events, K.records, K.attempts], args))
@@ -565,14 +565,14 @@ async def test_ack_of_a_skipped_or_stale_entry_does_not_mark_the_record(redis: R
         assert rec[7] == "0"
 
 
-async def test_ack_never_lowers_the_delivered_level(redis: Redis) -> None:
+async def test_ack_marks_each_delivered_level_in_a_bit_mask(redis: Redis) -> None:
     entry_id, _ = await fire_level_one(redis, "c1")
     await redis.xadd(K.events, {"c": "c1", "l": "3", "g": "1"})
     (late_id, _) = (await read_group(redis))[0]
     assert await ack(redis, (late_id, "c1", 1, 3), (entry_id, "c1", 1, 1)) == 2
     rec = await record(redis, "c1")
     assert rec is not None
-    assert rec[7] == "3"
+    assert rec[7] == "5"  # levels 1 and 3: bits 0 and 2
 
 
 # --- dead_letter ---------------------------------------------------------------------------

@@ -96,7 +96,7 @@ class Deliverer:
             for entry_id, fields in entries
             if fields
         ]
-        await self.handle(batch)
+        await self.handle(batch, retried=own)
         return len(batch)
 
     async def _xreadgroup(self, streams: dict[str, str], block_ms: int | None) -> Any:
@@ -142,7 +142,7 @@ class Deliverer:
                     count=READ_COUNT,
                 )
                 batch = [Notification.from_entry(shard, i, f) for i, f in entries if f]
-                await self.handle(batch)
+                await self.handle(batch, retried=True)
                 claimed += len(batch)
                 if start == "0-0":
                     break
@@ -150,13 +150,16 @@ class Deliverer:
             log.info("claimed idle entries count=%d consumer=%s", claimed, self.consumer)
         return claimed
 
-    async def handle(self, batch: Sequence[Notification]) -> None:
+    async def handle(self, batch: Sequence[Notification], *, retried: bool = False) -> None:
+        """Re-check, deliver and acknowledge; `retried` entries may have failed attempts."""
         by_shard: dict[int, list[Notification]] = defaultdict(list)
         for n in batch:
             by_shard[n.shard].append(n)
-        await asyncio.gather(*(self._handle_shard(s, items) for s, items in by_shard.items()))
+        await asyncio.gather(
+            *(self._handle_shard(s, items, retried) for s, items in by_shard.items())
+        )
 
-    async def _handle_shard(self, shard: int, batch: list[Notification]) -> None:
+    async def _handle_shard(self, shard: int, batch: list[Notification], retried: bool) -> None:
         keys = ShardKeys.of(shard)
         args: list[Arg] = []
         for n in batch:
@@ -179,7 +182,7 @@ class Deliverer:
                 metrics.SENT.labels(str(item.notification.level)).inc()
                 lateness = max(0, item.fired_at_ms - item.notification.due_at_ms)
                 metrics.LATENESS.observe(lateness / 1000)
-        await self._ack(keys, done)
+        await self._ack(keys, done, retried)
         for item in outgoing:
             error = failures.get(item.notification.entry_id)
             if error is not None:
@@ -202,10 +205,12 @@ class Deliverer:
                     failures[entry] = error
         return failures
 
-    async def _ack(self, keys: ShardKeys, done: list[tuple[Notification, int]]) -> None:
+    async def _ack(
+        self, keys: ShardKeys, done: list[tuple[Notification, int]], retried: bool
+    ) -> None:
         if not done:
             return
-        args: list[Arg] = [CONSUMER_GROUP, len(done)]
+        args: list[Arg] = [CONSUMER_GROUP, int(retried)]
         for n, level in done:
             args += [n.entry_id, n.conversation_id, n.generation, level]
         await self.scripts.ack.run(self.redis, [keys.events, keys.records, keys.attempts], args)
@@ -252,7 +257,7 @@ class Deliverer:
                 keys.events, CONSUMER_GROUP, self.consumer, 0, [n.entry_id], justid=True
             )
             if claimed:
-                await self.handle([n])
+                await self.handle([n], retried=True)
         except Exception as exc:  # the entry stays pending; XAUTOCLAIM will find it
             log.warning("retry failed event_id=%s error=%s", n.event_id, exc)
 

@@ -2,8 +2,10 @@
 -- A conversation record is one string in conversations:{N}, fields joined by '|':
 --   1 state (W waiting, E every level fired, A answered)  2 generation
 --   3 waiting-since ms  4 interval ms  5 agent id  6 agent message id
---   7 timestamp ms of the newest applied event  8 highest level delivered
+--   7 timestamp ms of the newest applied event
+--   8 levels delivered, a bit mask (level l is bit l-1): a redelivered lower level still goes
 --   9 customer message id  10 response time ms
+-- Scripts read what they need with one HMGET, work in Lua, and write each key once.
 local function split(raw)
   local out = {}
   for field in string.gmatch(raw .. '|', '([^|]*)|') do
@@ -23,4 +25,48 @@ end
 
 local function level_offset(multiplier, interval)
   return math.floor(tonumber(multiplier) * interval + 0.5)
+end
+
+-- The records of `ids` (one HMGET), as tables keyed by id; false where there is none.
+local function load_records(key, ids)
+  local records = {}
+  if #ids == 0 then return records end
+  local raws = redis.call('HMGET', key, unpack(ids))
+  for k, id in ipairs(ids) do
+    if records[id] == nil then
+      records[id] = raws[k] and split(raws[k]) or false
+    end
+  end
+  return records
+end
+
+-- Collects writes to one key as field -> value (the last write wins), flushed in one command.
+local function writes()
+  return {order = {}, values = {}}
+end
+
+local function put(w, field, value)
+  if w.values[field] == nil then w.order[#w.order + 1] = field end
+  w.values[field] = value
+end
+
+-- HSET key f v ... (or ZADD key v f ... with as_score) for everything collected.
+local function flush(command, key, w, as_score)
+  if #w.order == 0 then return end
+  local args = {}
+  for _, field in ipairs(w.order) do
+    if as_score then
+      args[#args + 1] = w.values[field]
+      args[#args + 1] = field
+    else
+      args[#args + 1] = field
+      args[#args + 1] = w.values[field]
+    end
+  end
+  redis.call(command, key, unpack(args))
+end
+
+-- A variadic delete (HDEL, ZREM, ...) of a set of members, if any.
+local function remove(command, key, w)
+  if #w.order > 0 then redis.call(command, key, unpack(w.order)) end
 end

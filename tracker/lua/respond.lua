@@ -1,31 +1,43 @@
--- Stop a conversation's clock on a customer response.
+-- Stop conversations' clocks on customer responses, applied in order.
 -- KEYS[1] conversations:{N}  KEYS[2] waiting_conversations:{N}
 -- KEYS[3] notification_states:{N}  KEYS[4] retired_conversations:{N}
--- ARGV[1] conversation id  ARGV[2] customer message id  ARGV[3] response timestamp ms (0: now)
--- ARGV[4] how long an answered record is kept to recognise replays, ms
--- returns: {status, response_time_ms (-1 when none), generation}
+-- ARGV[1] how long an answered record is kept to recognise replays, ms
+-- ARGV[2..] three values per response: conversation id, customer message id,
+--   timestamp ms (0: now, by Redis's clock)
+-- returns: three values per response: status, response_time_ms (-1 when none), generation
 --   status: answered | duplicate | stale | not_waiting
-local id, ts = ARGV[1], tonumber(ARGV[3])
-if ts == 0 then ts = now_ms() end
-local raw = redis.call('HGET', KEYS[1], id)
-if not raw then
-  return {'not_waiting', -1, 0}
+local ids = {}
+for i = 2, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+local records = load_records(KEYS[1], ids)
+local saved, answered, retire_at = writes(), writes(), writes()
+local out, now = {}, nil
+local function clock()
+  now = now or now_ms()
+  return now
 end
-local r = split(raw)
-local gen = tonumber(r[2])
-if r[1] == 'A' then
-  if r[9] == ARGV[2] then
-    return {'duplicate', tonumber(r[10]), gen}
+for i = 2, #ARGV, 3 do
+  local id, message_id, ts = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if ts == 0 then ts = clock() end
+  local r = records[id]
+  local status, response, gen = 'not_waiting', -1, 0
+  if r then
+    gen = tonumber(r[2])
+    if r[1] == 'A' then
+      if r[9] == message_id then status, response = 'duplicate', tonumber(r[10]) end
+    elseif ts < tonumber(r[3]) then
+      status = 'stale'
+    else
+      status, response = 'answered', ts - tonumber(r[3])
+      r[1], r[7], r[9], r[10] = 'A', ts, message_id, response
+      put(saved, id, join(r))
+      put(answered, id, true)
+      put(retire_at, id, clock() + tonumber(ARGV[1]))
+    end
   end
-  return {'not_waiting', -1, gen}
+  out[#out + 1], out[#out + 2], out[#out + 3] = status, response, gen
 end
-if ts < tonumber(r[3]) then
-  return {'stale', -1, gen}
-end
-local response = ts - tonumber(r[3])
-r[1], r[7], r[9], r[10] = 'A', ts, ARGV[2], response
-redis.call('HSET', KEYS[1], id, join(r))
-redis.call('ZREM', KEYS[2], id)
-redis.call('HDEL', KEYS[3], id)
-redis.call('ZADD', KEYS[4], now_ms() + tonumber(ARGV[4]), id)
-return {'answered', response, gen}
+flush('HSET', KEYS[1], saved)
+remove('ZREM', KEYS[2], answered)
+remove('HDEL', KEYS[3], answered)
+flush('ZADD', KEYS[4], retire_at, true)
+return out

@@ -1,36 +1,54 @@
--- Start or restart a conversation's clock from an agent message.
+-- Start or restart conversations' clocks from agent messages, applied in order.
 -- KEYS[1] conversations:{N}  KEYS[2] waiting_conversations:{N}
 -- KEYS[3] notification_states:{N}  KEYS[4] retired_conversations:{N}
--- ARGV[1] conversation id  ARGV[2] agent id  ARGV[3] agent message id
--- ARGV[4] message timestamp ms (0: now, by Redis's clock)  ARGV[5] interval ms  ARGV[6] level-1 multiplier
--- ARGV[7] wake channel (published when the shard's earliest deadline moves earlier)
--- returns: {status, generation, waiting_since_ms, next_due_ms}
+-- ARGV[1] level-1 multiplier
+-- ARGV[2] wake channel: published once when the shard's earliest deadline moves earlier
+-- ARGV[3..] five values per agent message: conversation id, agent id, agent message id,
+--   timestamp ms (0: now, by Redis's clock), interval ms
+-- returns: four values per message: status, generation, waiting_since_ms, next_due_ms
 --   status: started | restarted | duplicate | stale
-local id, ts = ARGV[1], tonumber(ARGV[4])
-if ts == 0 then ts = now_ms() end
-local raw = redis.call('HGET', KEYS[1], id)
-local gen, status = 0, 'started'
-if raw then
-  local r = split(raw)
-  local due = tonumber(redis.call('ZSCORE', KEYS[2], id) or -1)
-  if r[6] == ARGV[3] then
-    return {'duplicate', tonumber(r[2]), tonumber(r[3]), due}
-  end
-  if ts < tonumber(r[7]) then
-    return {'stale', tonumber(r[2]), tonumber(r[3]), due}
-  end
-  gen = tonumber(r[2])
-  if r[1] ~= 'A' then status = 'restarted' end
-end
-gen = gen + 1
-local interval = tonumber(ARGV[5])
-local due = ts + level_offset(ARGV[6], interval)
-redis.call('HSET', KEYS[1], id, join({'W', gen, ts, interval, ARGV[2], ARGV[3], ts, 0, '', ''}))
-redis.call('HDEL', KEYS[3], id)
-redis.call('ZREM', KEYS[4], id)
+local ids = {}
+for i = 3, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
+local records = load_records(KEYS[1], ids)
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-redis.call('ZADD', KEYS[2], due, id)
-if head[2] == nil or due < tonumber(head[2]) then
-  redis.call('PUBLISH', ARGV[7], due)
+local earliest = tonumber(head[2]) or math.huge
+local saved, due_at, unfired, unretired = writes(), writes(), writes(), writes()
+local out, wake, now = {}, nil, nil
+for i = 3, #ARGV, 5 do
+  local id, message_id, ts = ARGV[i], ARGV[i + 2], tonumber(ARGV[i + 3])
+  if ts == 0 then
+    now = now or now_ms()
+    ts = now
+  end
+  local r = records[id]
+  if r and (r[6] == message_id or ts < tonumber(r[7])) then
+    local due = due_at.values[id] or tonumber(redis.call('ZSCORE', KEYS[2], id) or -1)
+    local status = (r[6] == message_id) and 'duplicate' or 'stale'
+    out[#out + 1], out[#out + 2] = status, tonumber(r[2])
+    out[#out + 1], out[#out + 2] = tonumber(r[3]), due
+  else
+    local gen, status = 1, 'started'
+    if r then
+      gen = tonumber(r[2]) + 1
+      if r[1] ~= 'A' then
+        status = 'restarted'
+        put(unfired, id, true)
+      end
+      if r[1] ~= 'W' then put(unretired, id, true) end
+    end
+    local interval = tonumber(ARGV[i + 4])
+    local due = ts + level_offset(ARGV[1], interval)
+    r = {'W', gen, ts, interval, ARGV[i + 1], message_id, ts, 0, '', ''}
+    records[id] = r
+    put(saved, id, join(r))
+    put(due_at, id, due)
+    if due < earliest then earliest, wake = due, due end
+    out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = status, gen, ts, due
+  end
 end
-return {status, gen, ts, due}
+flush('HSET', KEYS[1], saved)
+flush('ZADD', KEYS[2], due_at, true)
+remove('HDEL', KEYS[3], unfired)
+remove('ZREM', KEYS[4], unretired)
+if wake then redis.call('PUBLISH', ARGV[2], wake) end
+return out
