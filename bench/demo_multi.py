@@ -42,29 +42,45 @@ async def demo(workdir: Path) -> None:
     receiver = Receiver()
     await receiver.start()
     settings = {
-        "SHARD_COUNT": str(SHARDS), "CONSUMER_PROCESSES": "2", "TIMEOUT_INTERVAL_MS": "1500",
-        "LEADER_ELECTION_TTL": "3", "NOTIFY_SINK": "webhook,log",
-        "NOTIFY_WEBHOOK_URL": receiver.url, "NOTIFY_WEBHOOK_SECRET": receiver.secret,
+        "SHARD_COUNT": str(SHARDS),
+        "CONSUMER_PROCESSES": "2",
+        "TIMEOUT_INTERVAL_MS": "1500",
+        "LEADER_ELECTION_TTL": "3",
+        "NOTIFY_SINK": "webhook,log",
+        "NOTIFY_WEBHOOK_URL": receiver.url,
+        "NOTIFY_WEBHOOK_SECRET": receiver.secret,
     }
     pods = [Pod(name, url, workdir, **settings) for name in ("pod-a", "pod-b")]
     try:
         for pod in pods:
             await wait_http(f"{pod.base}/ready", timeout=30)
-        await wait_until(lambda: sorted(collections.Counter(holders(client).values()).values())
-                         == [4, 4], timeout=20)
+        await wait_until(
+            lambda: sorted(collections.Counter(holders(client).values()).values()) == [4, 4],
+            timeout=20,
+        )
         show("before", client)
         ids = [f"demo-{i}" for i in range(6)]
-        await post_events(pods[0].base, [
-            {"type": "agent_message", "conversation_id": c, "agent_id": "agent-1",
-             "message_id": f"m-{c}"} for c in ids
-        ])
+        await post_events(
+            pods[0].base,
+            [
+                {
+                    "type": "agent_message",
+                    "conversation_id": c,
+                    "agent_id": "agent-1",
+                    "message_id": f"m-{c}",
+                }
+                for c in ids
+            ],
+        )
         print(f"started {len(ids)} conversations (levels due after 1.5 s, 3 s, 4.5 s)")
         print(pods[0].ctl("stop", "sweeper").strip() + "  (pod-a leaves the leader race)")
         await wait_until(lambda: set(holders(client).values()) == {"pod-b"}, timeout=20)
         show("after ", client)
         await wait_until(lambda: len(receiver.events) >= 3 * len(ids), timeout=20)
         print(f"notifications received by the webhook: {len(receiver.events)}")
-        for r in sorted(receiver.events, key=lambda r: (r.event["conversation_id"], r.event["level"])):
+        for r in sorted(
+            receiver.events, key=lambda r: (r.event["conversation_id"], r.event["level"])
+        ):
             e = r.event
             late = r.received_ms - parse_rfc3339_ms(e["due_at"])
             print(f"  {e['conversation_id']} level {e['level']} due {e['due_at']}  late {late} ms")

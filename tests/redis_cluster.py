@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import redis as sync_redis
 
@@ -94,7 +95,7 @@ class RedisCluster:
         for node in self.nodes:
             if node.proc is None:
                 continue
-            role = node.client().execute_command("ROLE")[0]
+            role = node.client().role()[0]
             if role == "master":
                 out.append(node)
         return out
@@ -163,8 +164,8 @@ class SentinelSetup:
 
     def current_master_port(self) -> int:
         client = self.sentinels[0].client()
-        _, port = client.execute_command("SENTINEL", "get-master-addr-by-name", self.master_name)
-        return int(port)
+        address: Any = client.sentinel_get_master_addr_by_name(self.master_name)
+        return int(address[1])
 
     def stop(self) -> None:
         for server in [*self.sentinels, self.replica, self.master]:

@@ -98,7 +98,8 @@ async def test_delivers_acknowledges_and_marks_the_level(redis: Redis, settings:
     assert sorted(o.notification.conversation_id for o in sink.sent) == ["c1", "c2"]
     assert await pending(redis) == 0
     view = await Store(redis, settings, d.scripts).get("c1")
-    assert view is not None and view.levels_delivered == [1]
+    assert view is not None
+    assert view.levels_delivered == [1]
 
 
 async def test_an_answer_that_reached_redis_first_suppresses_the_send(
@@ -139,7 +140,8 @@ async def test_retries_then_dead_letters_after_max_deliveries(
     await asyncio.gather(*d.retries)
     dead = await xrange(redis, ShardKeys.of(0).dead_letters)
     assert len(dead) == 1
-    assert dead[0][1]["attempts"] == "3" and dead[0][1]["c"] == "c1"
+    assert dead[0][1]["attempts"] == "3"
+    assert dead[0][1]["c"] == "c1"
     assert dead[0][1]["reason"].startswith("max_deliveries")
     assert await pending(redis) == 0
     assert await redis.hlen(ShardKeys.of(0).attempts) == 0
@@ -151,7 +153,8 @@ async def test_a_permanent_failure_dead_letters_at_once(redis: Redis, settings: 
     await fire(redis, settings, d.scripts, "c1")
     await d.read([0], block_ms=None, own=False)
     dead = await xrange(redis, ShardKeys.of(0).dead_letters)
-    assert len(dead) == 1 and dead[0][1]["attempts"] == "1"
+    assert len(dead) == 1
+    assert dead[0][1]["attempts"] == "1"
     assert not d.retries
 
 
@@ -167,7 +170,8 @@ async def test_idle_entries_of_a_dead_consumer_are_claimed(
     assert await d.claim([0]) == 0  # not idle long enough yet
     await asyncio.sleep(settings.delivery_timeout_ms / 1000 + 0.05)
     assert await d.claim([0]) == 1
-    assert len(sink.sent) == 1 and await pending(redis) == 0
+    assert len(sink.sent) == 1
+    assert await pending(redis) == 0
 
 
 async def test_trim_keeps_unacknowledged_entries(redis: Redis, settings: Settings) -> None:

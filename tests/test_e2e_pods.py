@@ -89,9 +89,8 @@ async def test_two_pods_share_shards_and_deliver_every_level(
             "metrics-listener",
             "fatal-listener",
         ):
-            assert (
-                f"{program} " in status and "RUNNING" in status.split(program, 1)[1].splitlines()[0]
-            )
+            assert f"{program} " in status
+            assert "RUNNING" in status.split(program, 1)[1].splitlines()[0]
 
     assert await wait_until(lambda: sorted(leases(redis_sync).values()) == [4, 4], timeout=15)
 
@@ -130,16 +129,15 @@ async def test_two_pods_share_shards_and_deliver_every_level(
         (c, level) for c in late_ids for level in (1, 2, 3)
     }
     late = receiver.lateness_ms()
-    print(
-        f"after stop sweeper on pod-a: p50={percentile(late, 0.5)} ms p99={percentile(late, 0.99)} ms"
-    )
+    p50, p99 = percentile(late, 0.5), percentile(late, 0.99)
+    print(f"after stop sweeper on pod-a: p50={p50} ms p99={p99} ms")
     assert percentile(late, 0.99) < 2000  # on time: well inside one lease TTL
 
 
 async def test_kill_consumer_mid_batch_loses_nothing(
     two_pods: tuple[Pod, Pod, Receiver], redis_sync: sync_redis.Redis
 ) -> None:
-    a, b, receiver = two_pods
+    a, _, receiver = two_pods
     receiver.delay_s = 0.3  # slow webhook: consumers spend their time mid-batch
     ids = [f"k-{i}" for i in range(400)]
     await post_events(a.base, agent_messages(ids))
