@@ -23,10 +23,10 @@ FAST = {
 }
 LEVELS = (1, 2, 3)
 # Levels 4 s apart, more than any recovery here takes (a lease takeover, a claim after
-# DELIVERY_TIMEOUT_MS). A level still undelivered when a higher level of the same
-# conversation is delivered is dropped on purpose (guarantee 4: catch up with the highest
-# level, no storm), so with levels closer than the recovery time "every level arrives"
-# would not be the contract. Spaced out, it is.
+# DELIVERY_TIMEOUT_MS). A sweep that finds a level overdue together with the next one fires
+# only the next one, on purpose (guarantee 4: catch up with the highest level, no storm),
+# so with levels closer than the recovery time "every level arrives" would not be the
+# contract. Spaced out, it is.
 SPACED = {"LEVEL_MULTIPLIERS": "1,5,9"}
 
 
