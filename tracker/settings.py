@@ -94,7 +94,7 @@ class Settings:
             check_interval_ms=r.integer("CHECK_INTERVAL_MS", 1000, 10, 600_000),
             shard_count=r.integer("SHARD_COUNT", 16, 1, 16384),
             consumer_processes=r.integer("CONSUMER_PROCESSES", 2, 1, 256),
-            sweep_batch=r.integer("SWEEP_BATCH", 500, 1, 100_000),
+            sweep_batch=r.integer("SWEEP_BATCH", 500, 1, 1000),  # bounded: Lua unpack()
             notify_sinks=sinks,
             notify_stream=r.token("NOTIFY_STREAM", "timeout_notifications"),
             notify_stream_maxlen=r.integer("NOTIFY_STREAM_MAXLEN", 1_000_000, 1, 10**10),
