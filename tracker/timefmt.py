@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: RFC 3339 section 5.6 date-time: a zone is required, as Z or +hh:mm / -hh:mm.
 _RFC3339 = re.compile(
@@ -18,10 +21,21 @@ def parse_rfc3339_ms(text: str) -> int:
     moment = datetime.fromisoformat(text.replace("z", "Z"))
     if moment.tzinfo is None:
         raise ValueError("timestamp has no time zone")
-    return int(moment.timestamp() * 1000)
+    return (moment - EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
+
+
+@functools.lru_cache(maxsize=1024)
+def _date_prefix(days: int) -> str:
+    return datetime.fromtimestamp(days * 86400, tz=UTC).strftime("%Y-%m-%dT")
 
 
 def format_ms(ms: int) -> str:
-    """RFC 3339 in UTC with millisecond precision, e.g. 2026-11-25T12:00:00.000Z."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """RFC 3339 in UTC with millisecond precision, e.g. 2026-11-25T12:00:00.000Z.
+
+    Hot (every notification and API answer): the date part is cached per day.
+    """
+    days, rem = divmod(ms, 86_400_000)
+    seconds, milli = divmod(rem, 1000)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{_date_prefix(days)}{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}Z"
