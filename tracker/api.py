@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -11,6 +12,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -49,13 +51,15 @@ def error_response(
 
 
 @web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes a JSON error; Redis being away becomes 503 + Retry-After."""
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware (each costs a frame per request): authorize, run the handler, turn
+    every failure into a JSON error (Redis away: 503 + Retry-After), count the request."""
     started = time.perf_counter()
     try:
+        authorize(request)
         response = await handler(request)
     except RequestError as exc:
-        response = error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message, exc.headers)
     except web.HTTPException as exc:
         code = exc.reason.lower().replace(" ", "_")
         headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
@@ -70,29 +74,37 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
-    metrics.HTTP_REQUESTS.labels(name, request.method, str(response.status)).inc()
-    metrics.HTTP_DURATION.labels(name).observe(time.perf_counter() - started)
+    requests, duration = _http_metrics(name, request.method, response.status)
+    requests.inc()
+    duration.observe(time.perf_counter() - started)
     return response
 
 
-@web.middleware
-async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+@functools.lru_cache(maxsize=256)
+def _http_metrics(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
+    """The labelled children, looked up once per route, method and status."""
+    return (
+        metrics.HTTP_REQUESTS.labels(route, method, str(status)),
+        metrics.HTTP_DURATION.labels(route),
+    )
+
+
+def authorize(request: web.Request) -> None:
     """Bearer tokens (API_TOKEN, comma-separated for rotation), compared in constant time."""
     tokens = request.app[SETTINGS].api_tokens
-    if tokens and request.path not in OPEN_PATHS:
-        given = request.headers.get("Authorization", "")
-        scheme, _, token = given.partition(" ")
-        ok = False
-        for expected in tokens:
-            ok |= hmac.compare_digest(token.encode(), expected.encode())
-        if scheme.lower() != "bearer" or not ok:
-            return error_response(
-                401,
-                "unauthorized",
-                "a valid bearer token is required",
-                {"WWW-Authenticate": 'Bearer realm="tracker"'},
-            )
-    return await handler(request)
+    if not tokens or request.path in OPEN_PATHS:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    ok = False
+    for expected in tokens:
+        ok |= hmac.compare_digest(token.encode(), expected.encode())
+    if scheme.lower() != "bearer" or not ok:
+        raise RequestError(
+            401,
+            "unauthorized",
+            "a valid bearer token is required",
+            {"WWW-Authenticate": 'Bearer realm="tracker"'},
+        )
 
 
 async def read_json(request: web.Request) -> Any:
@@ -227,7 +239,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
     """The application; it opens its own Redis client unless one is given."""
-    app = web.Application(middlewares=[errors, auth], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[edge], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     client = redis if redis is not None else connect(settings)
     app[REDIS] = client

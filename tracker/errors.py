@@ -14,11 +14,14 @@ class ConfigError(TrackerError):
 class RequestError(TrackerError):
     """A client sent something we refuse: maps to a 4xx JSON error."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
 
 
 class FencedError(TrackerError):
