@@ -8,7 +8,7 @@ COMPOSE ?= docker compose -f docker/compose.yaml
 
 .PHONY: run run-phase1 run-phase2 ctl status test test-fast test-coverage bench load-test \
         demo-multi docker-up docker-down docker-logs docker-constraints fmt lint clean redis-server \
-        promtool
+        promtool wrk
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -69,11 +69,25 @@ test-coverage: $(STAMP) redis-server promtool
 	$(PIP) install -q coverage
 	$(PY) -m coverage run -m pytest -q && $(PY) -m coverage report
 
-bench: $(STAMP) redis-server
-	$(PY) -m pytest bench -q --benchmark-only
+# wrk measures the HTTP figures of `make bench` (Debian's package; installed when root).
+wrk:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends wrk) >/dev/null 2>&1; \
+	  fi; }
+	@command -v wrk >/dev/null || { echo "wrk not found: install it (apt-get install wrk)"; exit 1; }
 
+## bench: every figure of the Benchmarks section; writes bench/results/latest.{json,md,png}
+bench: $(STAMP) redis-server wrk
+	$(PY) -m pytest bench -o python_files='bench_*.py' -p no:cacheprovider -q --benchmark-only
+
+## load-test: drive the pod of `make run` at RATE requests/s for DURATION s (loopback only)
+RATE ?= 500
+DURATION ?= 30
+LOAD_URL ?= http://127.0.0.1:$(or $(PORT),8080)
 load-test: $(STAMP)
-	@echo "load-test: not built yet (issue 7)"; exit 1
+	$(PY) -m bench.load_test --url $(LOAD_URL) --rate $(RATE) --duration $(DURATION)
 
 ## demo-multi: two pods on one Redis; the leading sweeper stops; the other takes over
 demo-multi: $(STAMP) redis-server

@@ -1,0 +1,78 @@
+"""Ceilings measured in the same run: what Redis itself does with -P 16 pipelining."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis as sync_redis
+
+from bench.harness import redis_benchmark
+from bench.report import Report
+from tests.redis_server import RedisServer
+from tracker.keys import ShardKeys, wake_channel
+from tracker.scripts import Script
+
+BATCH = 64  # events per script call: 1000 events over 16 shards
+ENTRY = [
+    "c",
+    "conv-__rand_int__",
+    "l",
+    "1",
+    "g",
+    "1",
+    "s",
+    "1764000000000",
+    "d",
+    "1764000030000",
+    "a",
+    "agent-1",
+    "m",
+    "m-__rand_int__",
+]
+
+
+def test_ceiling_zadd(
+    benchmark: Any, redis_server: RedisServer, redis_sync: sync_redis.Redis, report: Report
+) -> None:
+    command = ["ZADD", "bench:z", "__rand_int__", "conv-__rand_int__"]
+    rate = benchmark.pedantic(redis_benchmark, args=(redis_server.port, command), rounds=1)
+    benchmark.extra_info["ops_per_s"] = rate
+    report.add("ceiling_zadd", rate, command=" ".join(command))
+
+
+def test_ceiling_xadd(
+    benchmark: Any, redis_server: RedisServer, redis_sync: sync_redis.Redis, report: Report
+) -> None:
+    command = ["XADD", "bench:s", "*", *ENTRY]
+    rate = benchmark.pedantic(redis_benchmark, args=(redis_server.port, command), rounds=1)
+    benchmark.extra_info["ops_per_s"] = rate
+    report.add("ceiling_xadd", rate, command=" ".join(command))
+
+
+def track_command(sha: str, events: int) -> list[str]:
+    """EVALSHA track.lua on shard 0 for `events` new conversations (random ids)."""
+    k = ShardKeys.of(0)
+    command = ["EVALSHA", sha, "4", k.records, k.waiting, k.states, k.retired, "1", wake_channel(0)]
+    for _ in range(events):
+        command += ["conv-__rand_int__", "agent-1", "m-__rand_int__", "0", "30000"]
+    return command
+
+
+def test_ceiling_evalsha_track(
+    benchmark: Any, redis_server: RedisServer, redis_sync: sync_redis.Redis, report: Report
+) -> None:
+    """The track script itself: one event per call (a lone request), and BATCH events per
+    call (what Store.apply_many sends per shard for a 1000-event POST /events)."""
+    script = Script.load("track")
+    redis_sync.script_load(script.source)
+    single = redis_benchmark(redis_server.port, track_command(script.sha, 1))
+    calls = benchmark.pedantic(
+        redis_benchmark,
+        args=(redis_server.port, track_command(script.sha, BATCH), 20_000),
+        rounds=1,
+    )
+    noop = redis_sync.script_load("return 1")
+    floor = redis_benchmark(redis_server.port, ["EVALSHA", noop, "0"])
+    detail = {"noop_script_calls_per_s": floor, "single_event_calls_per_s": single}
+    benchmark.extra_info.update(events_per_s=calls * BATCH, **detail)
+    report.add("ceiling_evalsha_track", calls * BATCH, events_per_call=BATCH, **detail)

@@ -1,0 +1,179 @@
+"""HTTP ingest into one real API process: single events under wrk against a bare
+aiohttp+uvloop handler measured the same way, and bulk POST /events."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis as sync_redis
+import uvloop
+
+from bench import harness
+from bench.report import Report
+from tests.processes import Role, role_env, wait_http
+from tests.redis_server import RedisServer, free_port
+
+WRK_SECONDS = 4
+WRK_ROUNDS = 3
+CONVERSATIONS = 100_000
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def api(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One API process (no sweeper: nothing fires during the ingest figures)."""
+    workdir = tmp_path_factory.mktemp("api")
+    port = free_port()
+    env = role_env(
+        redis_server.url, workdir / "run", PORT=str(port), POD_ID="bench", LOG_LEVEL="WARNING"
+    )
+    role = Role(["api"], env, workdir / "api.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        uvloop.run(wait_http(f"{base}/health"))
+        yield base
+    finally:
+        role.stop()
+    assert "Traceback" not in role.output(), role.output()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def bare() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bare_server", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        uvloop.run(wait_http(f"{base}/conversations/x/agent-message", status=405))
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_http_single_event_vs_bare(
+    benchmark: Any, api: str, bare: str, redis_sync: sync_redis.Redis, report: Report
+) -> None:
+    """wrk on the bare handler and on the API in turn, WRK_ROUNDS times: medians and the
+    median of the pairwise ratios (the machine is shared, so neighbours cancel out)."""
+    harness.wrk(bare, 1, "warm")
+    harness.wrk(api, 1, "warm")
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def target() -> None:
+        n = len(pairs)
+        pairs.append(
+            (harness.wrk(bare, WRK_SECONDS, f"b{n}"), harness.wrk(api, WRK_SECONDS, f"a{n}"))
+        )
+
+    benchmark.pedantic(target, rounds=WRK_ROUNDS)
+    assert all(a["non_2xx"] == 0 for _, a in pairs), pairs
+    bare_rate = statistics.median(b["rate"] for b, _ in pairs)
+    api_rate = statistics.median(a["rate"] for _, a in pairs)
+    ratio = statistics.median(a["rate"] / b["rate"] for b, a in pairs)
+    benchmark.extra_info.update(bare_per_s=bare_rate, api_per_s=api_rate, ratio=ratio)
+    common = {"connections": pairs[0][0]["connections"], "seconds": WRK_SECONDS}
+    report.add(
+        "ceiling_bare_http",
+        bare_rate,
+        rounds=[b["rate"] for b, _ in pairs],
+        latency_p99_ms=[b["latency_p99_ms"] for b, _ in pairs],
+        **common,
+    )
+    report.add(
+        "http_single",
+        api_rate,
+        ratio_to_bare=ratio,
+        rounds=[a["rate"] for _, a in pairs],
+        latency_p99_ms=[a["latency_p99_ms"] for _, a in pairs],
+        **common,
+    )
+
+
+def bodies(items: list[dict[str, Any]]) -> list[bytes]:
+    return [orjson.dumps(items[i : i + harness.CHUNK]) for i in range(0, len(items), harness.CHUNK)]
+
+
+async def post_all(base: str, payloads: list[bytes]) -> tuple[float, int]:
+    """POST every body, IN_FLIGHT at a time; returns (seconds, items not ok)."""
+    connector = aiohttp.TCPConnector(limit=harness.IN_FLIGHT)
+    headers = {"Content-Type": "application/json"}
+    limit = asyncio.Semaphore(harness.IN_FLIGHT)
+    bad = 0
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(body: bytes) -> None:
+            nonlocal bad
+            async with limit, session.post(f"{base}/events", data=body, headers=headers) as r:
+                assert r.status == 200, await r.text()
+                results = orjson.loads(await r.read())["results"]
+                bad += sum(1 for x in results if x["status"] != "ok")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(b) for b in payloads))
+        return time.perf_counter() - started, bad
+
+
+def test_http_events(
+    benchmark: Any, api: str, redis_sync: sync_redis.Redis, report: Report
+) -> None:
+    rates: list[tuple[float, float]] = []
+
+    def target() -> None:
+        redis_sync.flushall()
+        prefix = f"h{len(rates)}"
+        ids = [f"{prefix}-{i:07d}" for i in range(CONVERSATIONS)]
+        starts = bodies(
+            [
+                {
+                    "type": "agent_message",
+                    "conversation_id": c,
+                    "agent_id": f"agent-{i % 500}",
+                    "message_id": f"m-{i}",
+                }
+                for i, c in enumerate(ids)
+            ]
+        )
+        answers = bodies(
+            [
+                {
+                    "type": "customer_response",
+                    "conversation_id": c,
+                    "customer_id": "cust-1",
+                    "message_id": f"r-{c}",
+                }
+                for c in ids[::2]
+            ]
+        )
+        schedule_s, bad_starts = uvloop.run(post_all(api, starts))
+        cancel_s, bad_answers = uvloop.run(post_all(api, answers))
+        assert bad_starts == bad_answers == 0
+        rates.append((len(ids) / schedule_s, len(ids[::2]) / cancel_s))
+
+    benchmark.pedantic(target, rounds=ROUNDS)
+    schedule = statistics.median(r[0] for r in rates)
+    cancel = statistics.median(r[1] for r in rates)
+    benchmark.extra_info.update(schedule_per_s=schedule, cancel_per_s=cancel)
+    common = {"batch": harness.CHUNK, "in_flight": harness.IN_FLIGHT}
+    report.add(
+        "http_events_schedule",
+        schedule,
+        rounds=[round(r[0]) for r in rates],
+        events=CONVERSATIONS,
+        **common,
+    )
+    report.add(
+        "http_events_cancel",
+        cancel,
+        rounds=[round(r[1]) for r in rates],
+        events=CONVERSATIONS // 2,
+        **common,
+    )
