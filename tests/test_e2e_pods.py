@@ -79,7 +79,8 @@ async def test_two_pods_share_shards_and_deliver_every_level(
     two_pods: tuple[Pod, Pod, Receiver], redis_sync: sync_redis.Redis
 ) -> None:
     a, b, receiver = two_pods
-    for pod in (a, b):
+    for pod in (a, b):  # RUNNING once each program stayed up for startsecs (3 s)
+        assert await wait_until(lambda p=pod: "STARTING" not in p.ctl("status"), timeout=20)  # type: ignore[misc]
         status = pod.ctl("status")
         for program in (
             "api",

@@ -115,7 +115,10 @@ async def test_no_lost_timeout_when_the_sweeper_is_killed_mid_sweep(
         assert not lost, f"lost {len(lost)}:\n" + where_are(redis_sync, lost, SHARDS)
         assert row.unexpected == 0
         assert row.worst_lateness_ms is not None
-        assert row.worst_lateness_ms <= TTL_MS + 1000
+        # In phase 1 the victim was also delivering, to a webhook held at 1 s per request
+        # until the kill: what it had read then waited up to that long before the takeover.
+        stalled_ms = 1000 if mode == "phase1" else 0
+        assert row.worst_lateness_ms <= TTL_MS + 1000 + stalled_ms
     finally:
         for role in reversed(roles):
             role.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -114,6 +115,10 @@ async def read_json(request: web.Request) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
+        pass
+    try:  # orjson refuses integers beyond 64 bits, which are valid JSON: validation decides
+        return json.loads(body)
+    except (ValueError, RecursionError):
         raise RequestError(400, "invalid_json", "the body is not valid JSON") from None
 
 

@@ -127,8 +127,10 @@ class Deliverer:
         while await self.read(shards, block_ms=None, own=True) >= READ_COUNT:
             pass
 
-    async def claim(self, shards: Sequence[int]) -> int:
-        """Take over entries idle past DELIVERY_TIMEOUT_MS, from any consumer of any pod."""
+    async def claim(self, shards: Sequence[int], min_idle_ms: int | None = None) -> int:
+        """Take over entries idle past `min_idle_ms` (DELIVERY_TIMEOUT_MS by default), from
+        any consumer of any pod."""
+        idle = self.settings.delivery_timeout_ms if min_idle_ms is None else min_idle_ms
         claimed = 0
         for shard in shards:
             start = "0-0"
@@ -137,7 +139,7 @@ class Deliverer:
                     ShardKeys.of(shard).events,
                     CONSUMER_GROUP,
                     self.consumer,
-                    min_idle_time=self.settings.delivery_timeout_ms,
+                    min_idle_time=idle,
                     start_id=start,
                     count=READ_COUNT,
                 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -16,9 +17,9 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from tracker import maintenance, metrics, progress
+from tracker import consumer, maintenance, metrics, progress
 from tracker.connection import UNAVAILABLE, connect, pubsub_client
-from tracker.delivery import Deliverer, is_nogroup
+from tracker.delivery import Deliverer
 from tracker.keys import WAKE_CHANNEL_PREFIX, ShardKeys
 from tracker.lease import Leases
 from tracker.scripts import Scripts
@@ -126,7 +127,7 @@ class Sweeper:
         return max(0.0, wait_ms / 1000)
 
     async def run(self, stop: asyncio.Event) -> None:
-        renew_every = self.settings.leader_ttl_ms / 3000
+        renew_every = self.settings.leader_ttl_ms / 5000  # renew, and look for free shards
         next_renew = next_full = next_maintenance = 0.0
         while not stop.is_set():
             try:
@@ -190,28 +191,6 @@ async def _first(*events: asyncio.Event) -> None:
             w.cancel()
 
 
-async def deliver_led_shards(sweeper: Sweeper, deliverer: Deliverer, stop: asyncio.Event) -> None:
-    """Phase 1: the lease holder delivers what it enqueued, for the shards it leads."""
-    known: set[int] = set()
-    while not stop.is_set():
-        shards = sorted(sweeper.leases.held)
-        try:
-            for shard in set(shards) - known:
-                await deliverer.ensure_group(shard)
-                await deliverer.drain_own([shard])
-            known = set(shards)
-            if not shards:
-                await asyncio.sleep(0.2)
-                continue
-            await deliverer.read(shards, block_ms=500, own=False)
-        except UNAVAILABLE:  # first: ClusterDownError is also a ResponseError
-            await asyncio.sleep(1.0)
-        except ResponseError as exc:
-            if not is_nogroup(exc):
-                raise
-            await deliverer.recreate_group(shards)
-
-
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     redis = connect(settings)
     scripts = Scripts()
@@ -222,7 +201,16 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         deliverer = Deliverer(
             redis, settings, scripts, build_sinks(settings, redis), settings.pod_id
         )
-        delivering = asyncio.create_task(deliver_led_shards(sweeper, deliverer, stop))
+        # Phase 1: the lease holder delivers what it enqueued, for the shards it leads. Only
+        # a lease holder reads a shard, so an entry idle half a lease TTL belongs to a holder
+        # that lost its lease: claim it then, not after DELIVERY_TIMEOUT_MS.
+        led = functools.partial(sorted, sweeper.leases.held)
+        idle = min(settings.delivery_timeout_ms, settings.leader_ttl_ms // 2)
+        delivering = asyncio.create_task(
+            consumer.serve(
+                deliverer, settings, led, stop, role="sweeper", block_ms=100, claim_idle_ms=idle
+            )
+        )
     log.info(
         "sweeper started pod=%s mode=%s shards=%d",
         settings.pod_id,
