@@ -18,7 +18,7 @@ from tracker.events import Notification, Outgoing
 from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of
 from tracker.scripts import Scripts
 from tracker.settings import Settings
-from tracker.sinks import Outcomes
+from tracker.sinks import Outcomes, StreamSink
 from tracker.store import AgentMessage, CustomerResponse, Store
 
 INTERVAL = 100
@@ -228,3 +228,21 @@ async def test_a_lower_level_redelivered_after_a_higher_one_is_still_sent(
     await d.read([0], block_ms=None, own=False)  # B delivers level 2
     await d.handle([Notification.from_entry(0, level1[0], level1[1])], retried=True)
     assert [o.notification.level for o in sink.sent] == [2, 1]
+
+
+async def test_the_stream_sink_writes_one_entry_per_event_with_its_fields(
+    redis: Redis, settings: Settings
+) -> None:
+    sink = StreamSink(redis, "outbound", maxlen=1000)
+    events = [
+        Notification("1-0", 0, f"c{i}", 2, 1, "agent", "m1", 1_000_000, 1_060_000).outgoing(
+            1_060_005
+        )
+        for i in range(3)
+    ]
+    assert await sink.send(events) == [None, None, None]
+    entries = await xrange(redis, "outbound")
+    assert [fields for _, fields in entries] == [
+        {k: str(v) for k, v in e.payload.items()} for e in events
+    ]
+    assert entries[0][1]["fired_at"] == "1970-01-01T00:17:40.005Z"

@@ -6,6 +6,7 @@ Used by the consumer processes (phase 2) and by the lease holder itself (phase 1
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -177,13 +178,15 @@ class Deliverer:
         done: list[tuple[Notification, int]] = [
             (n, 0) for n, c in zip(batch, codes, strict=True) if c != SEND
         ]
+        sent = collections.Counter[int]()
         for item in outgoing:
-            error = failures.get(item.notification.entry_id)
-            if error is None:
+            if item.notification.entry_id not in failures:
                 done.append((item.notification, item.notification.level))
-                metrics.SENT.labels(str(item.notification.level)).inc()
+                sent[item.notification.level] += 1
                 lateness = max(0, item.fired_at_ms - item.notification.due_at_ms)
                 metrics.LATENESS.observe(lateness / 1000)
+        for level, count in sent.items():
+            metrics.SENT.labels(str(level)).inc(count)
         await self._ack(keys, done, retried)
         for item in outgoing:
             error = failures.get(item.notification.entry_id)

@@ -24,18 +24,19 @@ def parse_rfc3339_ms(text: str) -> int:
     return (moment - EPOCH) // timedelta(milliseconds=1)  # exact: no float rounding
 
 
-@functools.lru_cache(maxsize=1024)
-def _date_prefix(days: int) -> str:
-    return datetime.fromtimestamp(days * 86400, tz=UTC).strftime("%Y-%m-%dT")
+@functools.lru_cache(maxsize=4096)
+def _second_prefix(seconds: int) -> str:
+    days, rem = divmod(seconds, 86_400)
+    hours, rem = divmod(rem, 3600)
+    minutes, rem = divmod(rem, 60)
+    date = datetime.fromtimestamp(days * 86400, tz=UTC).strftime("%Y-%m-%dT")
+    return f"{date}{hours:02d}:{minutes:02d}:{rem:02d}."
 
 
 def format_ms(ms: int) -> str:
     """RFC 3339 in UTC with millisecond precision, e.g. 2026-11-25T12:00:00.000Z.
 
-    Hot (every notification and API answer): the date part is cached per day.
+    Hot (every notification and API answer): all but the milliseconds is cached per second.
     """
-    days, rem = divmod(ms, 86_400_000)
-    seconds, milli = divmod(rem, 1000)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    return f"{_date_prefix(days)}{hours:02d}:{minutes:02d}:{seconds:02d}.{milli:03d}Z"
+    seconds, milli = divmod(ms, 1000)
+    return f"{_second_prefix(seconds)}{milli:03d}Z"
