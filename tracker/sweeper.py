@@ -29,6 +29,7 @@ from tracker.sinks import build_sinks
 log = logging.getLogger(__name__)
 
 MAINTENANCE_EVERY_S = 5.0
+PROGRESS_WRITE_S = 0.5
 
 
 class Sweeper:
@@ -42,7 +43,8 @@ class Sweeper:
         self.clock_offset_ms = 0.0  # Redis time minus local time
         self.servers: dict[int, str] = {}  # shard -> the Redis server that holds it
         self.failover_at: dict[int, float] = {}  # shard -> monotonic time its server changed
-        self.hold_until: dict[int, float] = {}  # shard -> no sweep before this monotonic time
+        self.hold_until: dict[int, float] = {}
+        self.next_progress_write = 0.0  # shard -> no sweep before this monotonic time
         self.wake = asyncio.Event()
         args = [*settings.level_multipliers, settings.answered_retention_ms]
         self.sweep_args = [settings.sweep_batch, *args]
@@ -119,7 +121,9 @@ class Sweeper:
             if (everything or self.next_due.get(s, 0) <= now) and self.hold_until.get(s, 0) <= clock
         ]
         await asyncio.gather(*(self.sweep_shard(s) for s in shards))
-        progress.write(self.settings, self.last_sweep)
+        if clock >= self.next_progress_write:  # the watchdog needs seconds, not every round
+            progress.write(self.settings, self.last_sweep)
+            self.next_progress_write = clock + PROGRESS_WRITE_S
 
     def sleep_s(self) -> float:
         soonest = min(self.next_due.values(), default=float("inf"))
