@@ -22,7 +22,7 @@ from tracker.connection import is_cluster
 from tracker.errors import DeliveryError
 from tracker.events import Notification, Outgoing
 from tracker.keys import CONSUMER_GROUP, ShardKeys
-from tracker.scripts import Arg, Scripts
+from tracker.scripts import Arg, Call, Scripts, run_batch
 from tracker.settings import Settings
 from tracker.sinks import CircuitOpen, Sink
 
@@ -154,44 +154,56 @@ class Deliverer:
         return claimed
 
     async def handle(self, batch: Sequence[Notification], *, retried: bool = False) -> None:
-        """Re-check, deliver and acknowledge; `retried` entries may have failed attempts."""
-        by_shard: dict[int, list[Notification]] = defaultdict(list)
-        for n in batch:
-            by_shard[n.shard].append(n)
-        await asyncio.gather(
-            *(self._handle_shard(s, items, retried) for s, items in by_shard.items())
-        )
-
-    async def _handle_shard(self, shard: int, batch: list[Notification], retried: bool) -> None:
-        keys = ShardKeys.of(shard)
-        args: list[Arg] = []
-        for n in batch:
-            args += [n.conversation_id, n.generation, n.level]
-        codes = await self.scripts.recheck.run(self.redis, [keys.records], args)
-        to_send = [n for n, code in zip(batch, codes, strict=True) if code == SEND]
-        for code in codes:
-            if code != SEND:
-                metrics.SUPPRESSED.labels("stale" if code == STALE else "duplicate").inc()
+        """Re-check, deliver and acknowledge a batch that may span shards: one pipelined
+        round trip for every shard's re-check, one send per sink, one for every shard's ack.
+        `retried` entries may have failed attempts to forget."""
+        if not batch:
+            return
+        to_send, done = await self._recheck(batch)
         fired_at = int(time.time() * 1000)
         outgoing = [n.outgoing(fired_at) for n in to_send]
         failures = await self._send(outgoing)
-        done: list[tuple[Notification, int]] = [
-            (n, 0) for n, c in zip(batch, codes, strict=True) if c != SEND
-        ]
         sent = collections.Counter[int]()
         for item in outgoing:
-            if item.notification.entry_id not in failures:
-                done.append((item.notification, item.notification.level))
-                sent[item.notification.level] += 1
-                lateness = max(0, item.fired_at_ms - item.notification.due_at_ms)
-                metrics.LATENESS.observe(lateness / 1000)
+            n = item.notification
+            if n.entry_id not in failures:
+                done[n.shard].append((n, n.level))
+                sent[n.level] += 1
+                metrics.LATENESS.observe(max(0, item.fired_at_ms - n.due_at_ms) / 1000)
         for level, count in sent.items():
             metrics.SENT.labels(str(level)).inc(count)
-        await self._ack(keys, done, retried)
+        await self._ack(done, retried)
         for item in outgoing:
             error = failures.get(item.notification.entry_id)
             if error is not None:
-                await self._failed(keys, item.notification, error)
+                n = item.notification
+                await self._failed(ShardKeys.of(n.shard), n, error)
+
+    async def _recheck(
+        self, batch: Sequence[Notification]
+    ) -> tuple[list[Notification], dict[int, list[tuple[Notification, int]]]]:
+        """Split a batch into what to send now and what to acknowledge unsent (stale or
+        already delivered), asking every shard in one pipelined round trip."""
+        by_shard: dict[int, list[Notification]] = defaultdict(list)
+        for n in batch:
+            by_shard[n.shard].append(n)
+        calls: list[Call] = []
+        for shard, items in by_shard.items():
+            args: list[Arg] = []
+            for n in items:
+                args += [n.conversation_id, n.generation, n.level]
+            calls.append((self.scripts.recheck, [ShardKeys.of(shard).records], args))
+        replies = await run_batch(self.redis, calls)
+        to_send: list[Notification] = []
+        unsent: dict[int, list[tuple[Notification, int]]] = defaultdict(list)
+        for items, codes in zip(by_shard.values(), replies, strict=True):
+            for n, code in zip(items, codes, strict=True):
+                if code == SEND:
+                    to_send.append(n)
+                else:
+                    metrics.SUPPRESSED.labels("stale" if code == STALE else "duplicate").inc()
+                    unsent[n.shard].append((n, 0))
+        return to_send, unsent
 
     async def _send(self, outgoing: list[Outgoing]) -> dict[str, DeliveryError]:
         """Send to every sink; an event fails when any sink fails (the worst error wins)."""
@@ -210,15 +222,17 @@ class Deliverer:
                     failures[entry] = error
         return failures
 
-    async def _ack(
-        self, keys: ShardKeys, done: list[tuple[Notification, int]], retried: bool
-    ) -> None:
-        if not done:
-            return
-        args: list[Arg] = [CONSUMER_GROUP, int(retried)]
-        for n, level in done:
-            args += [n.entry_id, n.conversation_id, n.generation, level]
-        await self.scripts.ack.run(self.redis, [keys.events, keys.records, keys.attempts], args)
+    async def _ack(self, done: dict[int, list[tuple[Notification, int]]], retried: bool) -> None:
+        """Mark delivered levels and XACK, every shard in one pipelined round trip."""
+        calls: list[Call] = []
+        for shard, entries in done.items():
+            k = ShardKeys.of(shard)
+            args: list[Arg] = [CONSUMER_GROUP, int(retried)]
+            for n, level in entries:
+                args += [n.entry_id, n.conversation_id, n.generation, level]
+            calls.append((self.scripts.ack, [k.events, k.records, k.attempts], args))
+        if calls:
+            await run_batch(self.redis, calls)
 
     async def _failed(self, keys: ShardKeys, n: Notification, error: DeliveryError) -> None:
         if isinstance(error, CircuitOpen):  # not attempted: no attempt counted
