@@ -109,6 +109,10 @@ ROWS = (
         target=0.6,
         ceiling="ceiling_bare_http",
     ),
+    *(
+        Row(f"sweep_masters_{m}", f"sweep throughput, Redis Cluster, {m} master(s)", "fired/s")
+        for m in (1, 2, 3)
+    ),
     Row(
         "memory_per_conversation",
         "Redis memory per waiting conversation (1M)",

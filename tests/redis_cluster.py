@@ -49,6 +49,9 @@ class RedisCluster:
     def _start(self) -> None:
         for node in self.nodes:
             node.start()
+        if self.replicas == 0:
+            self._assign_slots()
+            return
         cli = shutil.which("redis-cli")
         assert cli, "redis-cli is not installed"
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
@@ -66,6 +69,17 @@ class RedisCluster:
             capture_output=True,
             timeout=60,
         )
+        self.wait_ok()
+
+    def _assign_slots(self) -> None:
+        """Masters only (any number, even one or two, which `--cluster create` refuses):
+        split the 16384 slots evenly, then introduce every node to the first."""
+        count = len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            first, last = i * 16384 // count, (i + 1) * 16384 // count - 1
+            node.client().execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)  # type: ignore[no-untyped-call]
+        for node in self.nodes[1:]:
+            self.nodes[0].client().cluster("meet", "127.0.0.1", node.port)
         self.wait_ok()
 
     def wait_ok(self, timeout: float = 30.0) -> None:
