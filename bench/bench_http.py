@@ -19,7 +19,7 @@ import uvloop
 
 from bench import harness
 from bench.report import Report
-from tests.processes import Role, role_env, wait_http
+from tests.processes import running_api, wait_http
 from tests.redis_server import RedisServer, free_port
 
 WRK_SECONDS = 4
@@ -32,18 +32,8 @@ ROUNDS = 3
 def api(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One API process (no sweeper: nothing fires during the ingest figures)."""
     workdir = tmp_path_factory.mktemp("api")
-    port = free_port()
-    env = role_env(
-        redis_server.url, workdir / "run", PORT=str(port), POD_ID="bench", LOG_LEVEL="WARNING"
-    )
-    role = Role(["api"], env, workdir / "api.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        uvloop.run(wait_http(f"{base}/health"))
+    with running_api(redis_server.url, workdir, POD_ID="bench", LOG_LEVEL="WARNING") as base:
         yield base
-    finally:
-        role.stop()
-    assert "Traceback" not in role.output(), role.output()[-3000:]
 
 
 @pytest.fixture(scope="module")

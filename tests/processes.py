@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,23 @@ class Role:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_api(redis_url: str, workdir: Path, **env: str) -> Iterator[str]:
+    """One `python -m tracker api` process on a free port, ready (its /health answers);
+    yields its base URL, stops it by pid, and then checks its log held no traceback."""
+    port = free_port()
+    role = Role(
+        ["api"], role_env(redis_url, workdir / "run", PORT=str(port), **env), workdir / "api.log"
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(wait_http(f"{base}/health"))
+        yield base
+    finally:
+        role.stop()
+    assert "Traceback" not in role.output(), role.output()[-3000:]
 
 
 def role_env(redis_url: str, run_dir: Path, **extra: str) -> dict[str, str]:

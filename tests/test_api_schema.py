@@ -8,11 +8,9 @@ does not run on pytest 9.)"""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +18,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from tests.processes import Role, role_env, wait_http
-from tests.redis_server import RedisServer, free_port
+from tests.processes import running_api
+from tests.redis_server import RedisServer
 from tracker.openapi import document
 from tracker.settings import Settings
 
@@ -45,18 +43,9 @@ schema = schemathesis.openapi.from_dict(document(SETTINGS))
 @pytest.fixture(scope="module")
 def live_api(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The API as a real process; its Redis database is emptied first."""
-    tmp: Path = tmp_path_factory.mktemp("schema")
     redis_server.client().flushall()
-    port = free_port()
-    env = role_env(redis_server.url, tmp / "run", PORT=str(port), **API_ENV)
-    api = Role(["api"], env, tmp / "api.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        asyncio.run(wait_http(f"{base}/health"))
+    with running_api(redis_server.url, tmp_path_factory.mktemp("schema"), **API_ENV) as base:
         yield base
-    finally:
-        api.stop()
-    assert "Traceback" not in api.output(), api.output()[-3000:]
 
 
 def test_the_live_document_is_the_one_tested(live_api: str) -> None:

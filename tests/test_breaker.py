@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from tests.conftest import make_settings
 from tests.processes import SECRET
 from tests.redis_server import RedisServer, free_port
+from tracker.connection import redis_time_ms
 from tracker.delivery import Deliverer
 from tracker.errors import DeliveryError
 from tracker.events import Notification, Outgoing
@@ -100,8 +101,7 @@ async def fired_notification(
         url, tmp_path / "run", SHARD_COUNT="1", TIMEOUT_INTERVAL_MS="100", **env
     )
     scripts = Scripts()
-    seconds, micros = await redis.time()
-    since = int(seconds) * 1000 + int(micros) // 1000 - 200
+    since = await redis_time_ms(redis) - 200
     await Store(redis, settings, scripts).apply(AgentMessage(conversation, "agent", "m1", since))
     k = ShardKeys.of(0)
     _, lease = await scripts.lease_acquire.run(redis, [k.leader, k.fence], ["p", 10_000])

@@ -12,10 +12,12 @@ from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
+from tracker.connection import redis_time_ms
 from tracker.delivery import Deliverer
 from tracker.errors import DeliveryError
 from tracker.events import Notification, Outgoing
 from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of
+from tracker.maintenance import drop_idle_consumers
 from tracker.scripts import Scripts
 from tracker.settings import Settings
 from tracker.sinks import Outcomes, StreamSink
@@ -60,15 +62,10 @@ async def xrange(redis: Redis, key: str) -> list[tuple[str, dict[str, str]]]:
     return cast(list[tuple[str, dict[str, str]]], await redis.xrange(key))
 
 
-async def redis_now_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
 async def fire(redis: Redis, settings: Settings, scripts: Scripts, *conversations: str) -> None:
     """Start each conversation in the past so its level 1 is due, and sweep it into the stream."""
     store = Store(redis, settings, scripts)
-    since = await redis_now_ms(redis) - INTERVAL - 20
+    since = await redis_time_ms(redis) - INTERVAL - 20
     for c in conversations:
         await store.apply(AgentMessage(c, "agent", f"m-{c}", since))
     k = ShardKeys.of(0)
@@ -182,7 +179,7 @@ async def test_trim_keeps_unacknowledged_entries(redis: Redis, settings: Setting
     await d.read([0], block_ms=None, own=False)  # a1, a2 delivered and acknowledged
     k = ShardKeys.of(0)
     store = Store(redis, settings, scripts)
-    since = await redis_now_ms(redis) - INTERVAL - 20
+    since = await redis_time_ms(redis) - INTERVAL - 20
     for c in ("p1", "p2"):
         await store.apply(AgentMessage(c, "agent", f"m-{c}", since))
     lease = await redis.get(k.leader)
@@ -246,3 +243,35 @@ async def test_the_stream_sink_writes_one_entry_per_event_with_its_fields(
         {k: str(v) for k, v in e.payload.items()} for e in events
     ]
     assert entries[0][1]["fired_at"] == "1970-01-01T00:17:40.005Z"
+
+
+def test_event_ids_identify_a_notification_and_nothing_else() -> None:
+    """Guarantee 6: a redelivery carries the same event_id, so receivers can dedupe."""
+    first = Notification("1-0", 0, "c1", 2, 1, "agent", "m1", 1_000_000, 1_060_000)
+    redelivered = Notification("9-0", 0, "c1", 2, 1, "agent", "m1", 1_000_000, 1_060_000)
+    assert first.event_id == redelivered.event_id
+    assert first.outgoing(5).payload["event_id"] == first.event_id
+    others = {
+        Notification("1-0", 0, "c2", 2, 1, "agent", "m1", 1_000_000, 1_060_000).event_id,
+        Notification("1-0", 0, "c1", 3, 1, "agent", "m1", 1_000_000, 1_090_000).event_id,
+        Notification("1-0", 0, "c1", 2, 2, "agent", "m2", 1_000_001, 1_060_001).event_id,
+    }
+    assert first.event_id not in others
+    assert len(others) == 3
+
+
+async def test_consumers_of_gone_pods_are_dropped_but_not_those_with_pending_entries(
+    redis: Redis, settings: Settings
+) -> None:
+    """Guarantee 5: a consumer group does not keep every consumer that ever lived."""
+    k = ShardKeys.of(0)
+    await redis.xgroup_create(k.events, CONSUMER_GROUP, id="0", mkstream=True)
+    await redis.xadd(k.events, {"c": "c1"})
+    await redis.xreadgroup(CONSUMER_GROUP, "holds-one", {k.events: ">"}, count=1)
+    await redis.xgroup_createconsumer(k.events, CONSUMER_GROUP, "idle-and-empty")
+    await asyncio.sleep(0.01)
+    await drop_idle_consumers(redis, k.events, idle_ms=3_600_000)
+    assert len(await redis.xinfo_consumers(k.events, CONSUMER_GROUP)) == 2  # not idle enough
+    await drop_idle_consumers(redis, k.events, idle_ms=0)
+    names = [c["name"] for c in await redis.xinfo_consumers(k.events, CONSUMER_GROUP)]
+    assert names == ["holds-one"]

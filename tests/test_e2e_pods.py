@@ -80,7 +80,7 @@ async def test_two_pods_share_shards_and_deliver_every_level(
 ) -> None:
     a, b, receiver = two_pods
     for pod in (a, b):  # RUNNING once each program stayed up for startsecs (3 s)
-        assert await wait_until(lambda p=pod: "STARTING" not in p.ctl("status"), timeout=20)  # type: ignore[misc]
+        assert await wait_until(lambda p=pod: "STARTING" not in p.ctl("status"), timeout=20)
         status = pod.ctl("status")
         for program in (
             "api",

@@ -4,14 +4,12 @@ code, and nothing of it reaches Redis."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +17,8 @@ import redis as sync_redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.processes import Role, role_env, wait_http
-from tests.redis_server import RedisServer, free_port
+from tests.processes import running_api
+from tests.redis_server import RedisServer
 from tracker.keys import ShardKeys, shard_of
 from tracker.timefmt import format_ms
 
@@ -32,20 +30,10 @@ serial = itertools.count()
 
 @pytest.fixture(scope="module")
 def api(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp: Path = tmp_path_factory.mktemp("fuzz")
     redis_server.client().flushall()
-    port = free_port()
-    env = role_env(
-        redis_server.url, tmp / "run", PORT=str(port), POD_ID="fuzz", SHARD_COUNT=str(SHARDS)
-    )
-    role = Role(["api"], env, tmp / "api.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        asyncio.run(wait_http(f"{base}/health"))
+    workdir = tmp_path_factory.mktemp("fuzz")
+    with running_api(redis_server.url, workdir, POD_ID="fuzz", SHARD_COUNT=str(SHARDS)) as base:
         yield base
-    finally:
-        role.stop()
-    assert "Traceback" not in role.output(), role.output()[-3000:]
 
 
 def post(base: str, body: bytes, content_type: str = "application/json") -> tuple[int, Any]:

@@ -8,13 +8,14 @@ import orjson
 from redis.asyncio import Redis
 
 from tracker.api import conversation_json
+from tracker.connection import redis_time_ms
+from tracker.events import Notification
 from tracker.keys import CONSUMER_GROUP, PODS, ShardKeys, all_shards, shard_of
 from tracker.scripts import Scripts
 from tracker.settings import Settings
 from tracker.store import Store
 from tracker.timefmt import format_ms
 
-EVENT_FIELDS = ("c", "l", "g", "s", "d", "a", "m")
 HISTORY_SCAN = 10_000
 Entries = list[tuple[str, dict[str, str]]]
 
@@ -29,11 +30,6 @@ async def _xrevrange(redis: Redis, key: str, count: int) -> Entries:
 
 def _print(data: Any) -> None:
     print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
-
-
-async def _now_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def shard_status(redis: Redis, k: ShardKeys, now: int) -> dict[str, Any]:
@@ -61,7 +57,7 @@ async def shard_status(redis: Redis, k: ShardKeys, now: int) -> dict[str, Any]:
 
 
 async def status(redis: Redis, settings: Settings) -> int:
-    now = await _now_ms(redis)
+    now = await redis_time_ms(redis)
     shards = [await shard_status(redis, k, now) for k in all_shards(settings.shard_count)]
     pods = cast(list[str], await redis.zrangebyscore(PODS, now, "+inf"))
     columns = (
@@ -100,7 +96,8 @@ async def dead_letters_replay(redis: Redis, settings: Settings, ids: list[str]) 
             if ids and entry_id not in ids:
                 continue
             async with redis.pipeline(transaction=True) as tx:
-                tx.xadd(k.events, {f: fields[f] for f in EVENT_FIELDS})
+                entry = Notification.from_entry(k.shard, entry_id, fields).entry_fields()
+                tx.xadd(k.events, cast(Any, entry))
                 tx.xdel(k.dead_letters, entry_id)
                 await tx.execute()
             replayed += 1
@@ -128,13 +125,14 @@ async def conversation(redis: Redis, settings: Settings, conversation_id: str) -
     for stream, kind in ((k.events, "notification"), (k.dead_letters, "dead_letter")):
         for entry_id, fields in await _xrevrange(redis, stream, HISTORY_SCAN):
             if fields.get("c") == conversation_id:
+                n = Notification.from_entry(k.shard, entry_id, fields)
                 history.append(
                     {
                         "kind": kind,
                         "entry_id": entry_id,
-                        "level": int(fields["l"]),
-                        "generation": int(fields["g"]),
-                        "due_at": format_ms(int(fields["d"])),
+                        "level": n.level,
+                        "generation": n.generation,
+                        "due_at": format_ms(n.due_at_ms),
                         **({"reason": fields["reason"]} if "reason" in fields else {}),
                     }
                 )

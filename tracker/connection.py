@@ -102,6 +102,12 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections:
     return Redis.from_pool(pool)
 
 
+async def redis_time_ms(client: Redis) -> int:
+    """Redis's clock (TIME), in milliseconds: the one clock every pod agrees on."""
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
 def is_cluster(client: Redis) -> bool:
     return isinstance(client, RedisCluster)
 

@@ -21,7 +21,7 @@ from tracker import metrics
 from tracker.connection import is_cluster
 from tracker.errors import DeliveryError
 from tracker.events import Notification, Outgoing
-from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of_key
 from tracker.scripts import Arg, Call, Scripts, run_batch
 from tracker.settings import Settings
 from tracker.sinks import CircuitOpen, Sink
@@ -92,7 +92,7 @@ class Deliverer:
         streams = {ShardKeys.of(s).events: "0" if own else ">" for s in shards}
         reply = await self._xreadgroup(streams, block_ms)
         batch = [
-            Notification.from_entry(_shard_of_stream(name), entry_id, fields)
+            Notification.from_entry(shard_of_key(name), entry_id, fields)
             for name, entries in _stream_items(reply)
             for entry_id, fields in entries
             if fields
@@ -309,7 +309,3 @@ def _severity(error: DeliveryError) -> int:
 def _stream_items(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
     """XREADGROUP's (RESP2) reply as (stream, entries); None when BLOCK timed out."""
     return [(name, entries) for name, entries in reply or []]
-
-
-def _shard_of_stream(name: str) -> int:
-    return int(name[name.index("{") + 1 : name.index("}")])

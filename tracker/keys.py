@@ -19,6 +19,11 @@ def shard_of(conversation_id: str, shard_count: int) -> int:
     return zlib.crc32(conversation_id.encode()) % shard_count
 
 
+def shard_of_key(key: str) -> int:
+    """The shard number in a key's hash tag: ``timeout_events:{7}`` -> 7."""
+    return int(key[key.index("{") + 1 : key.index("}")])
+
+
 def wake_channel(shard: int) -> str:
     return f"{WAKE_CHANNEL_PREFIX}{shard}"
 

@@ -10,7 +10,7 @@ from typing import cast
 from redis.asyncio import Redis, RedisCluster
 
 from tracker import metrics
-from tracker.connection import is_cluster
+from tracker.connection import is_cluster, redis_time_ms
 from tracker.keys import PODS, ShardKeys
 from tracker.scripts import Call, Scripts, run_batch
 from tracker.settings import Settings
@@ -33,8 +33,7 @@ class Leases:
 
     async def live_pods(self) -> int:
         """Register this pod as alive for one TTL, and count the pods alive now."""
-        seconds, micros = await self.redis.time()
-        now = seconds * 1000 + micros // 1000
+        now = await redis_time_ms(self.redis)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(PODS, {self.settings.pod_id: now + self.settings.leader_ttl_ms})
             pipe.zremrangebyscore(PODS, "-inf", now)

@@ -40,7 +40,7 @@ async def run(redis: Redis, scripts: Scripts, shards: Sequence[int]) -> None:
                 pending += int(group["pending"])
         if isinstance(first, list) and first:
             oldest_ms = max(oldest_ms, now_ms - int(first[0]["message_id"].split("-")[0]))
-        await _drop_idle_consumers(redis, k.events)
+        await drop_idle_consumers(redis, k.events)
     metrics.WAITING.set(waiting)
     metrics.BACKLOG.set(backlog)
     metrics.PENDING.set(pending)
@@ -52,12 +52,13 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) else 0
 
 
-async def _drop_idle_consumers(redis: Redis, stream: str) -> None:
+async def drop_idle_consumers(redis: Redis, stream: str, idle_ms: int = IDLE_CONSUMER_MS) -> None:
+    """Remove consumers of pods that are gone: nothing pending and idle past `idle_ms`."""
     try:
         consumers = await redis.xinfo_consumers(stream, CONSUMER_GROUP)
     except ResponseError:
         return  # no stream or group yet
     for c in consumers:
-        if int(c["pending"]) == 0 and int(c["idle"]) > IDLE_CONSUMER_MS:
+        if int(c["pending"]) == 0 and int(c["idle"]) > idle_ms:
             await redis.xgroup_delconsumer(stream, CONSUMER_GROUP, c["name"])
             log.info("dropped idle consumer name=%s stream=%s", c["name"], stream)

@@ -43,8 +43,8 @@ class Sweeper:
         self.clock_offset_ms = 0.0  # Redis time minus local time
         self.servers: dict[int, str] = {}  # shard -> the Redis server that holds it
         self.failover_at: dict[int, float] = {}  # shard -> monotonic time its server changed
-        self.hold_until: dict[int, float] = {}
-        self.next_progress_write = 0.0  # shard -> no sweep before this monotonic time
+        self.hold_until: dict[int, float] = {}  # shard -> no sweep before this monotonic time
+        self.next_progress_write = 0.0  # monotonic time of the next progress-file write
         self.wake = asyncio.Event()
         args = [*settings.level_multipliers, settings.answered_retention_ms]
         self.sweep_args = [settings.sweep_batch, *args]
