@@ -8,10 +8,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -24,10 +21,10 @@ from tests.faults import (
     agent,
     every_level,
     program_pids,
-    program_states,
     where_are,
 )
-from tests.processes import Pod, Receiver, post_events, wait_http, wait_until
+from tests.load import Load, assert_healthy, pairs, pod_with_receiver
+from tests.processes import post_events, wait_http, wait_until
 from tests.redis_server import RedisServer
 from tracker.keys import ShardKeys, shard_of
 from tracker.timefmt import parse_rfc3339_ms
@@ -45,100 +42,6 @@ WIDE_OFFSETS_MS = (1000, 8000, 15000)  # WIDE with the 1 s interval
 # catch a level up together with the next one (guarantee 4) and skip it.
 QUICK = {"TIMEOUT_INTERVAL_MS": "300", **SPACED}
 QUICK_OFFSETS_MS = (300, 1500, 2700)
-
-
-@contextlib.asynccontextmanager
-async def pod_with_receiver(
-    redis_url: str, tmp_path: Path, **env: str
-) -> AsyncIterator[tuple[Pod, Receiver]]:
-    receiver = Receiver()
-    await receiver.start()
-    hook = {"NOTIFY_WEBHOOK_URL": receiver.url, "NOTIFY_WEBHOOK_SECRET": receiver.secret}
-    settings = {**FAST, "MODE": "phase2", "CONSUMER_PROCESSES": "2", "NOTIFY_SINK": "webhook"}
-    pod = Pod("pod-f", redis_url, tmp_path, **{**settings, **hook, **env})
-    try:
-        await wait_http(f"{pod.base}/ready", timeout=30)
-        yield pod, receiver
-    finally:
-        pod.stop()
-        await receiver.stop()
-
-
-def assert_healthy(pod: Pod, pids: dict[str, int]) -> None:
-    """Every program still RUNNING under supervisord, none restarted, no stack trace."""
-    states = program_states(pod)
-    states.pop("redis", None)  # not started: REDIS_URL points at the test's own server
-    assert set(states.values()) == {"RUNNING"}, states
-    assert program_pids(pod) == pids, "a program was restarted"
-
-
-def pairs(receiver: Receiver) -> list[tuple[str, int]]:
-    return [(r.event["conversation_id"], r.event["level"]) for r in receiver.events]
-
-
-@dataclass
-class Load:
-    """Agent messages (and a reply for every third conversation), one request at a time
-    per worker; remembers which writes the API acknowledged with 200."""
-
-    base: str
-    prefix: str
-    offsets_ms: tuple[int, int, int]  # of the levels, from the pod's interval and multipliers
-    acked_agent: dict[str, int] = field(default_factory=dict)  # id -> waiting since ms
-    acked_reply: dict[str, int] = field(default_factory=dict)  # id -> answered at ms
-    unacked: set[str] = field(default_factory=set)
-    statuses: list[int] = field(default_factory=list)
-    missing_retry_after: int = 0
-
-    async def post(self, session: aiohttp.ClientSession, path: str, body: Any) -> Any:
-        try:
-            async with session.post(f"{self.base}{path}", json=body) as resp:
-                self.statuses.append(resp.status)
-                if resp.status == 503 and "Retry-After" not in resp.headers:
-                    self.missing_retry_after += 1
-                return await resp.json() if resp.status == 200 else None
-        except (aiohttp.ClientError, TimeoutError):
-            self.statuses.append(0)
-            return None
-
-    async def worker(self, index: int, count: int, pause_s: float) -> None:
-        timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            for i in range(count):
-                c = f"{self.prefix}-{index}-{i}"
-                body = {"agent_id": "agent-1", "message_id": f"m-{c}"}
-                got = await self.post(session, f"/conversations/{c}/agent-message", body)
-                if got is None:
-                    self.unacked.add(c)
-                else:
-                    self.acked_agent[c] = parse_rfc3339_ms(got["waiting_since"])
-                    if i % 3 == 0:
-                        body = {"customer_id": "customer-1", "message_id": f"r-{c}"}
-                        path = f"/conversations/{c}/customer-response"
-                        got = await self.post(session, path, body)
-                        if got is None:
-                            self.unacked.add(c)
-                        elif got["status"] == "answered":
-                            since = self.acked_agent[c]
-                            self.acked_reply[c] = since + int(got["response_time_ms"])
-                await asyncio.sleep(pause_s)
-
-    def expected(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
-        """(must arrive, may arrive): every level of every acknowledged, unanswered
-        conversation must; a level due before an acknowledged answer may; so may anything
-        of a conversation whose outcome a failed request left unknown."""
-        must, may = set(), set()
-        for c, since in self.acked_agent.items():
-            for level, offset in zip((1, 2, 3), self.offsets_ms, strict=True):
-                if c in self.unacked:
-                    may.add((c, level))
-                elif c not in self.acked_reply:
-                    must.add((c, level))
-                elif since + offset <= self.acked_reply[c]:
-                    may.add((c, level))
-        for c in self.unacked - set(self.acked_agent):
-            may |= {(c, level) for level in (1, 2, 3)}
-        return must, may
 
 
 def check_acknowledged_writes(client: sync_redis.Redis, load: Load) -> None:

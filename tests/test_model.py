@@ -26,7 +26,6 @@ INTERVAL = 1000
 MULTIPLIERS = (1.0, 2.0, 3.0)
 RETENTION = 10**9  # nothing retires during an example
 K = ShardKeys.of(0)
-RECORD_KEYS = [K.records, K.waiting, K.states, K.retired]
 SWEEP_KEYS = [K.waiting, K.states, K.records, K.retired, K.events, K.leader, K.counters]
 
 
@@ -175,12 +174,12 @@ def test_notifications_equal_the_reference_model(
             continue
         ts = base + step.offset_ms
         if step.kind == "agent":
-            args = [1.0, wake_channel(0), step.conversation, "agent", step.message, ts, INTERVAL]
-            status = run(client, SCRIPTS.track, RECORD_KEYS, args)[0]
+            args = [0, 1.0, wake_channel(0), step.conversation, "agent", step.message, ts, INTERVAL]
+            status = run(client, SCRIPTS.track, K.for_writes, args)[0]
             expected = model.agent(step.conversation, step.message, ts)
         else:
-            args = [RETENTION, step.conversation, step.message, ts]
-            status = run(client, SCRIPTS.respond, RECORD_KEYS, args)[0]
+            args = [0, RETENTION, step.conversation, step.message, ts]
+            status = run(client, SCRIPTS.respond, K.for_writes, args)[0]
             expected = model.answer(step.conversation, step.message, ts)
         assert status == expected, (step, status, expected)
     entries: Any = client.xrange(K.events)

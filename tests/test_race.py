@@ -78,8 +78,8 @@ async def answer_all(client: Redis, scripts: Scripts, r: Round, due: int) -> Non
             seq, (status, _, _) = await committed(
                 client,
                 scripts.respond,
-                [K.records, K.waiting, K.states, K.retired],
-                [60_000, c, f"r-{c}", due],
+                K.for_writes,
+                [0, 60_000, c, f"r-{c}", due],
             )
             r.trials[c].reply_seq, r.trials[c].reply_status = seq, str(status)
 
@@ -99,7 +99,7 @@ async def sweep_and_recheck(client: Redis, scripts: Scripts, r: Round, lease: st
             c = fields["c"]
             r.trials[c].fired_seq = seq
             rseq, codes = await committed(
-                client, scripts.recheck, [K.records], [c, fields["g"], fields["l"]]
+                client, scripts.recheck, K.for_recheck, [c, fields["g"], fields["l"]]
             )
             r.trials[c].recheck_seq, r.trials[c].recheck_code = rseq, int(codes[0])
         if r.replies_done and not int(fired) and not int(more):
@@ -129,8 +129,8 @@ async def test_an_answer_at_the_deadline_never_loses_to_the_sweeper(
                     r.trials[c] = Trial()
                     scripts.track.queue(
                         pipe,
-                        [K.records, K.waiting, K.states, K.retired],
-                        [1, wake_channel(0), c, "agent", f"m-{c}", due - INTERVAL, INTERVAL],
+                        K.for_writes,
+                        [0, 1, wake_channel(0), c, "agent", f"m-{c}", due - INTERVAL, INTERVAL],
                     )
                 await pipe.execute()
             await asyncio.gather(

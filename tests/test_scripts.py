@@ -18,6 +18,7 @@ K = ShardKeys.of(3)
 T = 1000  # the interval of these tests, ms
 MULTIPLIERS = (1, 2, 3)
 RETENTION = 60_000
+EPOCH = 0  # the shard layout epoch the writes route by
 POD = "pod-a"
 TTL = 10_000
 CONSUMER = "consumer-1"
@@ -40,16 +41,16 @@ async def track(
     agent: str = "agent-1",
     interval: int = T,
 ) -> list[Any]:
-    keys = [K.records, K.waiting, K.states, K.retired]
-    args: list[Arg] = [MULTIPLIERS[0], wake_channel(K.shard), cid, agent, message_id, ts, interval]
-    return cast(list[Any], await SCRIPTS.track.run(r, keys, args))
+    args: list[Arg] = [EPOCH, MULTIPLIERS[0], wake_channel(K.shard)]
+    args += [cid, agent, message_id, ts, interval]
+    return cast(list[Any], await SCRIPTS.track.run(r, K.for_writes, args))
 
 
 async def respond(
     r: Redis, cid: str, message_id: str, ts: int = 0, *, retention: int = RETENTION
 ) -> list[Any]:
-    keys = [K.records, K.waiting, K.states, K.retired]
-    return cast(list[Any], await SCRIPTS.respond.run(r, keys, [retention, cid, message_id, ts]))
+    args: list[Arg] = [EPOCH, retention, cid, message_id, ts]
+    return cast(list[Any], await SCRIPTS.respond.run(r, K.for_writes, args))
 
 
 async def acquire(r: Redis, pod: str = POD, ttl: int = TTL) -> list[Any]:
@@ -499,7 +500,7 @@ async def test_lease_release_drops_only_the_held_lease(redis: Redis) -> None:
 
 async def recheck(r: Redis, *triples: tuple[str, int, int]) -> list[int]:
     args = [v for triple in triples for v in triple]
-    return [int(v) for v in await SCRIPTS.recheck.run(r, [K.records], args)]
+    return [int(v) for v in await SCRIPTS.recheck.run(r, K.for_recheck, args)]
 
 
 async def ack(r: Redis, *entries: tuple[str, str, int, int]) -> int:
@@ -521,11 +522,12 @@ async def test_recheck_is_stale_after_an_answer(redis: Redis) -> None:
     assert await recheck(redis, ("c1", 1, 1)) == [0]
 
 
-async def test_recheck_is_stale_after_a_restart_or_for_unknown(redis: Redis) -> None:
+async def test_recheck_is_stale_after_a_restart_and_elsewhere_for_unknown(redis: Redis) -> None:
+    """Unknown here: 3, for the caller to ask the shard a reshard may have moved it to."""
     ts = await redis_now(redis)
     await track(redis, "c1", "m1", ts - 100)
     await track(redis, "c1", "m2", ts)
-    assert await recheck(redis, ("c1", 1, 1), ("c1", 2, 1), ("nobody", 1, 1)) == [0, 1, 0]
+    assert await recheck(redis, ("c1", 1, 1), ("c1", 2, 1), ("nobody", 1, 1)) == [0, 1, 3]
 
 
 async def test_recheck_reports_already_delivered_after_ack(redis: Redis) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tracker.errors import ConfigError
+from tracker.layout import Layout
 from tracker.settings import Settings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes, from the Standard Webhooks spec
@@ -90,9 +91,12 @@ def test_empty_values_fall_back_to_defaults() -> None:
 
 
 def test_consumer_shares_cover_every_shard_once() -> None:
-    s = settings(SHARD_COUNT="10", CONSUMER_PROCESSES="3")
-    shares = [s.shards_of_consumer(i) for i in range(3)]
+    layout = Layout(10)
+    shares = [layout.shards_of_consumer(i, 3) for i in range(3)]
     assert sorted(n for share in shares for n in share) == list(range(10))
+    during = Layout(8, previous=12, epoch=1)  # both layouts' shards while a reshard runs
+    shares = [during.shards_of_consumer(i, 3) for i in range(3)]
+    assert sorted(n for share in shares for n in share) == list(range(12))
 
 
 BAD = [

@@ -15,7 +15,7 @@ from typing import Any
 import uvloop
 
 from tracker.errors import ConfigError
-from tracker.settings import Settings
+from tracker.settings import MAX_SHARDS, Settings
 
 API_SHUTDOWN_S = 5.0  # below supervisord's stopwaitsecs for the api (10 s)
 
@@ -39,7 +39,26 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("--limit", type=int, default=100)
     conv = sub.add_parser("conversation", help="one conversation's state and recent history")
     conv.add_argument("id")
+    reshard = sub.add_parser("reshard", help="change the shard count while the pods run")
+    reshard.add_argument("--to", type=shard_count, required=True, metavar="N")
+    reshard.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="how long to wait for removed shards' streams to be delivered (default 300)",
+    )
     return p
+
+
+def shard_count(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+    if not 1 <= value <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"expected 1..{MAX_SHARDS}, got {value}")
+    return value
 
 
 def prepare_metrics_dir(settings: Settings) -> None:
@@ -110,6 +129,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     handlers: dict[str, Any] = {
         "status": lambda r: cli.status(r, settings),
         "conversation": lambda r: cli.conversation(r, settings, args.id),
+        "reshard": lambda r: cli.reshard(r, settings, args.to, args.drain_timeout),
     }
     if command == "dead-letters":
         actions = {

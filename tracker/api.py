@@ -8,7 +8,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -258,9 +258,19 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/openapi.json", openapi)
+    app.cleanup_ctx.append(_follow_layout)
     if redis is None:
         app.on_cleanup.append(_close_redis)
     return app
+
+
+async def _follow_layout(app: web.Application) -> AsyncIterator[None]:
+    """Keep the store's shard layout current (a reshard changes it)."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(app[STORE].layout.follow(stop))
+    yield
+    stop.set()
+    await task
 
 
 async def _close_redis(app: web.Application) -> None:

@@ -1,4 +1,4 @@
-"""Operator commands: status, dead letters (list, replay, purge), one conversation."""
+"""Operator commands: status, dead letters (list, replay, purge), one conversation, reshard."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from redis.asyncio import Redis
 from tracker.api import conversation_json
 from tracker.connection import redis_time_ms
 from tracker.events import Notification
-from tracker.keys import CONSUMER_GROUP, PODS, ShardKeys, all_shards, shard_of
+from tracker.keys import CONSUMER_GROUP, PODS, ShardKeys, all_shards
+from tracker.layout import read_layout
 from tracker.scripts import Scripts
 from tracker.settings import Settings
 from tracker.store import Store
@@ -26,6 +27,11 @@ async def _xrange(redis: Redis, key: str, count: int | None = None) -> Entries:
 
 async def _xrevrange(redis: Redis, key: str, count: int) -> Entries:
     return cast(Entries, await redis.xrevrange(key, count=count))
+
+
+async def _shards(redis: Redis, settings: Settings) -> list[ShardKeys]:
+    """Every shard that may hold data (both layouts' while a reshard runs)."""
+    return all_shards((await read_layout(redis, settings.shard_count)).span)
 
 
 def _print(data: Any) -> None:
@@ -58,7 +64,8 @@ async def shard_status(redis: Redis, k: ShardKeys, now: int) -> dict[str, Any]:
 
 async def status(redis: Redis, settings: Settings) -> int:
     now = await redis_time_ms(redis)
-    shards = [await shard_status(redis, k, now) for k in all_shards(settings.shard_count)]
+    layout = await read_layout(redis, settings.shard_count)
+    shards = [await shard_status(redis, k, now) for k in all_shards(layout.span)]
     pods = cast(list[str], await redis.zrangebyscore(PODS, now, "+inf"))
     columns = (
         "shard",
@@ -70,7 +77,9 @@ async def status(redis: Redis, settings: Settings) -> int:
         "dead_letters",
     )
     widths = (5, 24, 8, 17, 8, 8, 12)
-    lines = [f"pods alive: {', '.join(pods) or 'none'}"]
+    moving = "" if layout.previous is None else f", resharding from {layout.previous}"
+    lines = [f"shards: {layout.count}{moving} (layout epoch {layout.epoch})"]
+    lines.append(f"pods alive: {', '.join(pods) or 'none'}")
     lines.append(" ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
     for s in shards:
         cells = ("-" if s[c] is None else str(s[c]) for c in columns)
@@ -82,7 +91,7 @@ async def status(redis: Redis, settings: Settings) -> int:
 
 
 async def dead_letters_list(redis: Redis, settings: Settings, limit: int) -> int:
-    for k in all_shards(settings.shard_count):
+    for k in await _shards(redis, settings):
         for entry_id, fields in await _xrange(redis, k.dead_letters, limit):
             print(orjson.dumps({"shard": k.shard, "id": entry_id, **fields}).decode())
     return 0
@@ -91,7 +100,7 @@ async def dead_letters_list(redis: Redis, settings: Settings, limit: int) -> int
 async def dead_letters_replay(redis: Redis, settings: Settings, ids: list[str]) -> int:
     """Put dead letters back on their shard stream (all of them, or the given ids)."""
     replayed = 0
-    for k in all_shards(settings.shard_count):
+    for k in await _shards(redis, settings):
         for entry_id, fields in await _xrange(redis, k.dead_letters):
             if ids and entry_id not in ids:
                 continue
@@ -107,7 +116,7 @@ async def dead_letters_replay(redis: Redis, settings: Settings, ids: list[str]) 
 
 async def dead_letters_purge(redis: Redis, settings: Settings, ids: list[str]) -> int:
     purged = 0
-    for k in all_shards(settings.shard_count):
+    for k in await _shards(redis, settings):
         if ids:
             purged += int(await redis.xdel(k.dead_letters, *ids))
         else:
@@ -119,8 +128,9 @@ async def dead_letters_purge(redis: Redis, settings: Settings, ids: list[str]) -
 
 async def conversation(redis: Redis, settings: Settings, conversation_id: str) -> int:
     """One conversation's state, and its entries still in the shard and dead-letter streams."""
-    view = await Store(redis, settings, Scripts()).get(conversation_id)
-    k = ShardKeys.of(shard_of(conversation_id, settings.shard_count))
+    store = Store(redis, settings, Scripts())
+    view = await store.get(conversation_id)
+    k = ShardKeys.of((await store.layout.get()).shard(conversation_id))
     history: list[dict[str, Any]] = []
     for stream, kind in ((k.events, "notification"), (k.dead_letters, "dead_letter")):
         for entry_id, fields in await _xrevrange(redis, stream, HISTORY_SCAN):
@@ -145,3 +155,9 @@ async def conversation(redis: Redis, settings: Settings, conversation_id: str) -
         }
     )
     return 0 if view else 1
+
+
+async def reshard(redis: Redis, settings: Settings, to: int, drain_timeout_s: float) -> int:
+    from tracker.reshard import Resharder
+
+    return await Resharder(redis, settings, drain_timeout_s=drain_timeout_s).run(to)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -13,6 +14,7 @@ from redis.exceptions import ResponseError
 from tracker import metrics
 from tracker.connection import UNAVAILABLE, connect, is_cluster
 from tracker.delivery import Deliverer, is_nogroup
+from tracker.layout import REFRESH_S, LiveLayout
 from tracker.scripts import Scripts
 from tracker.settings import Settings
 from tracker.sinks import build_sinks
@@ -66,18 +68,55 @@ async def serve(
 
 
 async def main(settings: Settings, index: int, stop: asyncio.Event) -> None:
-    shards = settings.shards_of_consumer(index)
     redis = connect(settings)
     name = f"{settings.pod_id}-{index}"
-    deliverer = Deliverer(redis, settings, Scripts(), build_sinks(settings, redis), name)
-    # One blocking read spans every shard, except on Redis Cluster: one loop per shard there.
-    groups = [[s] for s in shards] if is_cluster(redis) else [shards]
-    log.info("consumer started name=%s shards=%s", name, shards)
+    layout = LiveLayout(redis, settings)
+    deliverer = Deliverer(redis, settings, Scripts(), build_sinks(settings, redis), name, layout)
+    follow = asyncio.create_task(layout.follow(stop))
+
+    def mine() -> list[int]:
+        if not layout.loaded:
+            return []
+        return layout.current.shards_of_consumer(index, settings.consumer_processes)
+
+    log.info("consumer started name=%s", name)
     try:
-        await asyncio.gather(
-            *(serve(deliverer, settings, functools.partial(list, g), stop) for g in groups)
-        )
+        if is_cluster(redis):
+            await _per_shard(deliverer, settings, mine, stop)
+        else:  # one blocking read spans every shard
+            await serve(deliverer, settings, mine, stop)
     finally:
+        await follow
         await deliverer.close()
         await redis.aclose()
         log.info("consumer stopped name=%s", name)
+
+
+async def _per_shard(
+    deliverer: Deliverer, settings: Settings, shards: Callable[[], list[int]], stop: asyncio.Event
+) -> None:
+    """On Redis Cluster, one read loop per shard (a blocking read stays on one node), started
+    and stopped as the shard layout changes."""
+    loops: dict[int, tuple[asyncio.Task[None], asyncio.Event]] = {}
+    try:
+        while not stop.is_set():
+            for task, _ in loops.values():
+                if task.done():
+                    task.result()  # a loop that failed takes the process down: restarted
+            wanted = set(shards())
+            for shard in wanted - loops.keys():
+                done = asyncio.Event()
+                task = asyncio.create_task(
+                    serve(deliverer, settings, functools.partial(list, [shard]), done)
+                )
+                loops[shard] = (task, done)
+            for shard in loops.keys() - wanted:
+                task, done = loops.pop(shard)
+                done.set()
+                await task
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REFRESH_S)
+    finally:
+        for _, done in loops.values():
+            done.set()
+        await asyncio.gather(*(task for task, _ in loops.values()), return_exceptions=True)

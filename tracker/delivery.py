@@ -22,13 +22,14 @@ from tracker.connection import is_cluster
 from tracker.errors import DeliveryError
 from tracker.events import Notification, Outgoing
 from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of_key
+from tracker.layout import LiveLayout
 from tracker.scripts import Arg, Call, Scripts, run_batch
 from tracker.settings import Settings
 from tracker.sinks import CircuitOpen, Sink
 
 log = logging.getLogger(__name__)
 
-SEND, STALE, DUPLICATE = 1, 0, 2
+SEND, STALE, DUPLICATE, ELSEWHERE = 1, 0, 2, 3
 READ_COUNT = 512
 CLUSTER_POLL_MS = 20
 
@@ -50,12 +51,14 @@ class Deliverer:
         scripts: Scripts,
         sinks: Sequence[Sink],
         consumer: str,
+        layout: LiveLayout | None = None,
     ) -> None:
         self.redis = redis
         self.settings = settings
         self.scripts = scripts
         self.sinks = sinks
         self.consumer = consumer
+        self.layout = layout or LiveLayout(redis, settings)
         self.cluster = is_cluster(redis)
         self.retries: set[asyncio.Task[None]] = set()
         self.retry_cap_s = min(30.0, settings.delivery_timeout_ms / 2000)
@@ -183,27 +186,51 @@ class Deliverer:
         self, batch: Sequence[Notification]
     ) -> tuple[list[Notification], dict[int, list[tuple[Notification, int]]]]:
         """Split a batch into what to send now and what to acknowledge unsent (stale or
-        already delivered), asking every shard in one pipelined round trip."""
-        by_shard: dict[int, list[Notification]] = defaultdict(list)
-        for n in batch:
-            by_shard[n.shard].append(n)
-        calls: list[Call] = []
-        for shard, items in by_shard.items():
-            args: list[Arg] = []
-            for n in items:
-                args += [n.conversation_id, n.generation, n.level]
-            calls.append((self.scripts.recheck, [ShardKeys.of(shard).records], args))
-        replies = await run_batch(self.redis, calls)
+        already delivered), asking every shard in one pipelined round trip. A conversation
+        a reshard moved away from its entry's shard is asked where it lives now."""
+        codes = await self._codes(batch, [n.shard for n in batch])
+        if ELSEWHERE in codes:
+            layout = await self.layout.refresh()
+            for candidate in (layout.source, layout.shard):
+                shards = [
+                    candidate(n.conversation_id) if code == ELSEWHERE else None
+                    for n, code in zip(batch, codes, strict=True)
+                ]
+                found = await self._codes(
+                    batch, [s if s != n.shard else None for n, s in zip(batch, shards, strict=True)]
+                )
+                codes = [f if f is not None else c for c, f in zip(codes, found, strict=True)]
         to_send: list[Notification] = []
         unsent: dict[int, list[tuple[Notification, int]]] = defaultdict(list)
-        for items, codes in zip(by_shard.values(), replies, strict=True):
-            for n, code in zip(items, codes, strict=True):
-                if code == SEND:
-                    to_send.append(n)
-                else:
-                    metrics.SUPPRESSED.labels("stale" if code == STALE else "duplicate").inc()
-                    unsent[n.shard].append((n, 0))
+        for n, code in zip(batch, codes, strict=True):
+            if code == SEND:
+                to_send.append(n)
+            else:
+                metrics.SUPPRESSED.labels("duplicate" if code == DUPLICATE else "stale").inc()
+                unsent[n.shard].append((n, 0))
         return to_send, unsent
+
+    async def _codes(
+        self, batch: Sequence[Notification], shards: Sequence[int | None]
+    ) -> list[Any]:
+        """The recheck code of each notification in the shard beside it (None: not asked)."""
+        by_shard: dict[int, list[int]] = defaultdict(list)
+        for i, shard in enumerate(shards):
+            if shard is not None:
+                by_shard[shard].append(i)
+        calls: list[Call] = []
+        for shard, indices in by_shard.items():
+            args: list[Arg] = []
+            for i in indices:
+                n = batch[i]
+                args += [n.conversation_id, n.generation, n.level]
+            calls.append((self.scripts.recheck, ShardKeys.of(shard).for_recheck, args))
+        codes: list[Any] = [None] * len(batch)
+        replies = await run_batch(self.redis, calls)
+        for indices, reply in zip(by_shard.values(), replies, strict=True):
+            for i, code in zip(indices, reply, strict=True):
+                codes[i] = int(code)
+        return codes
 
     async def _send(self, outgoing: list[Outgoing]) -> dict[str, DeliveryError]:
         """Send to every sink; an event fails when any sink fails (the worst error wins)."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 CONSUMER_GROUP = "delivery"
 PODS = "timeout:pods"
+#: The live shard layout (hash): count, previous (while a reshard moves conversations), epoch.
+LAYOUT = "timeout:shards"
 WAKE_CHANNEL_PREFIX = "timeout:wake:"
 
 
@@ -43,6 +45,8 @@ class ShardKeys:
     counters: str
     attempts: str
     dead_letters: str
+    moving: str
+    epoch: str
 
     @classmethod
     def of(cls, shard: int) -> ShardKeys:
@@ -59,7 +63,19 @@ class ShardKeys:
             counters=f"metrics:timeouts:{tag}",
             attempts=f"delivery_attempts:{tag}",
             dead_letters=f"dead_letters:{tag}",
+            moving=f"moving_conversations:{tag}",
+            epoch=f"timeout:epoch:{tag}",
         )
+
+    @property
+    def for_writes(self) -> list[str]:
+        """KEYS of the track and respond scripts."""
+        return [self.records, self.waiting, self.states, self.retired, self.epoch]
+
+    @property
+    def for_recheck(self) -> list[str]:
+        """KEYS of the recheck script."""
+        return [self.records, self.moving]
 
 
 def all_shards(shard_count: int) -> list[ShardKeys]:

@@ -27,8 +27,17 @@ class Leases:
         self.scripts = scripts
         self.held: dict[int, str] = {}
         self.gauge = metrics.LEASES_HELD.labels(settings.pod_id)
-        offset = zlib.crc32(settings.pod_id.encode()) % settings.shard_count
-        count = settings.shard_count
+        self.count = 0
+        self.preference: list[int] = []
+        self.resize(settings.shard_count)
+
+    def resize(self, count: int) -> None:
+        """Lead among `count` shards (the layout's span); a shard beyond it is released by
+        the next ``balance``. Each pod prefers its own rotation, so pods start apart."""
+        if count == self.count:
+            return
+        offset = zlib.crc32(self.settings.pod_id.encode()) % count
+        self.count = count
         self.preference = [(offset + i) % count for i in range(count)]
 
     async def live_pods(self) -> int:
@@ -44,7 +53,7 @@ class Leases:
     async def servers(self) -> dict[int, str]:
         """Which Redis server holds each shard: the cluster node of its slot, or else the
         run id of the one server (it changes when a failover or restart replaces it)."""
-        shards = range(self.settings.shard_count)
+        shards = range(self.count)
         if is_cluster(self.redis):
             cluster = cast(RedisCluster, self.redis)
             await cluster.initialize()
@@ -54,12 +63,15 @@ class Leases:
         return dict.fromkeys(shards, str(info["run_id"]))
 
     async def balance(self) -> tuple[list[int], list[int]]:
-        """Renew, then take or give up shards toward SHARD_COUNT / live pods.
+        """Renew, then take or give up shards toward the shard count / live pods.
 
         Returns (gained, lost) shard numbers.
         """
         lost = await self._renew()
-        target = math.ceil(self.settings.shard_count / await self.live_pods())
+        for shard in [s for s in self.held if s >= self.count]:  # a reshard removed it
+            await self.release(shard)
+            lost.append(shard)
+        target = math.ceil(self.count / await self.live_pods())
         gained: list[int] = []
         if len(self.held) > target:
             for shard in sorted(self.held, key=self.preference.index, reverse=True)[

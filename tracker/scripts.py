@@ -63,6 +63,9 @@ class Scripts:
         self.lease_renew = Script.load("lease_renew")
         self.lease_release = Script.load("lease_release")
         self.trim = Script.load("trim")
+        self.migrate_out = Script.load("migrate_out")
+        self.migrate_in = Script.load("migrate_in")
+        self.layout_set = Script.load("layout_set")
 
     def all(self) -> list[Script]:
         return [v for v in vars(self).values() if isinstance(v, Script)]
@@ -71,17 +74,21 @@ class Scripts:
 Call = tuple[Script, Sequence[str], Sequence[Arg]]
 
 
-async def run_batch(client: Redis, calls: Sequence[Call]) -> list[Any]:
-    """Run many script calls in one round trip; calls hit by NOSCRIPT are rerun with EVAL."""
+async def run_batch(
+    client: Redis, calls: Sequence[Call], *, raise_on_error: bool = True
+) -> list[Any]:
+    """Run many script calls in one round trip; calls hit by NOSCRIPT are rerun with EVAL.
+    A call's error is raised, or with ``raise_on_error=False`` returned in its place."""
     results = await _pipeline(client, calls)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
         rerun = await _pipeline(client, [calls[i] for i in missing], source=True)
         for i, result in zip(missing, rerun, strict=True):
             results[i] = result
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
+    if raise_on_error:
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
     return results
 
 

@@ -21,6 +21,7 @@ SINKS = ("log", "stream", "webhook")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+MAX_SHARDS = 16384  # one per Redis Cluster slot at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +93,7 @@ class Settings:
             max_timeout_ms=r.integer("MAX_TIMEOUT_MS", 7 * 86_400_000, 10, 365 * 86_400_000),
             leader_ttl_ms=round(r.number("LEADER_ELECTION_TTL", 10.0, 0.5, 3600.0) * 1000),
             check_interval_ms=r.integer("CHECK_INTERVAL_MS", 1000, 10, 600_000),
-            shard_count=r.integer("SHARD_COUNT", 16, 1, 16384),
+            shard_count=r.integer("SHARD_COUNT", 16, 1, MAX_SHARDS),
             consumer_processes=r.integer("CONSUMER_PROCESSES", 2, 1, 256),
             sweep_batch=r.integer("SWEEP_BATCH", 500, 1, 1000),  # bounded: Lua unpack()
             notify_sinks=sinks,
@@ -125,10 +126,6 @@ class Settings:
         """Delay of each level after the agent message, for one interval."""
         a, b, c = (round(m * interval_ms) for m in self.level_multipliers)
         return a, b, c
-
-    def shards_of_consumer(self, index: int) -> list[int]:
-        """The shards consumer ``index`` of this pod reads: its share of the hash space."""
-        return [n for n in range(self.shard_count) if n % self.consumer_processes == index]
 
 
 class _Reader:

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import TryAgainError
 
-from tracker.keys import ShardKeys, shard_of, wake_channel
+from tracker.keys import ShardKeys, wake_channel
+from tracker.layout import Layout, LiveLayout, is_refused
+from tracker.moves import move
 from tracker.scripts import Arg, Scripts, run_batch
 from tracker.scripts import Call as ScriptCall
 from tracker.settings import Settings
@@ -74,6 +77,8 @@ class Conversation:
 
 #: Events per script call: bounded so a call's arguments stay small and Redis stays responsive.
 CALL_SIZE = 500
+#: Times a batch is routed again after a shard refused the layout it was routed by.
+REROUTES = 5
 
 
 @dataclass(slots=True)
@@ -88,25 +93,31 @@ class _Call:
 class Store:
     """Applies agent messages and customer responses, one atomic script each."""
 
-    def __init__(self, redis: Redis, settings: Settings, scripts: Scripts) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        scripts: Scripts,
+        layout: LiveLayout | None = None,
+    ) -> None:
         self.redis = redis
         self.settings = settings
         self.scripts = scripts
+        self.layout = layout or LiveLayout(redis, settings)
         self.pending: list[tuple[Event, asyncio.Future[Result]]] = []
         self.flushing: set[asyncio.Task[None]] = set()
 
-    def _keys(self, conversation_id: str) -> ShardKeys:
-        return ShardKeys.of(shard_of(conversation_id, self.settings.shard_count))
-
-    def _plan(self, events: Sequence[Event]) -> list[_Call]:
+    @staticmethod
+    def _plan(events: Sequence[Event], indices: Sequence[int], layout: Layout) -> list[_Call]:
         """Group events into script calls: per shard, runs of one kind, in arrival order.
 
         A shard's calls run in the order planned, so its events apply in order.
         """
         calls: list[_Call] = []
         last: dict[int, _Call] = {}
-        for index, event in enumerate(events):
-            shard = shard_of(event.conversation_id, self.settings.shard_count)
+        for index in indices:
+            event = events[index]
+            shard = layout.shard(event.conversation_id)
             agent = isinstance(event, AgentMessage)
             call = last.get(shard)
             if call is None or call.agent != agent or len(call.indices) >= CALL_SIZE:
@@ -116,35 +127,74 @@ class Store:
             call.indices.append(index)
         return calls
 
-    def _script_call(self, call: _Call, events: Sequence[Event]) -> ScriptCall:
+    def _script_call(self, call: _Call, events: Sequence[Event], epoch: int) -> ScriptCall:
         k = ShardKeys.of(call.shard)
-        keys = [k.records, k.waiting, k.states, k.retired]
+        keys = k.for_writes
         s = self.settings
         if call.agent:
-            args: list[Arg] = [s.level_multipliers[0], wake_channel(call.shard)]
+            args: list[Arg] = [epoch, s.level_multipliers[0], wake_channel(call.shard)]
             for i in call.indices:
                 e = cast(AgentMessage, events[i])
                 interval = e.timeout_ms or s.timeout_interval_ms
                 args += [e.conversation_id, e.agent_id, e.message_id, e.timestamp_ms, interval]
             return self.scripts.track, keys, args
-        args = [s.answered_retention_ms]
+        args = [epoch, s.answered_retention_ms]
         for i in call.indices:
             r = cast(CustomerResponse, events[i])
             args += [r.conversation_id, r.message_id, r.timestamp_ms]
         return self.scripts.respond, keys, args
 
     async def apply_many(self, events: Sequence[Event]) -> list[Result]:
-        """Apply a batch in one round trip: one script call per shard and kind, in order."""
+        """Apply a batch in one round trip: one script call per shard and kind, in order.
+
+        While a reshard runs, the batch's conversations still in their old shard move first.
+        A call a shard refuses for its layout epoch changed nothing: its events are routed
+        again by the reloaded layout.
+        """
         if not events:
             return []
-        calls = self._plan(events)
-        replies = await run_batch(self.redis, [self._script_call(c, events) for c in calls])
         results: list[Result | None] = [None] * len(events)
+        todo: Sequence[int] = range(len(events))
+        for _ in range(REROUTES):
+            layout = await self.layout.get()
+            refused = await self._apply(events, todo, layout, results)
+            if refused is None:
+                return cast(list[Result], results)
+            todo = refused
+            await self.layout.refresh()
+        raise TryAgainError("the shard layout kept changing while applying a batch")
+
+    async def _apply(
+        self,
+        events: Sequence[Event],
+        todo: Sequence[int],
+        layout: Layout,
+        results: list[Result | None],
+    ) -> list[int] | None:
+        """Apply events[todo] by `layout` into `results`; the indices refused, or None."""
+        if layout.previous is not None:
+            try:
+                await move(
+                    self.redis, self.scripts, layout, {events[i].conversation_id for i in todo}
+                )
+            except Exception as exc:
+                if is_refused(exc):
+                    return list(todo)
+                raise
+        calls = self._plan(events, todo, layout)
+        script_calls = [self._script_call(c, events, layout.epoch) for c in calls]
+        replies = await run_batch(self.redis, script_calls, raise_on_error=False)
+        refused: list[int] = []
         for call, reply in zip(calls, replies, strict=True):
+            if is_refused(reply):
+                refused += call.indices
+                continue
+            if isinstance(reply, Exception):
+                raise reply
             width = 4 if call.agent else 3
             for j, index in enumerate(call.indices):
                 results[index] = _result(events[index], reply[j * width : (j + 1) * width])
-        return cast(list[Result], results)
+        return sorted(refused) if refused else None
 
     async def apply(self, event: Event) -> Result:
         """Apply one event. Events that arrive in the same event-loop turn (concurrent
@@ -174,12 +224,36 @@ class Store:
                 future.set_result(result)
 
     async def get(self, conversation_id: str) -> Conversation | None:
-        k = self._keys(conversation_id)
+        """The conversation's state; while a reshard runs, its old shard is asked first (it
+        holds the conversation until the move's last step, after the new shard has it)."""
+        layout = await self.layout.get()
+        view = await self._locate(layout, conversation_id)
+        if view is None:  # perhaps moved by a reshard this process has not noticed yet
+            fresh = await self.layout.refresh()
+            if fresh != layout:
+                view = await self._locate(fresh, conversation_id)
+        return view
+
+    async def _locate(self, layout: Layout, conversation_id: str) -> Conversation | None:
+        source = layout.source(conversation_id)
+        if source is not None:
+            view = await self._read(source, conversation_id)
+            if view is not None:
+                return view
+        return await self._read(layout.shard(conversation_id), conversation_id)
+
+    async def _read(self, shard: int, conversation_id: str) -> Conversation | None:
+        k = ShardKeys.of(shard)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(k.records, conversation_id)
             pipe.hget(k.states, conversation_id)
             pipe.zscore(k.waiting, conversation_id)
-            raw, fired, due = await pipe.execute()
+            pipe.hget(k.moving, conversation_id)
+            raw, fired, due, moving = await pipe.execute()
+        if raw is None and moving is not None:  # taken out by a move in progress
+            record, due_s, fired, _ = moving.rsplit("|", 3)
+            due_ms = float(due_s) if due_s else None
+            return _conversation(conversation_id, record, fired or None, due_ms)
         if raw is None:
             return None
         return _conversation(conversation_id, raw, fired, due)

@@ -21,6 +21,7 @@ from tracker import consumer, maintenance, metrics, progress
 from tracker.connection import UNAVAILABLE, connect, pubsub_client
 from tracker.delivery import Deliverer
 from tracker.keys import WAKE_CHANNEL_PREFIX, ShardKeys
+from tracker.layout import LiveLayout
 from tracker.lease import Leases
 from tracker.scripts import Scripts
 from tracker.settings import Settings
@@ -38,6 +39,7 @@ class Sweeper:
         self.redis = redis
         self.scripts = scripts
         self.leases = Leases(redis, settings, scripts)
+        self.layout = LiveLayout(redis, settings)
         self.next_due: dict[int, float] = {}  # shard -> due ms (Redis clock)
         self.last_sweep: dict[int, int] = {}
         self.clock_offset_ms = 0.0  # Redis time minus local time
@@ -53,6 +55,8 @@ class Sweeper:
         return time.time() * 1000 + self.clock_offset_ms
 
     async def rebalance(self) -> None:
+        layout = await self.layout.refresh()
+        self.leases.resize(layout.span)  # a reshard adds shards, or removes them at its end
         await self.watch_failovers()
         gained, lost = await self.leases.balance()
         for shard in lost:  # first: a shard can be lost and taken again in one round
@@ -202,9 +206,8 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     listener = asyncio.create_task(sweeper.listen_wakes(stop))
     deliverer, delivering = None, None
     if settings.mode == "phase1":
-        deliverer = Deliverer(
-            redis, settings, scripts, build_sinks(settings, redis), settings.pod_id
-        )
+        sinks = build_sinks(settings, redis)
+        deliverer = Deliverer(redis, settings, scripts, sinks, settings.pod_id, sweeper.layout)
         # Phase 1: the lease holder delivers what it enqueued, for the shards it leads. Only
         # a lease holder reads a shard, so an entry idle half a lease TTL belongs to a holder
         # that lost its lease: claim it then, not after DELIVERY_TIMEOUT_MS.

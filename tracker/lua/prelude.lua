@@ -70,3 +70,15 @@ end
 local function remove(command, key, w)
   if #w.order > 0 then redis.call(command, key, unpack(w.order)) end
 end
+
+-- Writers route by a shard layout epoch (see tracker/layout.py). A shard that has seen a newer
+-- epoch (a reshard began) refuses the call, so the writer reloads the layout; an older stored
+-- epoch is raised to the caller's. Returns false when refused.
+local function accept_epoch(key, epoch)
+  local current, mine = tonumber(redis.call('GET', key) or 0), tonumber(epoch)
+  if current > mine then return false end
+  if current < mine then redis.call('SET', key, mine) end
+  return true
+end
+
+local EPOCH_REFUSED = 'EPOCH the shard layout changed: reload it'

@@ -1,13 +1,16 @@
 -- Stop conversations' clocks on customer responses, applied in order.
 -- KEYS[1] conversations:{N}  KEYS[2] waiting_conversations:{N}
--- KEYS[3] notification_states:{N}  KEYS[4] retired_conversations:{N}
--- ARGV[1] how long an answered record is kept to recognise replays, ms
--- ARGV[2..] three values per response: conversation id, customer message id,
+-- KEYS[3] notification_states:{N}  KEYS[4] retired_conversations:{N}  KEYS[5] timeout:epoch:{N}
+-- ARGV[1] shard layout epoch the caller routed by
+-- ARGV[2] how long an answered record is kept to recognise replays, ms
+-- ARGV[3..] three values per response: conversation id, customer message id,
 --   timestamp ms (0: now, by Redis's clock)
 -- returns: three values per response: status, response_time_ms (-1 when none), generation
 --   status: answered | duplicate | stale | not_waiting
+--   or the error 'EPOCH ...' (nothing written) when the shard has seen a newer layout
+if not accept_epoch(KEYS[5], ARGV[1]) then return redis.error_reply(EPOCH_REFUSED) end
 local ids = {}
-for i = 2, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+for i = 3, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
 local records = load_records(KEYS[1], ids)
 local saved, answered, retire_at = writes(), writes(), writes()
 local out, now = {}, nil
@@ -15,7 +18,7 @@ local function clock()
   now = now or now_ms()
   return now
 end
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local id, message_id, ts = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   if ts == 0 then ts = clock() end
   local r = records[id]
@@ -31,7 +34,7 @@ for i = 2, #ARGV, 3 do
       r[1], r[7], r[9], r[10] = 'A', ts, message_id, response
       put(saved, id, join(r))
       put(answered, id, true)
-      put(retire_at, id, clock() + tonumber(ARGV[1]))
+      put(retire_at, id, clock() + tonumber(ARGV[2]))
     end
   end
   out[#out + 1], out[#out + 2], out[#out + 3] = status, response, gen

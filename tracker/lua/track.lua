@@ -1,20 +1,22 @@
 -- Start or restart conversations' clocks from agent messages, applied in order.
 -- KEYS[1] conversations:{N}  KEYS[2] waiting_conversations:{N}
--- KEYS[3] notification_states:{N}  KEYS[4] retired_conversations:{N}
--- ARGV[1] level-1 multiplier
--- ARGV[2] wake channel: published once when the shard's earliest deadline moves earlier
--- ARGV[3..] five values per agent message: conversation id, agent id, agent message id,
+-- KEYS[3] notification_states:{N}  KEYS[4] retired_conversations:{N}  KEYS[5] timeout:epoch:{N}
+-- ARGV[1] shard layout epoch the caller routed by  ARGV[2] level-1 multiplier
+-- ARGV[3] wake channel: published once when the shard's earliest deadline moves earlier
+-- ARGV[4..] five values per agent message: conversation id, agent id, agent message id,
 --   timestamp ms (0: now, by Redis's clock), interval ms
 -- returns: four values per message: status, generation, waiting_since_ms, next_due_ms
 --   status: started | restarted | duplicate | stale
+--   or the error 'EPOCH ...' (nothing written) when the shard has seen a newer layout
+if not accept_epoch(KEYS[5], ARGV[1]) then return redis.error_reply(EPOCH_REFUSED) end
 local ids = {}
-for i = 3, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
+for i = 4, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
 local records = load_records(KEYS[1], ids)
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local earliest = tonumber(head[2]) or math.huge
 local saved, due_at, unfired, unretired = writes(), writes(), writes(), writes()
 local out, wake, now = {}, nil, nil
-for i = 3, #ARGV, 5 do
+for i = 4, #ARGV, 5 do
   local id, message_id, ts = ARGV[i], ARGV[i + 2], tonumber(ARGV[i + 3])
   if ts == 0 then
     now = now or now_ms()
@@ -37,7 +39,7 @@ for i = 3, #ARGV, 5 do
       if r[1] ~= 'W' then put(unretired, id, true) end
     end
     local interval = tonumber(ARGV[i + 4])
-    local due = ts + level_offset(ARGV[1], interval)
+    local due = ts + level_offset(ARGV[2], interval)
     r = {'W', gen, ts, interval, ARGV[i + 1], message_id, ts, 0, '', ''}
     records[id] = r
     put(saved, id, join(r))
@@ -50,5 +52,5 @@ flush('HSET', KEYS[1], saved)
 flush('ZADD', KEYS[2], due_at, true)
 remove('HDEL', KEYS[3], unfired)
 remove('ZREM', KEYS[4], unretired)
-if wake then redis.call('PUBLISH', ARGV[2], wake) end
+if wake then redis.call('PUBLISH', ARGV[3], wake) end
 return out

@@ -1,0 +1,121 @@
+"""A pod with a webhook receiver, and a bounded load of agent messages and answers that
+remembers what the API acknowledged, so a test can say which notifications must arrive."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.faults import FAST, program_pids, program_states
+from tests.processes import Pod, Receiver, wait_http
+from tracker.timefmt import parse_rfc3339_ms
+
+
+@contextlib.asynccontextmanager
+async def pod_with_receiver(
+    redis_url: str, tmp_path: Path, **env: str
+) -> AsyncIterator[tuple[Pod, Receiver]]:
+    receiver = Receiver()
+    await receiver.start()
+    hook = {"NOTIFY_WEBHOOK_URL": receiver.url, "NOTIFY_WEBHOOK_SECRET": receiver.secret}
+    settings = {**FAST, "MODE": "phase2", "CONSUMER_PROCESSES": "2", "NOTIFY_SINK": "webhook"}
+    pod = Pod("pod-f", redis_url, tmp_path, **{**settings, **hook, **env})
+    try:
+        await wait_http(f"{pod.base}/ready", timeout=30)
+        yield pod, receiver
+    finally:
+        pod.stop()
+        await receiver.stop()
+
+
+def assert_healthy(pod: Pod, pids: dict[str, int]) -> None:
+    """Every program still RUNNING under supervisord, none restarted, no stack trace."""
+    states = program_states(pod)
+    states.pop("redis", None)  # not started: REDIS_URL points at the test's own server
+    assert set(states.values()) == {"RUNNING"}, states
+    assert program_pids(pod) == pids, "a program was restarted"
+
+
+def pairs(receiver: Receiver) -> list[tuple[str, int]]:
+    return [(r.event["conversation_id"], r.event["level"]) for r in receiver.events]
+
+
+@dataclass
+class Load:
+    """Agent messages (and a reply for every third conversation), one request at a time
+    per worker; remembers which writes the API acknowledged with 200."""
+
+    base: str
+    prefix: str
+    offsets_ms: tuple[int, int, int]  # of the levels, from the pod's interval and multipliers
+    acked_agent: dict[str, int] = field(default_factory=dict)  # id -> waiting since ms
+    acked_reply: dict[str, int] = field(default_factory=dict)  # id -> answered at ms
+    unacked: set[str] = field(default_factory=set)
+    statuses: list[int] = field(default_factory=list)
+    missing_retry_after: int = 0
+
+    async def post(self, session: aiohttp.ClientSession, path: str, body: Any) -> Any:
+        try:
+            async with session.post(f"{self.base}{path}", json=body) as resp:
+                self.statuses.append(resp.status)
+                if resp.status == 503 and "Retry-After" not in resp.headers:
+                    self.missing_retry_after += 1
+                return await resp.json() if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            self.statuses.append(0)
+            return None
+
+    async def worker(
+        self, index: int, count: int, pause_s: float, late_answer_s: float | None = None
+    ) -> None:
+        """`count` conversations, one every `pause_s`: every third answered at once; with
+        `late_answer_s`, another third answered that long after its agent message."""
+        timeout = aiohttp.ClientTimeout(total=30)
+        late: list[asyncio.Task[None]] = []
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for i in range(count):
+                c = f"{self.prefix}-{index}-{i}"
+                body = {"agent_id": "agent-1", "message_id": f"m-{c}"}
+                got = await self.post(session, f"/conversations/{c}/agent-message", body)
+                if got is None:
+                    self.unacked.add(c)
+                else:
+                    self.acked_agent[c] = parse_rfc3339_ms(got["waiting_since"])
+                    if i % 3 == 0:
+                        await self.answer(session, c)
+                    elif i % 3 == 1 and late_answer_s is not None:
+                        late.append(asyncio.create_task(self.answer(session, c, late_answer_s)))
+                await asyncio.sleep(pause_s)
+            await asyncio.gather(*late)
+
+    async def answer(self, session: aiohttp.ClientSession, c: str, after_s: float = 0) -> None:
+        await asyncio.sleep(after_s)
+        body = {"customer_id": "customer-1", "message_id": f"r-{c}"}
+        got = await self.post(session, f"/conversations/{c}/customer-response", body)
+        if got is None:
+            self.unacked.add(c)
+        elif got["status"] == "answered":
+            self.acked_reply[c] = self.acked_agent[c] + int(got["response_time_ms"])
+
+    def expected(self) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+        """(must arrive, may arrive): every level of every acknowledged, unanswered
+        conversation must; a level due before an acknowledged answer may; so may anything
+        of a conversation whose outcome a failed request left unknown."""
+        must, may = set(), set()
+        for c, since in self.acked_agent.items():
+            for level, offset in zip((1, 2, 3), self.offsets_ms, strict=True):
+                if c in self.unacked:
+                    may.add((c, level))
+                elif c not in self.acked_reply:
+                    must.add((c, level))
+                elif since + offset <= self.acked_reply[c]:
+                    may.add((c, level))
+        for c in self.unacked - set(self.acked_agent):
+            may |= {(c, level) for level in (1, 2, 3)}
+        return must, may

@@ -1,0 +1,121 @@
+"""The shard layout: how many shards there are, and while a reshard runs, how many there were.
+
+Redis holds the live layout (``timeout:shards``); ``SHARD_COUNT`` only seeds it on first
+use. Every process routes by its copy and reloads it every second. Each change of layout
+gets a new epoch, and the write scripts refuse a caller whose epoch is older than the one
+its shard has seen (``EPOCH`` error): the caller reloads the layout and routes again, so no
+process writes to a shard a reshard is emptying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from tracker.connection import UNAVAILABLE
+from tracker.keys import LAYOUT, shard_of
+from tracker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    count: int
+    previous: int | None = None  # set while a reshard moves conversations from that count
+    epoch: int = 0
+
+    @classmethod
+    def parse(cls, raw: Mapping[Any, Any]) -> Layout:
+        previous = raw.get("previous")
+        return cls(int(raw["count"]), int(previous) if previous else None, int(raw.get("epoch", 0)))
+
+    def shard(self, conversation_id: str) -> int:
+        """The shard a conversation is written to."""
+        return shard_of(conversation_id, self.count)
+
+    def source(self, conversation_id: str) -> int | None:
+        """While a reshard runs: the shard the conversation may still sit in, when not its own."""
+        if self.previous is None:
+            return None
+        old = shard_of(conversation_id, self.previous)
+        return old if old != self.shard(conversation_id) else None
+
+    @property
+    def span(self) -> int:
+        """Every shard that may hold data: both layouts' while a reshard runs."""
+        return max(self.count, self.previous or 0)
+
+    def shards(self) -> range:
+        return range(self.span)
+
+    def shards_of_consumer(self, index: int, processes: int) -> list[int]:
+        """The shards consumer ``index`` of ``processes`` reads: its share of the hash space."""
+        return [n for n in self.shards() if n % processes == index]
+
+
+def is_refused(error: object) -> bool:
+    """A write script refused the caller's layout epoch."""
+    return isinstance(error, ResponseError) and str(error).startswith("EPOCH")
+
+
+async def read_layout(redis: Redis, default_count: int) -> Layout:
+    """The live layout; the first process to ask records ``default_count`` as the layout."""
+    raw = await redis.hgetall(LAYOUT)
+    if not raw:
+        await redis.hsetnx(LAYOUT, "count", default_count)
+        raw = await redis.hgetall(LAYOUT)
+    return Layout.parse(raw)
+
+
+class LiveLayout:
+    """A process's copy of the layout, loaded before first use and followed from then on."""
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.current = Layout(settings.shard_count)
+        self.loaded = False
+
+    async def get(self) -> Layout:
+        """The layout, loading it from Redis the first time."""
+        if not self.loaded:
+            await self.refresh()
+        return self.current
+
+    async def refresh(self) -> Layout:
+        layout = await read_layout(self.redis, self.settings.shard_count)
+        if not self.loaded and layout.count != self.settings.shard_count:
+            log.warning(
+                "SHARD_COUNT=%d differs from the live layout: using %d shards (tracker reshard)",
+                self.settings.shard_count,
+                layout.count,
+            )
+        if self.loaded and layout != self.current:
+            log.info(
+                "shard layout changed count=%d previous=%s epoch=%d",
+                layout.count,
+                layout.previous,
+                layout.epoch,
+            )
+        self.current, self.loaded = layout, True
+        return layout
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Reload the layout every REFRESH_S until stopped; Redis errors only delay it."""
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except UNAVAILABLE as exc:
+                log.debug("layout refresh failed error=%s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REFRESH_S)

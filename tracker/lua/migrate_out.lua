@@ -1,0 +1,36 @@
+-- Reshard, step 1 of 3: take conversations out of the shard they leave. Each one's record,
+-- next due time, last level fired and retirement time move into moving_conversations:{N}
+-- and out of every other key, so this shard's sweeper no longer fires it. Idempotent: an id
+-- already taken out (by a caller that stopped before step 3) is returned again.
+-- KEYS[1] conversations:{N}  KEYS[2] waiting_conversations:{N}  KEYS[3] notification_states:{N}
+-- KEYS[4] retired_conversations:{N}  KEYS[5] moving_conversations:{N}  KEYS[6] timeout:epoch:{N}
+-- ARGV[1] the reshard's layout epoch: raised here, so writers of an older layout are refused
+-- ARGV[2..] conversation ids
+-- returns: id, payload pairs for the ids held here; payload = record|due|level|retire_at,
+--   the last three empty when unset; or the error 'EPOCH ...' when a newer layout exists
+if not accept_epoch(KEYS[6], ARGV[1]) then return redis.error_reply(EPOCH_REFUSED) end
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+if #ids == 0 then return {} end
+local records = redis.call('HMGET', KEYS[1], unpack(ids))
+local taken = redis.call('HMGET', KEYS[5], unpack(ids))
+local out, moving, gone = {}, writes(), writes()
+for k, id in ipairs(ids) do
+  if taken[k] then
+    out[#out + 1], out[#out + 2] = id, taken[k]
+  elseif records[k] then
+    local due = redis.call('ZSCORE', KEYS[2], id) or ''
+    local level = redis.call('HGET', KEYS[3], id) or ''
+    local retire = redis.call('ZSCORE', KEYS[4], id) or ''
+    local payload = table.concat({records[k], due, level, retire}, '|')
+    put(moving, id, payload)
+    put(gone, id, true)
+    out[#out + 1], out[#out + 2] = id, payload
+  end
+end
+flush('HSET', KEYS[5], moving)
+remove('HDEL', KEYS[1], gone)
+remove('ZREM', KEYS[2], gone)
+remove('HDEL', KEYS[3], gone)
+remove('ZREM', KEYS[4], gone)
+return out
