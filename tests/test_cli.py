@@ -12,7 +12,7 @@ import pytest
 import redis as sync_redis
 
 from tests.redis_server import RedisServer
-from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of
+from tracker.keys import CONSUMER_GROUP, LAYOUT, ShardKeys, shard_of
 
 
 def tracker(
@@ -105,3 +105,22 @@ def test_dead_letters_list_replay_and_purge(
     purged = tracker(redis_server, tmp_path, "dead-letters", "purge")
     assert purged.stdout.strip() == "purged 1"
     assert redis_sync.xlen(k.dead_letters) == 0
+
+
+@pytest.mark.parametrize("to", ["0", "many", "16385"])
+def test_reshard_refuses_a_bad_count_and_changes_nothing(
+    redis_server: RedisServer, redis_sync: sync_redis.Redis, tmp_path: Path, to: str
+) -> None:
+    done = tracker(redis_server, tmp_path, "reshard", "--to", to)
+    assert done.returncode == 2
+    assert "argument --to: expected" in done.stderr
+    assert redis_sync.keys("*") == []
+
+
+def test_reshard_to_the_current_count_changes_nothing(
+    redis_server: RedisServer, redis_sync: sync_redis.Redis, tmp_path: Path
+) -> None:
+    done = tracker(redis_server, tmp_path, "reshard", "--to", "4")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "reshard: the layout already has 4 shards"
+    assert redis_sync.hgetall(LAYOUT) == {"count": "4"}
