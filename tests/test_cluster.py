@@ -108,6 +108,52 @@ async def test_phase2_flow_runs_on_redis_cluster(cluster: RedisCluster, tmp_path
         assert "Traceback" not in role.output(), role.output()[-3000:]
 
 
+# Before the failover test: it leaves a master dead.
+async def test_reshard_on_redis_cluster_moves_conversations_across_slots(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """8 -> 16 shards while the roles run: a move crosses slots (and masters) in three
+    idempotent steps; every level of every unanswered conversation arrives, none of an
+    answered one, and each record sits in its new shard."""
+    client = cluster.client()
+    client.flushall()
+    receiver = Receiver()
+    await receiver.start()
+    port = free_port()
+    spaced = {"LEVEL_MULTIPLIERS": "1,5,9", "PORT": str(port)}  # 0.5 s, 2.5 s, 4.5 s
+    env = cluster_env(cluster, tmp_path / "run", receiver, **spaced)
+    roles = start_roles(env, tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_http(f"{base}/ready", timeout=30)
+        before = [f"rc-{i}" for i in range(400)]
+        await post_events(base, messages(before, "agent_message"))
+        await post_events(base, messages(before[::4], "customer_response"))
+        command = [sys.executable, "-m", "tracker", "reshard", "--to", "16"]
+        done = await asyncio.to_thread(
+            subprocess.run, command, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        after = [f"rc-after-{i}" for i in range(100)]
+        await post_events(base, messages(after, "agent_message"))
+        unanswered = [c for c in before if c not in set(before[::4])] + after
+        expected = {(c, lvl) for c in unanswered for lvl in (1, 2, 3)}
+        await wait_until(lambda: len(receiver.events) >= len(expected), timeout=30)
+        await asyncio.sleep(0.7)
+        got = [(r.event["conversation_id"], r.event["level"]) for r in receiver.events]
+        assert set(got) == expected
+        for shard in range(16):
+            ids = [str(c) for c in client.hkeys(ShardKeys.of(shard).records)]
+            assert all(shard_of(c, 16) == shard for c in ids), shard
+        print(f"\n{done.stdout}cluster reshard: {len(got)} notifications, {len(set(got))} distinct")
+    finally:
+        for role in roles:
+            role.stop()
+        await receiver.stop()
+    for role in roles:
+        assert "Traceback" not in role.output(), role.output()[-3000:]
+
+
 async def test_a_killed_master_fails_over_and_nothing_is_lost(
     cluster: RedisCluster, tmp_path: Path
 ) -> None:
@@ -159,48 +205,3 @@ async def test_a_killed_master_fails_over_and_nothing_is_lost(
         for role in roles:
             role.stop()
         await receiver.stop()
-
-
-async def test_reshard_on_redis_cluster_moves_conversations_across_slots(
-    cluster: RedisCluster, tmp_path: Path
-) -> None:
-    """8 -> 16 shards while the roles run: a move crosses slots (and masters) in three
-    idempotent steps; every level of every unanswered conversation arrives, none of an
-    answered one, and each record sits in its new shard."""
-    client = cluster.client()
-    client.flushall()
-    receiver = Receiver()
-    await receiver.start()
-    port = free_port()
-    spaced = {"LEVEL_MULTIPLIERS": "1,5,9", "PORT": str(port)}  # 0.5 s, 2.5 s, 4.5 s
-    env = cluster_env(cluster, tmp_path / "run", receiver, **spaced)
-    roles = start_roles(env, tmp_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_http(f"{base}/ready", timeout=30)
-        before = [f"rc-{i}" for i in range(400)]
-        await post_events(base, messages(before, "agent_message"))
-        await post_events(base, messages(before[::4], "customer_response"))
-        command = [sys.executable, "-m", "tracker", "reshard", "--to", "16"]
-        done = await asyncio.to_thread(
-            subprocess.run, command, env=env, capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        after = [f"rc-after-{i}" for i in range(100)]
-        await post_events(base, messages(after, "agent_message"))
-        unanswered = [c for c in before if c not in set(before[::4])] + after
-        expected = {(c, lvl) for c in unanswered for lvl in (1, 2, 3)}
-        await wait_until(lambda: len(receiver.events) >= len(expected), timeout=30)
-        await asyncio.sleep(0.7)
-        got = [(r.event["conversation_id"], r.event["level"]) for r in receiver.events]
-        assert set(got) == expected
-        for shard in range(16):
-            ids = [str(c) for c in client.hkeys(ShardKeys.of(shard).records)]
-            assert all(shard_of(c, 16) == shard for c in ids), shard
-        print(f"\n{done.stdout}cluster reshard: {len(got)} notifications, {len(set(got))} distinct")
-    finally:
-        for role in roles:
-            role.stop()
-        await receiver.stop()
-    for role in roles:
-        assert "Traceback" not in role.output(), role.output()[-3000:]

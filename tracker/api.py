@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import json
@@ -266,11 +267,11 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
 
 async def _follow_layout(app: web.Application) -> AsyncIterator[None]:
     """Keep the store's shard layout current (a reshard changes it)."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(app[STORE].layout.follow(stop))
+    task = asyncio.create_task(app[STORE].layout.follow())
     yield
-    stop.set()
-    await task
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _close_redis(app: web.Application) -> None:

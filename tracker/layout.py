@@ -10,7 +10,6 @@ process writes to a shard a reshard is emptying.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -110,12 +109,24 @@ class LiveLayout:
         self.current, self.loaded = layout, True
         return layout
 
-    async def follow(self, stop: asyncio.Event) -> None:
-        """Reload the layout every REFRESH_S until stopped; Redis errors only delay it."""
-        while not stop.is_set():
+    async def follow(self) -> None:
+        """Reload the layout every REFRESH_S until cancelled; Redis errors only delay it."""
+        task = asyncio.current_task()
+        while True:
             try:
                 await self.refresh()
             except UNAVAILABLE as exc:
                 log.debug("layout refresh failed error=%s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), REFRESH_S)
+            # redis-py can absorb a cancellation that lands while it connects: honour it
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
+            await asyncio.sleep(REFRESH_S)
+
+    async def wait_loaded(self, stop: asyncio.Event) -> None:
+        """Load the layout before first use, retrying while Redis is unreachable."""
+        while not self.loaded and not stop.is_set():
+            try:
+                await self.refresh()
+            except UNAVAILABLE as exc:
+                log.warning("shard layout not loaded yet, retrying error=%s", exc)
+                await asyncio.sleep(REFRESH_S)

@@ -22,10 +22,12 @@ async def serve(settings: Settings, stop: asyncio.Event, shutdown_timeout: float
         shutdown_timeout=shutdown_timeout,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=2048)
-    await site.start()
-    log.info("api listening host=%s port=%d pod=%s", settings.host, settings.port, settings.pod_id)
     try:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=2048)
+        await site.start()
+        log.info(
+            "api listening host=%s port=%d pod=%s", settings.host, settings.port, settings.pod_id
+        )
         await stop.wait()
     finally:
         await runner.cleanup()
