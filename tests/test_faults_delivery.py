@@ -214,7 +214,8 @@ async def test_no_lost_timeout_when_the_webhook_fails_for_a_while(
         assert row.unexpected == 0
         assert dead_letters(redis_sync) == []
         assert pending_total(redis_sync) == 0
-        assert max(receiver.attempts.values()) < 4
+        # no entry spent its MAX_DELIVERIES (4): at most 3 failed attempts, then the success
+        assert max(receiver.attempts.values()) <= 4
         assert 2.0 in states, f"the breaker never showed open: {states}"
         assert await metric(stack.base, "timeout_webhook_breaker_opened_total") >= 1
         assert await metric(stack.base, "timeout_webhook_breaker_state") == 0

@@ -499,14 +499,13 @@ async def test_lease_release_drops_only_the_held_lease(redis: Redis) -> None:
 
 
 async def recheck(r: Redis, *triples: tuple[str, int, int]) -> list[int]:
-    args = [v for triple in triples for v in triple]
+    args = ["|".join(str(v) for v in triple) for triple in triples]
     return [int(v) for v in await SCRIPTS.recheck.run(r, K.for_recheck, args)]
 
 
 async def ack(r: Redis, *entries: tuple[str, str, int, int]) -> int:
     args: list[str | int] = [CONSUMER_GROUP, 1]  # 1: forget delivery attempts too
-    for entry in entries:
-        args.extend(entry)
+    args += ["|".join(str(v) for v in entry) for entry in entries]
     return int(await SCRIPTS.ack.run(r, [K.events, K.records, K.attempts], args))
 
 

@@ -169,7 +169,7 @@ class Deliverer:
         sent = collections.Counter[int]()
         for item in outgoing:
             n = item.notification
-            if n.entry_id not in failures:
+            if (n.shard, n.entry_id) not in failures:
                 done[n.shard].append((n, n.level))
                 sent[n.level] += 1
                 metrics.LATENESS.observe(max(0, item.fired_at_ms - n.due_at_ms) / 1000)
@@ -177,7 +177,7 @@ class Deliverer:
             metrics.SENT.labels(str(level)).inc(count)
         await self._ack(done, retried)
         for item in outgoing:
-            error = failures.get(item.notification.entry_id)
+            error = failures.get((item.notification.shard, item.notification.entry_id))
             if error is not None:
                 n = item.notification
                 await self._failed(ShardKeys.of(n.shard), n, error)
@@ -223,7 +223,7 @@ class Deliverer:
             args: list[Arg] = []
             for i in indices:
                 n = batch[i]
-                args += [n.conversation_id, n.generation, n.level]
+                args.append(f"{n.conversation_id}|{n.generation}|{n.level}")
             calls.append((self.scripts.recheck, ShardKeys.of(shard).for_recheck, args))
         codes: list[Any] = [None] * len(batch)
         replies = await run_batch(self.redis, calls)
@@ -232,9 +232,9 @@ class Deliverer:
                 codes[i] = int(code)
         return codes
 
-    async def _send(self, outgoing: list[Outgoing]) -> dict[str, DeliveryError]:
+    async def _send(self, outgoing: list[Outgoing]) -> dict[tuple[int, str], DeliveryError]:
         """Send to every sink; an event fails when any sink fails (the worst error wins)."""
-        failures: dict[str, DeliveryError] = {}
+        failures: dict[tuple[int, str], DeliveryError] = {}  # by shard and entry id
         if not outgoing:
             return failures
         results = await asyncio.gather(*(sink.send(outgoing) for sink in self.sinks))
@@ -244,7 +244,7 @@ class Deliverer:
                     continue
                 if not isinstance(error, CircuitOpen):
                     metrics.DELIVERY_FAILED.labels(sink.name).inc()
-                entry = item.notification.entry_id
+                entry = (item.notification.shard, item.notification.entry_id)
                 if entry not in failures or _severity(error) > _severity(failures[entry]):
                     failures[entry] = error
         return failures
@@ -256,7 +256,7 @@ class Deliverer:
             k = ShardKeys.of(shard)
             args: list[Arg] = [CONSUMER_GROUP, int(retried)]
             for n, level in entries:
-                args += [n.entry_id, n.conversation_id, n.generation, level]
+                args.append(f"{n.entry_id}|{n.conversation_id}|{n.generation}|{level}")
             calls.append((self.scripts.ack, [k.events, k.records, k.attempts], args))
         if calls:
             await run_batch(self.redis, calls)

@@ -64,9 +64,8 @@ class StreamSink:
         if not batch:
             return []
         names = list(batch[0].payload)
-        args: list[Arg] = [self.maxlen, len(names), *names]
-        for item in batch:
-            args += [str(item.payload[name]) for name in names]
+        args: list[Arg] = [self.maxlen, "|".join(names)]
+        args += ["|".join([str(v) for v in item.payload.values()]) for item in batch]
         try:
             await self.script.run(self.redis, [self.stream], args)
         except UNAVAILABLE as exc:

@@ -1,17 +1,17 @@
 -- Append a batch of notifications to the outbound stream, one entry each, in one call.
 -- KEYS[1] the outbound stream (NOTIFY_STREAM)
--- ARGV[1] approximate length cap  ARGV[2] n, the number of fields of an event
--- ARGV[3 .. 2+n] the field names; then n values per event, in the same order
+-- ARGV[1] approximate length cap  ARGV[2] the field names, joined by '|'
+-- ARGV[3..] one event each: its values in the order of the names, joined by '|'
+--   (one argument per event: the client packs a batch much faster than 8 per event)
 -- returns: the number of entries added
-local n = tonumber(ARGV[2])
-local added = 0
-for i = 3 + n, #ARGV, n do
+local names = split(ARGV[2])
+for i = 3, #ARGV do
+  local values = split(ARGV[i])
   local fields = {}
-  for f = 1, n do
-    fields[2 * f - 1] = ARGV[2 + f]
-    fields[2 * f] = ARGV[i + f - 1]
+  for f = 1, #names do
+    fields[2 * f - 1] = names[f]
+    fields[2 * f] = values[f]
   end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
-  added = added + 1
 end
-return added
+return #ARGV - 2

@@ -1,10 +1,14 @@
 -- Before sending: is each notification still current for its conversation?
 -- KEYS[1] conversations:{N}  KEYS[2] moving_conversations:{N} (records a reshard is moving)
--- ARGV triples: conversation id, generation, level
--- returns: one code per triple: 1 send, 0 stale (answered or restarted), 2 already delivered,
---   3 not in this shard (a reshard moved it: ask its new shard)
-local ids = {}
-for i = 1, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+-- ARGV one per notification: conversation id|generation|level
+-- returns: one code per notification: 1 send, 0 stale (answered or restarted),
+--   2 already delivered, 3 not in this shard (a reshard moved it: ask its new shard)
+local asks, ids = {}, {}
+for i = 1, #ARGV do
+  local id, gen, level = string.match(ARGV[i], '^(.*)|(%d+)|(%d+)$')
+  asks[i] = {id, gen, tonumber(level)}
+  ids[i] = id
+end
 local records = load_records(KEYS[1], ids)
 local absent = {}
 for _, id in ipairs(ids) do
@@ -12,16 +16,15 @@ for _, id in ipairs(ids) do
 end
 local moving = load_records(KEYS[2], absent)
 local out = {}
-for i = 1, #ARGV, 3 do
-  local r = records[ARGV[i]] or moving[ARGV[i]]
+for i, ask in ipairs(asks) do
+  local r = records[ask[1]] or moving[ask[1]]
   local code = 3
   if r then
     code = 0
-    if r[2] == ARGV[i + 1] and r[1] ~= 'A' then
-      local mask = 2 ^ (tonumber(ARGV[i + 2]) - 1)
-      code = (bit.band(tonumber(r[8]), mask) ~= 0) and 2 or 1
+    if r[2] == ask[2] and r[1] ~= 'A' then
+      code = (bit.band(tonumber(r[8]), 2 ^ (ask[3] - 1)) ~= 0) and 2 or 1
     end
   end
-  out[#out + 1] = code
+  out[i] = code
 end
 return out
