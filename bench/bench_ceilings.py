@@ -11,6 +11,7 @@ from bench.report import Report
 from tests.redis_server import RedisServer
 from tracker.keys import ShardKeys, wake_channel
 from tracker.scripts import Script
+from tracker.store import track_arg
 
 BATCH = 64  # events per script call: 1000 events over 16 shards
 ENTRY = [
@@ -52,9 +53,9 @@ def test_ceiling_xadd(
 def track_command(sha: str, events: int) -> list[str]:
     """EVALSHA track.lua on shard 0 for `events` new conversations (random ids)."""
     k = ShardKeys.of(0)
-    command = ["EVALSHA", sha, "4", k.records, k.waiting, k.states, k.retired, "1", wake_channel(0)]
+    command = ["EVALSHA", sha, str(len(k.for_writes)), *k.for_writes, "0", "1", wake_channel(0)]
     for _ in range(events):
-        command += ["conv-__rand_int__", "agent-1", "m-__rand_int__", "0", "30000"]
+        command.append(track_arg("conv-__rand_int__", "agent-1", "m-__rand_int__", 0, 30000))
     return command
 
 

@@ -15,6 +15,7 @@ from bench.report import Report
 from tests.redis_server import RedisServer
 from tracker.keys import ShardKeys, shard_of, wake_channel
 from tracker.scripts import Script
+from tracker.store import track_arg
 
 CONVERSATIONS = 1_000_000
 SHARDS = 16
@@ -36,15 +37,17 @@ def track_commands(sha: str, n: int) -> Iterator[bytes]:
 
     def call(shard: int) -> None:
         k = keys[shard]
-        head = ["EVALSHA", sha, "4", k.records, k.waiting, k.states, k.retired]
+        head = ["EVALSHA", sha, str(len(k.for_writes)), *k.for_writes, "0"]
         chunk.append(resp([*head, "1", wake_channel(shard), *by_shard[shard]]))
         by_shard[shard] = []
 
     for i in range(n):
         conversation = f"conv-{i:07d}"
         shard = shard_of(conversation, SHARDS)
-        by_shard[shard] += [conversation, f"agent-{i % 500}", f"msg-{i:07d}", "0", "30000"]
-        if len(by_shard[shard]) == 5 * PER_CALL:
+        by_shard[shard].append(
+            track_arg(conversation, f"agent-{i % 500}", f"msg-{i:07d}", 0, 30000)
+        )
+        if len(by_shard[shard]) == PER_CALL:
             call(shard)
         if len(chunk) >= CHUNK:
             yield "".join(chunk).encode()

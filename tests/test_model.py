@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from tests.redis_server import RedisServer
 from tracker.keys import ShardKeys, wake_channel
 from tracker.scripts import Scripts
+from tracker.store import respond_arg, track_arg
 
 INTERVAL = 1000
 MULTIPLIERS = (1.0, 2.0, 3.0)
@@ -174,11 +175,16 @@ def test_notifications_equal_the_reference_model(
             continue
         ts = base + step.offset_ms
         if step.kind == "agent":
-            args = [0, 1.0, wake_channel(0), step.conversation, "agent", step.message, ts, INTERVAL]
+            args = [
+                0,
+                1.0,
+                wake_channel(0),
+                track_arg(step.conversation, "agent", step.message, ts, INTERVAL),
+            ]
             status = run(client, SCRIPTS.track, K.for_writes, args)[0]
             expected = model.agent(step.conversation, step.message, ts)
         else:
-            args = [0, RETENTION, step.conversation, step.message, ts]
+            args = [0, RETENTION, respond_arg(step.conversation, step.message, ts)]
             status = run(client, SCRIPTS.respond, K.for_writes, args)[0]
             expected = model.answer(step.conversation, step.message, ts)
         assert status == expected, (step, status, expected)

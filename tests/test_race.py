@@ -28,6 +28,7 @@ from tests import reliability
 from tests.redis_server import RedisServer
 from tracker.keys import ShardKeys, wake_channel
 from tracker.scripts import Arg, Script, Scripts
+from tracker.store import respond_arg, track_arg
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +80,7 @@ async def answer_all(client: Redis, scripts: Scripts, r: Round, due: int) -> Non
                 client,
                 scripts.respond,
                 K.for_writes,
-                [0, 60_000, c, f"r-{c}", due],
+                [0, 60_000, respond_arg(c, f"r-{c}", due)],
             )
             r.trials[c].reply_seq, r.trials[c].reply_status = seq, str(status)
 
@@ -130,7 +131,12 @@ async def test_an_answer_at_the_deadline_never_loses_to_the_sweeper(
                     scripts.track.queue(
                         pipe,
                         K.for_writes,
-                        [0, 1, wake_channel(0), c, "agent", f"m-{c}", due - INTERVAL, INTERVAL],
+                        [
+                            0,
+                            1,
+                            wake_channel(0),
+                            track_arg(c, "agent", f"m-{c}", due - INTERVAL, INTERVAL),
+                        ],
                     )
                 await pipe.execute()
             await asyncio.gather(

@@ -24,7 +24,15 @@ from tracker.reshard import Resharder
 from tracker.scripts import Scripts
 from tracker.settings import Settings
 from tracker.sinks import Outcomes
-from tracker.store import AgentMessage, Conversation, CustomerResponse, Store, TrackResult
+from tracker.store import (
+    AgentMessage,
+    Conversation,
+    CustomerResponse,
+    Store,
+    TrackResult,
+    respond_arg,
+    track_arg,
+)
 
 INTERVAL = 60_000  # nothing comes due during these tests unless a test says so
 
@@ -95,13 +103,15 @@ async def test_a_write_routed_by_an_old_layout_is_refused_and_changes_nothing(
     k = ShardKeys.of(3)
     await redis.set(k.epoch, 2)
     with pytest.raises(ResponseError, match="EPOCH"):
-        await scripts.track.run(redis, k.for_writes, [1, 1, "wake", "c", "a", "m", 0, 1000])
+        await scripts.track.run(
+            redis, k.for_writes, [1, 1, "wake", track_arg("c", "a", "m", 0, 1000)]
+        )
     with pytest.raises(ResponseError, match="EPOCH"):
-        await scripts.respond.run(redis, k.for_writes, [1, 60_000, "c", "r", 0])
+        await scripts.respond.run(redis, k.for_writes, [1, 60_000, respond_arg("c", "r", 0)])
     assert sorted(await redis.keys("*")) == [k.epoch]
     # the current epoch is accepted; a newer one raises the shard's
-    await scripts.track.run(redis, k.for_writes, [2, 1, "wake", "c", "a", "m", 0, 1000])
-    await scripts.track.run(redis, k.for_writes, [3, 1, "wake", "c2", "a", "m", 0, 1000])
+    await scripts.track.run(redis, k.for_writes, [2, 1, "wake", track_arg("c", "a", "m", 0, 1000)])
+    await scripts.track.run(redis, k.for_writes, [3, 1, "wake", track_arg("c2", "a", "m", 0, 1000)])
     assert await redis.get(k.epoch) == "3"
 
 

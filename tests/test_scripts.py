@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 
 from tracker.keys import CONSUMER_GROUP, ShardKeys, wake_channel
 from tracker.scripts import Arg, Scripts
+from tracker.store import respond_arg, track_arg
 
 SCRIPTS = Scripts()
 K = ShardKeys.of(3)
@@ -42,14 +43,14 @@ async def track(
     interval: int = T,
 ) -> list[Any]:
     args: list[Arg] = [EPOCH, MULTIPLIERS[0], wake_channel(K.shard)]
-    args += [cid, agent, message_id, ts, interval]
+    args.append(track_arg(cid, agent, message_id, ts, interval))
     return cast(list[Any], await SCRIPTS.track.run(r, K.for_writes, args))
 
 
 async def respond(
     r: Redis, cid: str, message_id: str, ts: int = 0, *, retention: int = RETENTION
 ) -> list[Any]:
-    args: list[Arg] = [EPOCH, retention, cid, message_id, ts]
+    args: list[Arg] = [EPOCH, retention, respond_arg(cid, message_id, ts)]
     return cast(list[Any], await SCRIPTS.respond.run(r, K.for_writes, args))
 
 

@@ -26,6 +26,7 @@ from tracker.layout import LiveLayout
 from tracker.scripts import Arg, Call, Scripts, run_batch
 from tracker.settings import Settings
 from tracker.sinks import CircuitOpen, Sink
+from tracker.timefmt import format_ms
 
 log = logging.getLogger(__name__)
 
@@ -163,16 +164,19 @@ class Deliverer:
         if not batch:
             return
         to_send, done = await self._recheck(batch)
-        fired_at = int(time.time() * 1000)
-        outgoing = [n.outgoing(fired_at) for n in to_send]
+        fired_at_ms = int(time.time() * 1000)
+        fired_at = format_ms(fired_at_ms)
+        outgoing = [n.outgoing(fired_at_ms, fired_at) for n in to_send]
         failures = await self._send(outgoing)
         sent = collections.Counter[int]()
+        lateness: list[float] = []
         for item in outgoing:
             n = item.notification
             if (n.shard, n.entry_id) not in failures:
                 done[n.shard].append((n, n.level))
                 sent[n.level] += 1
-                metrics.LATENESS.observe(max(0, item.fired_at_ms - n.due_at_ms) / 1000)
+                lateness.append(max(0, fired_at_ms - n.due_at_ms) / 1000)
+        metrics.observe_many(metrics.LATENESS, lateness)
         for level, count in sent.items():
             metrics.SENT.labels(str(level)).inc(count)
         await self._ack(done, retried)

@@ -61,11 +61,11 @@ class Notification:
     def event_id(self) -> str:
         return event_id(self.conversation_id, self.waiting_since_ms, self.level)
 
-    def outgoing(self, fired_at_ms: int) -> Outgoing:
-        payload = self.payload(fired_at_ms)
-        return Outgoing(self, fired_at_ms, payload, orjson.dumps(payload))
+    def outgoing(self, fired_at_ms: int, fired_at: str | None = None) -> Outgoing:
+        """Ready to send; `fired_at` is `fired_at_ms` formatted, when the caller has it."""
+        return Outgoing(self, fired_at_ms, self.payload(fired_at_ms, fired_at))
 
-    def payload(self, fired_at_ms: int) -> dict[str, Any]:
+    def payload(self, fired_at_ms: int, fired_at: str | None = None) -> dict[str, Any]:
         return {
             "event_id": self.event_id,
             "conversation_id": self.conversation_id,
@@ -74,15 +74,18 @@ class Notification:
             "message_id": self.message_id,
             "waiting_since": format_ms(self.waiting_since_ms),
             "due_at": format_ms(self.due_at_ms),
-            "fired_at": format_ms(fired_at_ms),
+            "fired_at": fired_at or format_ms(fired_at_ms),
         }
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A notification ready for the sinks: its payload and that payload's JSON bytes."""
+    """A notification ready for the sinks."""
 
     notification: Notification
     fired_at_ms: int
     payload: dict[str, Any]
-    body: bytes
+
+    def body(self) -> bytes:
+        """The payload as JSON, for the sinks that send it whole (the stream sink does not)."""
+        return orjson.dumps(self.payload)

@@ -41,7 +41,7 @@ class LogSink:
 
     async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
         for item in batch:
-            log.info("notification %s", item.body.decode())
+            log.info("notification %s", item.body().decode())
         return [None] * len(batch)
 
     async def close(self) -> None:
@@ -165,17 +165,18 @@ class WebhookSink:
     async def _post(self, item: Outgoing) -> DeliveryError | None:
         timestamp = int(time.time())
         event_id = item.notification.event_id
+        body = item.body()
         headers = {
             "content-type": "application/json",
             "webhook-id": event_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self.keys, event_id, timestamp, item.body),
+            "webhook-signature": sign(self.keys, event_id, timestamp, body),
         }
         async with self.limit:
             if not self.breaker.allow():
                 return CircuitOpen(self.breaker.retry_after_s())
             try:
-                async with self._client().post(self.url, data=item.body, headers=headers) as resp:
+                async with self._client().post(self.url, data=body, headers=headers) as resp:
                     await resp.read()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError) as exc:

@@ -75,6 +75,18 @@ class Conversation:
     response_time_ms: int | None
 
 
+def track_arg(
+    conversation_id: str, agent_id: str, message_id: str, ts_ms: int, interval_ms: int
+) -> str:
+    """One agent message as the track script takes it (ids never hold '|': validation)."""
+    return f"{conversation_id}|{agent_id}|{message_id}|{ts_ms}|{interval_ms}"
+
+
+def respond_arg(conversation_id: str, message_id: str, ts_ms: int) -> str:
+    """One customer response as the respond script takes it."""
+    return f"{conversation_id}|{message_id}|{ts_ms}"
+
+
 #: Events per script call: bounded so a call's arguments stay small and Redis stays responsive.
 CALL_SIZE = 500
 #: Times a batch is routed again after a shard refused the layout it was routed by.
@@ -136,12 +148,14 @@ class Store:
             for i in call.indices:
                 e = cast(AgentMessage, events[i])
                 interval = e.timeout_ms or s.timeout_interval_ms
-                args += [e.conversation_id, e.agent_id, e.message_id, e.timestamp_ms, interval]
+                args.append(
+                    track_arg(e.conversation_id, e.agent_id, e.message_id, e.timestamp_ms, interval)
+                )
             return self.scripts.track, keys, args
         args = [epoch, s.answered_retention_ms]
         for i in call.indices:
             r = cast(CustomerResponse, events[i])
-            args += [r.conversation_id, r.message_id, r.timestamp_ms]
+            args.append(respond_arg(r.conversation_id, r.message_id, r.timestamp_ms))
         return self.scripts.respond, keys, args
 
     async def apply_many(self, events: Sequence[Event]) -> list[Result]:

@@ -3,14 +3,18 @@
 -- KEYS[3] notification_states:{N}  KEYS[4] retired_conversations:{N}  KEYS[5] timeout:epoch:{N}
 -- ARGV[1] shard layout epoch the caller routed by
 -- ARGV[2] how long an answered record is kept to recognise replays, ms
--- ARGV[3..] three values per response: conversation id, customer message id,
+-- ARGV[3..] one per response: conversation id|customer message id|
 --   timestamp ms (0: now, by Redis's clock)
 -- returns: three values per response: status, response_time_ms (-1 when none), generation
 --   status: answered | duplicate | stale | not_waiting
 --   or the error 'EPOCH ...' (nothing written) when the shard has seen a newer layout
 if not accept_epoch(KEYS[5], ARGV[1]) then return redis.error_reply(EPOCH_REFUSED) end
-local ids = {}
-for i = 3, #ARGV, 3 do ids[#ids + 1] = ARGV[i] end
+local events, ids = {}, {}
+for i = 3, #ARGV do
+  local e = {string.match(ARGV[i], '^([^|]*)|([^|]*)|(-?%d+)$')}
+  events[#events + 1] = e
+  ids[#ids + 1] = e[1]
+end
 local records = load_records(KEYS[1], ids)
 local saved, answered, retire_at = writes(), writes(), writes()
 local out, now = {}, nil
@@ -18,8 +22,8 @@ local function clock()
   now = now or now_ms()
   return now
 end
-for i = 3, #ARGV, 3 do
-  local id, message_id, ts = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+for _, e in ipairs(events) do
+  local id, message_id, ts = e[1], e[2], tonumber(e[3])
   if ts == 0 then ts = clock() end
   local r = records[id]
   local status, response, gen = 'not_waiting', -1, 0

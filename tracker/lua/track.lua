@@ -3,21 +3,26 @@
 -- KEYS[3] notification_states:{N}  KEYS[4] retired_conversations:{N}  KEYS[5] timeout:epoch:{N}
 -- ARGV[1] shard layout epoch the caller routed by  ARGV[2] level-1 multiplier
 -- ARGV[3] wake channel: published once when the shard's earliest deadline moves earlier
--- ARGV[4..] five values per agent message: conversation id, agent id, agent message id,
---   timestamp ms (0: now, by Redis's clock), interval ms
+-- ARGV[4..] one per agent message: conversation id|agent id|agent message id|
+--   timestamp ms (0: now, by Redis's clock)|interval ms
+--   (one argument per event: the client packs a batch much faster than five per event)
 -- returns: four values per message: status, generation, waiting_since_ms, next_due_ms
 --   status: started | restarted | duplicate | stale
 --   or the error 'EPOCH ...' (nothing written) when the shard has seen a newer layout
 if not accept_epoch(KEYS[5], ARGV[1]) then return redis.error_reply(EPOCH_REFUSED) end
-local ids = {}
-for i = 4, #ARGV, 5 do ids[#ids + 1] = ARGV[i] end
+local events, ids = {}, {}
+for i = 4, #ARGV do
+  local e = {string.match(ARGV[i], '^([^|]*)|([^|]*)|([^|]*)|(-?%d+)|(%d+)$')}
+  events[#events + 1] = e
+  ids[#ids + 1] = e[1]
+end
 local records = load_records(KEYS[1], ids)
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local earliest = tonumber(head[2]) or math.huge
 local saved, due_at, unfired, unretired = writes(), writes(), writes(), writes()
 local out, wake, now = {}, nil, nil
-for i = 4, #ARGV, 5 do
-  local id, message_id, ts = ARGV[i], ARGV[i + 2], tonumber(ARGV[i + 3])
+for _, e in ipairs(events) do
+  local id, message_id, ts = e[1], e[3], tonumber(e[4])
   if ts == 0 then
     now = now or now_ms()
     ts = now
@@ -38,9 +43,9 @@ for i = 4, #ARGV, 5 do
       end
       if r[1] ~= 'W' then put(unretired, id, true) end
     end
-    local interval = tonumber(ARGV[i + 4])
+    local interval = tonumber(e[5])
     local due = ts + level_offset(ARGV[2], interval)
-    r = {'W', gen, ts, interval, ARGV[i + 1], message_id, ts, 0, '', ''}
+    r = {'W', gen, ts, interval, e[2], message_id, ts, 0, '', ''}
     records[id] = r
     put(saved, id, join(r))
     put(due_at, id, due)
