@@ -202,7 +202,6 @@ async def test_get_conversation_shows_its_state(client: Client) -> None:
         "waiting_since": format_ms(ts),
         "timeout_ms": 1000,
         "level_fired": 0,
-        "levels_delivered": [],
         "next_due_at": format_ms(ts + 1000),
         "response_time_ms": None,
     }

@@ -100,7 +100,7 @@ async def sweep_and_recheck(client: Redis, scripts: Scripts, r: Round, lease: st
             c = fields["c"]
             r.trials[c].fired_seq = seq
             rseq, codes = await committed(
-                client, scripts.recheck, K.for_recheck, [f"{c}|{fields['g']}|{fields['l']}"]
+                client, scripts.recheck, K.for_recheck, [f"{c}|{fields['g']}"]
             )
             r.trials[c].recheck_seq, r.trials[c].recheck_code = rseq, int(codes[0])
         if r.replies_done and not int(fired) and not int(more):

@@ -499,27 +499,26 @@ async def test_lease_release_drops_only_the_held_lease(redis: Redis) -> None:
 # --- recheck -------------------------------------------------------------------------------
 
 
-async def recheck(r: Redis, *triples: tuple[str, int, int]) -> list[int]:
-    args = ["|".join(str(v) for v in triple) for triple in triples]
+async def recheck(r: Redis, *asks: tuple[str, int]) -> list[int]:
+    args = [f"{conversation}|{generation}" for conversation, generation in asks]
     return [int(v) for v in await SCRIPTS.recheck.run(r, K.for_recheck, args)]
 
 
-async def ack(r: Redis, *entries: tuple[str, str, int, int]) -> int:
-    args: list[str | int] = [CONSUMER_GROUP, 1]  # 1: forget delivery attempts too
-    args += ["|".join(str(v) for v in entry) for entry in entries]
-    return int(await SCRIPTS.ack.run(r, [K.events, K.records, K.attempts], args))
+async def ack(r: Redis, *entry_ids: str, forget_attempts: bool = True) -> int:
+    args: list[str | int] = [CONSUMER_GROUP, int(forget_attempts), *entry_ids]
+    return int(await SCRIPTS.ack.run(r, [K.events, K.attempts], args))
 
 
 async def test_recheck_sends_a_current_notification(redis: Redis) -> None:
     await track(redis, "c1", "m1")
-    assert await recheck(redis, ("c1", 1, 1), ("c1", 1, 3)) == [1, 1]
+    assert await recheck(redis, ("c1", 1)) == [1]
 
 
 async def test_recheck_is_stale_after_an_answer(redis: Redis) -> None:
     ts = await redis_now(redis) - 5000
     await track(redis, "c1", "m1", ts)
     await respond(redis, "c1", "r1", ts + 100)
-    assert await recheck(redis, ("c1", 1, 1)) == [0]
+    assert await recheck(redis, ("c1", 1)) == [0]
 
 
 async def test_recheck_is_stale_after_a_restart_and_elsewhere_for_unknown(redis: Redis) -> None:
@@ -527,54 +526,42 @@ async def test_recheck_is_stale_after_a_restart_and_elsewhere_for_unknown(redis:
     ts = await redis_now(redis)
     await track(redis, "c1", "m1", ts - 100)
     await track(redis, "c1", "m2", ts)
-    assert await recheck(redis, ("c1", 1, 1), ("c1", 2, 1), ("nobody", 1, 1)) == [0, 1, 3]
+    assert await recheck(redis, ("c1", 1), ("c1", 2), ("nobody", 1)) == [0, 1, 3]
 
 
-async def test_recheck_reports_already_delivered_after_ack(redis: Redis) -> None:
-    entry_id, fields = await fire_level_one(redis, "c1")
-    assert await ack(redis, (entry_id, "c1", int(fields["g"]), 1)) == 1
-    assert await recheck(redis, ("c1", 1, 1), ("c1", 1, 2)) == [2, 1]
+async def test_recheck_reads_a_record_a_reshard_is_moving(redis: Redis) -> None:
+    """Taken out of its shard into moving_conversations, the record still answers."""
+    await track(redis, "c1", "m1")
+    raw = str(await redis.hget(K.records, "c1"))
+    await redis.hdel(K.records, "c1")
+    await redis.hset(K.moving, "c1", f"{raw}|1000||")
+    assert await recheck(redis, ("c1", 1), ("c1", 2)) == [1, 0]
 
 
 # --- ack -----------------------------------------------------------------------------------
 
 
-async def test_ack_acknowledges_marks_the_level_and_clears_attempts(redis: Redis) -> None:
-    entry_id, fields = await fire_level_one(redis, "c1")
+async def test_ack_acknowledges_and_clears_attempts(redis: Redis) -> None:
+    entry_id, _ = await fire_level_one(redis, "c1")
     await redis.hset(K.attempts, mapping={entry_id: 2, "other-entry": 1})
     assert await pending_ids(redis) == [entry_id]
+    before = await redis.hget(K.records, "c1")
 
-    assert await ack(redis, (entry_id, "c1", int(fields["g"]), int(fields["l"]))) == 1
+    assert await ack(redis, entry_id) == 1
     assert await pending_ids(redis) == []
-    rec = await record(redis, "c1")
-    assert rec is not None
-    assert rec[7] == "1"
     assert await redis.hgetall(K.attempts) == {"other-entry": "1"}
+    assert await redis.hget(K.records, "c1") == before  # the record is not written
 
 
-async def test_ack_of_a_skipped_or_stale_entry_does_not_mark_the_record(redis: Redis) -> None:
-    now = await redis_now(redis)
-    await track(redis, "c1", "m1", now - T - 500)
-    await track(redis, "c2", "m1", now - T - 500)
-    await sweep(redis, await lease(redis))
-    (id1, _), (id2, _) = await read_group(redis)
-    await track(redis, "c2", "m2", now)  # restarted: generation 2
-    assert await ack(redis, (id1, "c1", 1, 0), (id2, "c2", 1, 1)) == 2
-    assert await pending_ids(redis) == []
-    for cid in ("c1", "c2"):
-        rec = await record(redis, cid)
-        assert rec is not None
-        assert rec[7] == "0"
-
-
-async def test_ack_marks_each_delivered_level_in_a_bit_mask(redis: Redis) -> None:
+async def test_ack_keeps_attempts_unless_told_and_counts_what_it_acknowledged(
+    redis: Redis,
+) -> None:
     entry_id, _ = await fire_level_one(redis, "c1")
-    await redis.xadd(K.events, {"c": "c1", "l": "3", "g": "1"})
-    (late_id, _) = (await read_group(redis))[0]
-    assert await ack(redis, (late_id, "c1", 1, 3), (entry_id, "c1", 1, 1)) == 2
-    rec = await record(redis, "c1")
-    assert rec is not None
-    assert rec[7] == "5"  # levels 1 and 3: bits 0 and 2
+    await redis.hset(K.attempts, entry_id, 1)
+    assert await ack(redis, entry_id, "0-1", forget_attempts=False) == 1  # 0-1: not pending
+    assert await redis.hgetall(K.attempts) == {entry_id: "1"}
+    assert await ack(redis, entry_id) == 0  # already acknowledged
+    assert await ack(redis) == 0
 
 
 # --- dead_letter ---------------------------------------------------------------------------

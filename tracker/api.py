@@ -211,7 +211,6 @@ def conversation_json(c: Conversation) -> dict[str, Any]:
         "waiting_since": format_ms(c.waiting_since_ms),
         "timeout_ms": c.timeout_ms,
         "level_fired": c.level_fired,
-        "levels_delivered": c.levels_delivered,
         "next_due_at": format_ms(c.next_due_ms) if c.next_due_ms is not None else None,
         "response_time_ms": c.response_time_ms,
     }

@@ -30,7 +30,7 @@ from tracker.timefmt import format_ms
 
 log = logging.getLogger(__name__)
 
-SEND, STALE, DUPLICATE, ELSEWHERE = 1, 0, 2, 3
+SEND, STALE, ELSEWHERE = 1, 0, 3
 READ_COUNT = 512
 CLUSTER_POLL_MS = 20
 
@@ -160,7 +160,10 @@ class Deliverer:
     async def handle(self, batch: Sequence[Notification], *, retried: bool = False) -> None:
         """Re-check, deliver and acknowledge a batch that may span shards: one pipelined
         round trip for every shard's re-check, one send per sink, one for every shard's ack.
-        `retried` entries may have failed attempts to forget."""
+        `retried` entries (own or claimed pending ones, retries) may have failed attempts to
+        forget, and may have been delivered meanwhile by the consumer they were claimed from."""
+        if retried:
+            batch = await self._still_pending(batch)
         if not batch:
             return
         to_send, done = await self._recheck(batch)
@@ -173,7 +176,7 @@ class Deliverer:
         for item in outgoing:
             n = item.notification
             if (n.shard, n.entry_id) not in failures:
-                done[n.shard].append((n, n.level))
+                done[n.shard].append(n.entry_id)
                 sent[n.level] += 1
                 lateness.append(max(0, fired_at_ms - n.due_at_ms) / 1000)
         metrics.observe_many(metrics.LATENESS, lateness)
@@ -188,9 +191,9 @@ class Deliverer:
 
     async def _recheck(
         self, batch: Sequence[Notification]
-    ) -> tuple[list[Notification], dict[int, list[tuple[Notification, int]]]]:
-        """Split a batch into what to send now and what to acknowledge unsent (stale or
-        already delivered), asking every shard in one pipelined round trip. A conversation
+    ) -> tuple[list[Notification], dict[int, list[str]]]:
+        """Split a batch into what to send now and the entry ids to acknowledge unsent
+        (stale), asking every shard in one pipelined round trip. A conversation
         a reshard moved away from its entry's shard is asked where it lives now."""
         codes = await self._codes(batch, [n.shard for n in batch])
         if ELSEWHERE in codes:
@@ -205,13 +208,13 @@ class Deliverer:
                 )
                 codes = [f if f is not None else c for c, f in zip(codes, found, strict=True)]
         to_send: list[Notification] = []
-        unsent: dict[int, list[tuple[Notification, int]]] = defaultdict(list)
+        unsent: dict[int, list[str]] = defaultdict(list)
         for n, code in zip(batch, codes, strict=True):
             if code == SEND:
                 to_send.append(n)
             else:
-                metrics.SUPPRESSED.labels("duplicate" if code == DUPLICATE else "stale").inc()
-                unsent[n.shard].append((n, 0))
+                metrics.SUPPRESSED.labels("stale").inc()
+                unsent[n.shard].append(n.entry_id)
         return to_send, unsent
 
     async def _codes(
@@ -227,7 +230,7 @@ class Deliverer:
             args: list[Arg] = []
             for i in indices:
                 n = batch[i]
-                args.append(f"{n.conversation_id}|{n.generation}|{n.level}")
+                args.append(f"{n.conversation_id}|{n.generation}")
             calls.append((self.scripts.recheck, ShardKeys.of(shard).for_recheck, args))
         codes: list[Any] = [None] * len(batch)
         replies = await run_batch(self.redis, calls)
@@ -253,17 +256,44 @@ class Deliverer:
                     failures[entry] = error
         return failures
 
-    async def _ack(self, done: dict[int, list[tuple[Notification, int]]], retried: bool) -> None:
-        """Mark delivered levels and XACK, every shard in one pipelined round trip."""
+    async def _ack(self, done: dict[int, list[str]], retried: bool) -> None:
+        """XACK every shard's entries in one pipelined round trip."""
         calls: list[Call] = []
         for shard, entries in done.items():
-            k = ShardKeys.of(shard)
-            args: list[Arg] = [CONSUMER_GROUP, int(retried)]
-            for n, level in entries:
-                args.append(f"{n.entry_id}|{n.conversation_id}|{n.generation}|{level}")
-            calls.append((self.scripts.ack, [k.events, k.records, k.attempts], args))
+            if entries:
+                k = ShardKeys.of(shard)
+                args: list[Arg] = [CONSUMER_GROUP, int(retried), *entries]
+                calls.append((self.scripts.ack, [k.events, k.attempts], args))
         if calls:
             await run_batch(self.redis, calls)
+
+    async def _still_pending(self, batch: Sequence[Notification]) -> list[Notification]:
+        """The entries of `batch` still pending, now owned by this consumer (XCLAIM JUSTID,
+        one pipelined round trip). One that the consumer it was claimed from, slow but
+        alive, delivered and acknowledged meanwhile is dropped: no second send."""
+        by_shard: dict[int, list[Notification]] = defaultdict(list)
+        for n in batch:
+            by_shard[n.shard].append(n)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard, items in by_shard.items():
+                pipe.xclaim(
+                    ShardKeys.of(shard).events,
+                    CONSUMER_GROUP,
+                    self.consumer,
+                    min_idle_time=0,
+                    message_ids=[n.entry_id for n in items],
+                    justid=True,
+                )
+            replies = await pipe.execute()
+        pending = {
+            (shard, str(entry_id))
+            for shard, ids in zip(by_shard, replies, strict=True)
+            for entry_id in ids
+        }
+        kept = [n for n in batch if (n.shard, n.entry_id) in pending]
+        if len(kept) < len(batch):
+            metrics.SUPPRESSED.labels("duplicate").inc(len(batch) - len(kept))
+        return kept
 
     async def _failed(self, keys: ShardKeys, n: Notification, error: DeliveryError) -> None:
         if isinstance(error, CircuitOpen):  # not attempted: no attempt counted

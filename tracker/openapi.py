@@ -103,10 +103,6 @@ def schemas(settings: Settings) -> dict[str, Any]:
                 "waiting_since": {"type": "string", "format": "date-time"},
                 "timeout_ms": {"type": "integer"},
                 "level_fired": {"type": "integer", "minimum": 0, "maximum": 3},
-                "levels_delivered": {
-                    "type": "array",
-                    "items": {"type": "integer", "minimum": 1, "maximum": 3},
-                },
                 "next_due_at": nullable_time,
                 "response_time_ms": {"type": ["integer", "null"]},
             },

@@ -70,7 +70,6 @@ class Conversation:
     agent_id: str
     message_id: str
     level_fired: int
-    levels_delivered: list[int]
     next_due_ms: int | None
     response_time_ms: int | None
 
@@ -294,7 +293,6 @@ def _conversation(
         agent_id=r[4],
         message_id=r[5],
         level_fired=int(fired or 0),
-        levels_delivered=[level for level in (1, 2, 3) if int(r[7]) >> (level - 1) & 1],
         next_due_ms=int(due) if due is not None else None,
         response_time_ms=int(r[9]) if r[9] else None,
     )

@@ -3,7 +3,8 @@
 --   1 state (W waiting, E every level fired, A answered)  2 generation
 --   3 waiting-since ms  4 interval ms  5 agent id  6 agent message id
 --   7 timestamp ms of the newest applied event
---   8 levels delivered, a bit mask (level l is bit l-1): a redelivered lower level still goes
+--   8 unused, always 0 (once a delivered-levels mask: kept so that records written by
+--     earlier versions read the same)
 --   9 customer message id  10 response time ms
 -- Scripts read what they need with one HMGET, work in Lua, and write each key once.
 local function split(raw)
