@@ -10,6 +10,7 @@ from typing import Any
 import redis as sync_redis
 
 from tests.processes import Pod
+from tracker.events import Notification
 from tracker.keys import ShardKeys
 from tracker.timefmt import format_ms
 
@@ -77,10 +78,10 @@ def enqueued(client: sync_redis.Redis, shard_count: int) -> list[Enqueued]:
     out = []
     for shard in range(shard_count):
         entries: Any = client.xrange(ShardKeys.of(shard).events)
-        for entry_id, f in entries:
-            out.append(
-                Enqueued(f["c"], int(f["l"]), int(f["s"]), int(f["d"]), int(entry_id.split("-")[0]))
-            )
+        for entry_id, fields in entries:
+            n = Notification.from_entry(shard, entry_id, fields)
+            at = int(entry_id.split("-")[0])
+            out.append(Enqueued(n.conversation_id, n.level, n.waiting_since_ms, n.due_at_ms, at))
     return out
 
 

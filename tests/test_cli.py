@@ -12,6 +12,7 @@ import pytest
 import redis as sync_redis
 
 from tests.redis_server import RedisServer
+from tracker.events import Notification
 from tracker.keys import CONSUMER_GROUP, LAYOUT, ShardKeys, shard_of
 
 
@@ -98,9 +99,9 @@ def test_dead_letters_list_replay_and_purge(
     assert replayed.stdout.strip() == "replayed 1"
     assert redis_sync.xlen(k.dead_letters) == 0
     entries: Any = redis_sync.xrange(k.events)
-    ((_, fields),) = entries
-    assert fields["c"] == "conv-1"
-    assert fields["l"] == "1"
+    ((entry_id, fields),) = entries
+    n = Notification.from_entry(k.shard, entry_id, fields)
+    assert (n.conversation_id, n.level, n.generation) == ("conv-1", 1, 1)
     redis_sync.xadd(k.dead_letters, {"c": "x"})
     purged = tracker(redis_server, tmp_path, "dead-letters", "purge")
     assert purged.stdout.strip() == "purged 1"

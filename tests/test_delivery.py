@@ -191,7 +191,9 @@ async def test_trim_keeps_unacknowledged_entries(redis: Redis, settings: Setting
     assert await redis.xlen(k.events) == 4
     trimmed = await scripts.trim.run(redis, [k.events], [])
     assert int(trimmed) == 2
-    remaining = [f["c"] for _, f in await xrange(redis, k.events)]
+    remaining = [
+        Notification.from_entry(0, i, f).conversation_id for i, f in await xrange(redis, k.events)
+    ]
     assert remaining == ["p1", "p2"]  # the pending entry and the unread one stay
 
 

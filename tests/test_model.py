@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.redis_server import RedisServer
+from tracker.events import Notification
 from tracker.keys import ShardKeys, wake_channel
 from tracker.scripts import Scripts
 from tracker.store import respond_arg, track_arg
@@ -189,5 +190,6 @@ def test_notifications_equal_the_reference_model(
             expected = model.answer(step.conversation, step.message, ts)
         assert status == expected, (step, status, expected)
     entries: Any = client.xrange(K.events)
-    got = [(f["c"], int(f["l"]), int(f["g"]), int(f["s"])) for _, f in entries]
+    notifications = [Notification.from_entry(0, i, f) for i, f in entries]
+    got = [(n.conversation_id, n.level, n.generation, n.waiting_since_ms) for n in notifications]
     assert sorted(got) == sorted(model.notified)

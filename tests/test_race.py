@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from tests import reliability
 from tests.redis_server import RedisServer
+from tracker.events import Notification
 from tracker.keys import ShardKeys, wake_channel
 from tracker.scripts import Arg, Script, Scripts
 from tracker.store import respond_arg, track_arg
@@ -97,10 +98,11 @@ async def sweep_and_recheck(client: Redis, scripts: Scripts, r: Round, lease: st
         entries: Any = await client.xrange(K.events, f"({last_id}", "+")
         for entry_id, fields in entries:
             last_id = entry_id
-            c = fields["c"]
+            n = Notification.from_entry(0, entry_id, fields)
+            c = n.conversation_id
             r.trials[c].fired_seq = seq
             rseq, codes = await committed(
-                client, scripts.recheck, K.for_recheck, [f"{c}|{fields['g']}"]
+                client, scripts.recheck, K.for_recheck, [f"{c}|{n.generation}"]
             )
             r.trials[c].recheck_seq, r.trials[c].recheck_code = rseq, int(codes[0])
         if r.replies_done and not int(fired) and not int(more):

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ResponseError
 
+from tracker.events import Notification
 from tracker.keys import CONSUMER_GROUP, ShardKeys, wake_channel
 from tracker.scripts import Arg, Scripts
 from tracker.store import respond_arg, track_arg
@@ -87,7 +88,8 @@ async def xrange(r: Redis, key: str = K.events) -> list[tuple[str, dict[str, str
 
 
 async def events(r: Redis) -> list[dict[str, str]]:
-    return [fields for _, fields in await xrange(r)]
+    """The shard stream's entries, one field per value."""
+    return [Notification.from_entry(0, i, f).readable_fields() for i, f in await xrange(r)]
 
 
 async def fired_level(r: Redis, cid: str) -> int | None:
@@ -288,16 +290,12 @@ async def test_sweep_fires_the_due_level_and_rearms_the_next(redis: Redis) -> No
     fired, next_due, now, more = await sweep(redis, await lease(redis))
     assert (fired, next_due, more) == (1, ts + 2 * T, 0)
     assert ts + T <= now <= await redis_now(redis)
+    # one field: conversation|level|generation|waiting since|due|agent|agent message
+    assert [fields for _, fields in await xrange(redis)] == [
+        {"e": f"c1|1|1|{ts}|{ts + T}|agent-7|m1"}
+    ]
     assert await events(redis) == [
-        {
-            "c": "c1",
-            "l": "1",
-            "g": "1",
-            "s": str(ts),
-            "d": str(ts + T),
-            "a": "agent-7",
-            "m": "m1",
-        }
+        {"c": "c1", "l": "1", "g": "1", "s": str(ts), "d": str(ts + T), "a": "agent-7", "m": "m1"}
     ]
     assert await fired_level(redis, "c1") == 1
     assert await redis.zscore(K.waiting, "c1") == ts + 2 * T

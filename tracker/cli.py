@@ -134,8 +134,11 @@ async def conversation(redis: Redis, settings: Settings, conversation_id: str) -
     history: list[dict[str, Any]] = []
     for stream, kind in ((k.events, "notification"), (k.dead_letters, "dead_letter")):
         for entry_id, fields in await _xrevrange(redis, stream, HISTORY_SCAN):
-            if fields.get("c") == conversation_id:
+            try:
                 n = Notification.from_entry(k.shard, entry_id, fields)
+            except (KeyError, ValueError):  # not an entry the tracker wrote
+                continue
+            if n.conversation_id == conversation_id:
                 history.append(
                     {
                         "kind": kind,

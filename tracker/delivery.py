@@ -345,7 +345,7 @@ class Deliverer:
         self, keys: ShardKeys, n: Notification, reason: str, attempts: int
     ) -> None:
         args: list[Arg] = [CONSUMER_GROUP, n.entry_id, reason, attempts]
-        for field, value in n.entry_fields().items():
+        for field, value in n.readable_fields().items():
             args += [field, value]
         await self.scripts.dead_letter.run(
             self.redis, [keys.events, keys.dead_letters, keys.attempts], args

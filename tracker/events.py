@@ -10,6 +10,10 @@ import orjson
 
 from tracker.timefmt import format_ms
 
+#: A shard stream entry's one field, and a dead letter's fields, in the order of the values.
+PACKED = "e"
+READABLE = ("c", "l", "g", "s", "d", "a", "m")
+
 
 def event_id(conversation_id: str, waiting_since_ms: int, level: int) -> str:
     """The same conversation, waiting-since and level always give the same id."""
@@ -33,29 +37,42 @@ class Notification:
 
     @classmethod
     def from_entry(cls, shard: int, entry_id: str, fields: dict[str, str]) -> Notification:
+        """From a shard stream entry (one field, ``e``: the values joined by '|', as the sweep
+        script writes them) or a dead letter (one field per value, readable)."""
+        packed = fields.get(PACKED)
+        if packed is not None:
+            c, level, gen, since, due, agent, message = packed.split("|")
+        else:
+            c, level, gen, since, due, agent, message = (fields[f] for f in READABLE)
         return cls(
             entry_id=entry_id,
             shard=shard,
-            conversation_id=fields["c"],
-            level=int(fields["l"]),
-            generation=int(fields["g"]),
-            agent_id=fields["a"],
-            message_id=fields["m"],
-            waiting_since_ms=int(fields["s"]),
-            due_at_ms=int(fields["d"]),
+            conversation_id=c,
+            level=int(level),
+            generation=int(gen),
+            agent_id=agent,
+            message_id=message,
+            waiting_since_ms=int(since),
+            due_at_ms=int(due),
         )
 
     def entry_fields(self) -> dict[str, str]:
-        """The stream entry's own fields, as the sweep script wrote them."""
-        return {
-            "c": self.conversation_id,
-            "l": str(self.level),
-            "g": str(self.generation),
-            "s": str(self.waiting_since_ms),
-            "d": str(self.due_at_ms),
-            "a": self.agent_id,
-            "m": self.message_id,
-        }
+        """The shard stream entry, as the sweep script writes it."""
+        values = (
+            self.conversation_id,
+            self.level,
+            self.generation,
+            self.waiting_since_ms,
+            self.due_at_ms,
+            self.agent_id,
+            self.message_id,
+        )
+        return {PACKED: "|".join(str(v) for v in values)}
+
+    def readable_fields(self) -> dict[str, str]:
+        """One field per value: what a dead letter holds, for operators to read."""
+        ((_, packed),) = self.entry_fields().items()
+        return dict(zip(READABLE, packed.split("|"), strict=True))
 
     @property
     def event_id(self) -> str:

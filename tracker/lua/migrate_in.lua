@@ -15,7 +15,7 @@ local earliest = tonumber(head[2]) or math.huge
 local saved, due_at, fired, retire_at = writes(), writes(), writes(), writes()
 local placed, wake = 0, nil
 for i = 2, #ARGV, 2 do
-  local id, p = ARGV[i], split(ARGV[i + 1])
+  local id, p = ARGV[i], split(ARGV[i + 1], RECORD_FIELDS + 3)
   if not held[id] and saved.values[id] == nil then
     put(saved, id, join(p))
     if p[11] ~= '' then

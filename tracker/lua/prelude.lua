@@ -7,16 +7,22 @@
 --     earlier versions read the same)
 --   9 customer message id  10 response time ms
 -- Scripts read what they need with one HMGET, work in Lua, and write each key once.
-local function split(raw)
-  local out = {}
-  for field in string.gmatch(raw .. '|', '([^|]*)|') do
-    out[#out + 1] = field
+-- The first n '|'-separated fields of raw, as a table (one string.match: several times
+-- faster than a gmatch loop, and this runs for every conversation a script touches).
+local SPLIT_PATTERNS = {}
+local function split(raw, n)
+  local pattern = SPLIT_PATTERNS[n]
+  if not pattern then
+    pattern = '^' .. string.rep('([^|]*)|', n - 1) .. '([^|]*)'
+    SPLIT_PATTERNS[n] = pattern
   end
-  return out
+  return {string.match(raw, pattern)}
 end
 
+local RECORD_FIELDS = 10
+
 local function join(r)
-  return table.concat(r, '|', 1, 10)
+  return table.concat(r, '|', 1, RECORD_FIELDS)
 end
 
 local function now_ms()
@@ -35,7 +41,7 @@ local function load_records(key, ids)
   local raws = redis.call('HMGET', key, unpack(ids))
   for k, id in ipairs(ids) do
     if records[id] == nil then
-      records[id] = raws[k] and split(raws[k]) or false
+      records[id] = raws[k] and split(raws[k], RECORD_FIELDS) or false
     end
   end
   return records

@@ -11,6 +11,7 @@ if redis.call('GET', KEYS[6]) ~= ARGV[1] then
 end
 local now, batch = now_ms(), tonumber(ARGV[2])
 local retention = tonumber(ARGV[6])
+local multipliers, floor = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}, math.floor
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, batch)
 local ids = {}
 for j = 1, #due, 2 do ids[#ids + 1] = due[j] end
@@ -26,7 +27,7 @@ for j = 1, #due, 2 do
   else
     local since, interval = tonumber(r[3]), tonumber(r[4])
     local at = {}
-    for l = 1, 3 do at[l] = since + level_offset(ARGV[2 + l], interval) end
+    for l = 1, 3 do at[l] = since + floor(multipliers[l] * interval + 0.5) end  -- level_offset
     -- The score is the due time of the next level, so it tells the last level fired.
     local last = nil
     for l = 1, 3 do
@@ -38,8 +39,11 @@ for j = 1, #due, 2 do
       if at[l] <= now then level = l end
     end
     if level > last then
-      redis.call('XADD', KEYS[5], '*', 'c', id, 'l', level, 'g', r[2], 's', since,
-        'd', at[level], 'a', r[5], 'm', r[6])
+      -- one field (see tracker/events.py): conversation|level|generation|waiting since|
+      -- due|agent|agent message, cheaper to write, read and parse than seven
+      redis.call('XADD', KEYS[5], '*', 'e',
+        id .. '|' .. level .. '|' .. r[2] .. '|' .. r[3] .. '|' .. at[level] .. '|' .. r[5]
+        .. '|' .. r[6])
       put(fired_level, id, level)
       per_level[level] = per_level[level] + 1
       fired = fired + 1
