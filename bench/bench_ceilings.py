@@ -14,22 +14,8 @@ from tracker.scripts import Script
 from tracker.store import track_arg
 
 BATCH = 64  # events per script call: 1000 events over 16 shards
-ENTRY = [
-    "c",
-    "conv-__rand_int__",
-    "l",
-    "1",
-    "g",
-    "1",
-    "s",
-    "1764000000000",
-    "d",
-    "1764000030000",
-    "a",
-    "agent-1",
-    "m",
-    "m-__rand_int__",
-]
+# the sweep's entry: one field, conversation|level|generation|since|due|agent|message
+ENTRY = ["e", "conv-__rand_int__|1|1|1764000000000|1764000030000|agent-1|m-__rand_int__"]
 
 
 def test_ceiling_zadd(

@@ -125,7 +125,7 @@ ROWS = (
 CEILINGS = (
     Row("ceiling_zadd", "ceiling: redis-benchmark -P 16 ZADD", "ops/s"),
     Row(
-        "ceiling_xadd", "ceiling: redis-benchmark -P 16 XADD (7 fields, the sweep's entry)", "ops/s"
+        "ceiling_xadd", "ceiling: redis-benchmark -P 16 XADD (the sweep's one-field entry)", "ops/s"
     ),
     Row(
         "ceiling_evalsha_track",

@@ -19,13 +19,13 @@ from tracker.timefmt import parse_rfc3339_ms
 
 @contextlib.asynccontextmanager
 async def pod_with_receiver(
-    redis_url: str, tmp_path: Path, **env: str
+    redis_url: str, tmp_path: Path, *, name: str = "pod-f", **env: str
 ) -> AsyncIterator[tuple[Pod, Receiver]]:
     receiver = Receiver()
     await receiver.start()
     hook = {"NOTIFY_WEBHOOK_URL": receiver.url, "NOTIFY_WEBHOOK_SECRET": receiver.secret}
     settings = {**FAST, "MODE": "phase2", "CONSUMER_PROCESSES": "2", "NOTIFY_SINK": "webhook"}
-    pod = Pod("pod-f", redis_url, tmp_path, **{**settings, **hook, **env})
+    pod = Pod(name, redis_url, tmp_path, **{**settings, **hook, **env})
     try:
         await wait_http(f"{pod.base}/ready", timeout=30)
         yield pod, receiver

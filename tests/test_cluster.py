@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,35 @@ def start_roles(env: dict[str, str], logs: Path) -> list[Role]:
     ]
 
 
+@dataclass
+class Running:
+    base: str
+    env: dict[str, str]
+    receiver: Receiver
+
+
+@contextlib.asynccontextmanager
+async def roles_on(cluster: RedisCluster, tmp_path: Path, **extra: str) -> AsyncIterator[Running]:
+    """Every role on an emptied cluster, with a webhook receiver; afterwards none of them
+    may have printed a traceback."""
+    cluster.client().flushall()
+    receiver = Receiver()
+    await receiver.start()
+    port = free_port()
+    env = cluster_env(cluster, tmp_path / "run", receiver, PORT=str(port), **extra)
+    roles = start_roles(env, tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await wait_http(f"{base}/ready", timeout=30)
+        yield Running(base, env, receiver)
+    finally:
+        for role in roles:
+            role.stop()
+        await receiver.stop()
+    for role in roles:
+        assert "Traceback" not in role.output(), role.output()[-3000:]
+
+
 def messages(ids: list[str], kind: str) -> list[dict[str, str]]:
     if kind == "agent_message":
         return [
@@ -71,41 +102,26 @@ def messages(ids: list[str], kind: str) -> list[dict[str, str]]:
 
 
 async def test_phase2_flow_runs_on_redis_cluster(cluster: RedisCluster, tmp_path: Path) -> None:
-    client = cluster.client()
-    client.flushall()
-    receiver = Receiver()
-    await receiver.start()
-    port = free_port()
-    env = cluster_env(cluster, tmp_path / "run", receiver, PORT=str(port))
-    roles = start_roles(env, tmp_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_http(f"{base}/ready", timeout=30)
+    async with roles_on(cluster, tmp_path) as run:
         ids = [f"cl-{i}" for i in range(300)]
         answered = ids[1::2]
-        await post_events(base, messages(ids, "agent_message"))
-        await post_events(base, messages(answered, "customer_response"))
+        await post_events(run.base, messages(ids, "agent_message"))
+        await post_events(run.base, messages(answered, "customer_response"))
         expected = {(c, lvl) for c in ids[::2] for lvl in (1, 2, 3)}
-        await wait_until(lambda: len(receiver.events) >= len(expected), timeout=30)
+        await wait_until(lambda: len(run.receiver.events) >= len(expected), timeout=30)
         await asyncio.sleep(0.7)
-        got = {(r.event["conversation_id"], r.event["level"]) for r in receiver.events}
+        got = {(r.event["conversation_id"], r.event["level"]) for r in run.receiver.events}
         assert got == expected
         masters = cluster.masters()
         holding = [m.port for m in masters if m.client().dbsize() > 0]
         assert len(holding) == 3, "the shards' keys should spread over every master"
         slots = {key_slot(ShardKeys.of(n).waiting.encode()) for n in range(SHARDS)}
         assert len(slots) == SHARDS
-        late = receiver.lateness_ms()
+        late = run.receiver.lateness_ms()
         print(
-            f"\ncluster: {len(receiver.events)} notifications, keys on {len(holding)} masters,"
+            f"\ncluster: {len(run.receiver.events)} notifications, keys on {len(holding)} masters,"
             f" lateness p50={percentile(late, 0.5)} ms p99={percentile(late, 0.99)} ms"
         )
-    finally:
-        for role in roles:
-            role.stop()
-        await receiver.stop()
-    for role in roles:
-        assert "Traceback" not in role.output(), role.output()[-3000:]
 
 
 # Before the failover test: it leaves a master dead.
@@ -115,65 +131,39 @@ async def test_reshard_on_redis_cluster_moves_conversations_across_slots(
     """8 -> 16 shards while the roles run: a move crosses slots (and masters) in three
     idempotent steps; every level of every unanswered conversation arrives, none of an
     answered one, and each record sits in its new shard."""
-    client = cluster.client()
-    client.flushall()
-    receiver = Receiver()
-    await receiver.start()
-    port = free_port()
-    spaced = {"LEVEL_MULTIPLIERS": "1,5,9", "PORT": str(port)}  # 0.5 s, 2.5 s, 4.5 s
-    env = cluster_env(cluster, tmp_path / "run", receiver, **spaced)
-    roles = start_roles(env, tmp_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_http(f"{base}/ready", timeout=30)
+    async with roles_on(cluster, tmp_path, LEVEL_MULTIPLIERS="1,5,9") as run:  # 0.5, 2.5, 4.5 s
         before = [f"rc-{i}" for i in range(400)]
-        await post_events(base, messages(before, "agent_message"))
-        await post_events(base, messages(before[::4], "customer_response"))
+        await post_events(run.base, messages(before, "agent_message"))
+        await post_events(run.base, messages(before[::4], "customer_response"))
         command = [sys.executable, "-m", "tracker", "reshard", "--to", "16"]
         done = await asyncio.to_thread(
-            subprocess.run, command, env=env, capture_output=True, text=True, timeout=120
+            subprocess.run, command, env=run.env, capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 0, done.stdout + done.stderr
         after = [f"rc-after-{i}" for i in range(100)]
-        await post_events(base, messages(after, "agent_message"))
+        await post_events(run.base, messages(after, "agent_message"))
         unanswered = [c for c in before if c not in set(before[::4])] + after
         expected = {(c, lvl) for c in unanswered for lvl in (1, 2, 3)}
-        await wait_until(lambda: len(receiver.events) >= len(expected), timeout=30)
+        await wait_until(lambda: len(run.receiver.events) >= len(expected), timeout=30)
         await asyncio.sleep(0.7)
-        got = [(r.event["conversation_id"], r.event["level"]) for r in receiver.events]
+        got = [(r.event["conversation_id"], r.event["level"]) for r in run.receiver.events]
         assert set(got) == expected
+        client = cluster.client()
         for shard in range(16):
             ids = [str(c) for c in client.hkeys(ShardKeys.of(shard).records)]
             assert all(shard_of(c, 16) == shard for c in ids), shard
         print(f"\n{done.stdout}cluster reshard: {len(got)} notifications, {len(set(got))} distinct")
-    finally:
-        for role in roles:
-            role.stop()
-        await receiver.stop()
-    for role in roles:
-        assert "Traceback" not in role.output(), role.output()[-3000:]
 
 
 async def test_a_killed_master_fails_over_and_nothing_is_lost(
     cluster: RedisCluster, tmp_path: Path
 ) -> None:
-    client = cluster.client()
-    client.flushall()
-    receiver = Receiver()
-    await receiver.start()
-    port = free_port()
     # Levels due 4, 8 and 12 s after the agent message; the failover takes about 4 s.
-    env = cluster_env(
-        cluster, tmp_path / "run", receiver, PORT=str(port), TIMEOUT_INTERVAL_MS="4000"
-    )
-    roles = start_roles(env, tmp_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_http(f"{base}/ready", timeout=30)
+    async with roles_on(cluster, tmp_path, TIMEOUT_INTERVAL_MS="4000") as run:
         ids = [f"fo-{i}" for i in range(200)]
         accepted = [
             r["result"]["conversation_id"]
-            for r in await post_events(base, messages(ids, "agent_message"))
+            for r in await post_events(run.base, messages(ids, "agent_message"))
             if r["status"] == "ok"
         ]
         await asyncio.sleep(0.3)  # replication to the replicas
@@ -185,14 +175,12 @@ async def test_a_killed_master_fails_over_and_nothing_is_lost(
         # Level 1 may fall due during the outage; catch-up then fires the highest due level
         # once, by design. Levels 2 and 3, due after the failover, must all arrive.
         expected = {(c, lvl) for c in accepted for lvl in (2, 3)}
-        await wait_until(
-            lambda: (
-                {(r.event["conversation_id"], r.event["level"]) for r in receiver.events}
-                >= expected
-            ),
-            timeout=45,
-        )
-        got = {(r.event["conversation_id"], r.event["level"]) for r in receiver.events}
+
+        def arrived() -> set[tuple[str, int]]:
+            return {(r.event["conversation_id"], r.event["level"]) for r in run.receiver.events}
+
+        await wait_until(lambda: arrived() >= expected, timeout=45)
+        got = arrived()
         lost = expected - got
         level1 = sum(1 for _, level in got if level == 1)
         print(
@@ -201,7 +189,3 @@ async def test_a_killed_master_fails_over_and_nothing_is_lost(
             f" {level1} level-1 notifications (due during the outage)"
         )
         assert not lost
-    finally:
-        for role in roles:
-            role.stop()
-        await receiver.stop()

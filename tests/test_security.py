@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,15 @@ import redis as sync_redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.faults import agent, every_level
-from tests.processes import Pod, Receiver, Role, post_events, role_env, wait_http, wait_until
+from tests.load import pod_with_receiver
+from tests.processes import Receiver, Role, post_events, role_env, wait_http, wait_until
 from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
+# the pod run as the ACL user: both sinks, so the outbound stream's key pattern is used too
+ACL_POD = {"SHARD_COUNT": "4", "TIMEOUT_INTERVAL_MS": "300", "NOTIFY_SINK": "webhook,stream"}
 
 
 def new_secret() -> str:
@@ -239,7 +242,7 @@ async def test_the_pod_runs_as_the_acl_user_and_nothing_else_is_allowed(tmp_path
             ):
                 tracker.execute_command(*command)  # type: ignore[no-untyped-call]
 
-        async with pod_as(url, tmp_path) as (pod, receiver):
+        async with pod_with_receiver(url, tmp_path, name="pod-acl", **ACL_POD) as (pod, receiver):
             ids = [f"acl-{i}" for i in range(30)]
             await post_events(pod.base, [agent(c) for c in ids])
             expected = every_level(ids)
@@ -269,31 +272,6 @@ async def test_the_pod_runs_as_the_acl_user_and_nothing_else_is_allowed(tmp_path
         assert "Traceback" not in log, log[-3000:]
         admin.close()
         tracker.close()
-
-
-@contextlib.asynccontextmanager
-async def pod_as(redis_url: str, tmp_path: Path) -> AsyncIterator[tuple[Pod, Receiver]]:
-    receiver = Receiver()
-    await receiver.start()
-    pod = Pod(
-        "pod-acl",
-        redis_url,
-        tmp_path,
-        MODE="phase2",
-        SHARD_COUNT="4",
-        CONSUMER_PROCESSES="2",
-        TIMEOUT_INTERVAL_MS="300",
-        LEADER_ELECTION_TTL="2",
-        NOTIFY_SINK="webhook,stream",
-        NOTIFY_WEBHOOK_URL=receiver.url,
-        NOTIFY_WEBHOOK_SECRET=receiver.secret,
-    )
-    try:
-        await wait_http(f"{pod.base}/ready", timeout=30)
-        yield pod, receiver
-    finally:
-        pod.stop()
-        await receiver.stop()
 
 
 # -- TLS --------------------------------------------------------------------------------------
