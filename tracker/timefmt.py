@@ -33,10 +33,12 @@ def _second_prefix(seconds: int) -> str:
     return f"{date}{hours:02d}:{minutes:02d}:{rem:02d}."
 
 
+@functools.lru_cache(maxsize=4096)
 def format_ms(ms: int) -> str:
     """RFC 3339 in UTC with millisecond precision, e.g. 2026-11-25T12:00:00.000Z.
 
-    Hot (every notification and API answer): all but the milliseconds is cached per second.
+    Hot (every notification and API answer): cached, as the events of a batch mostly share
+    their times, and all but the milliseconds is cached per second.
     """
     seconds, milli = divmod(ms, 1000)
     return f"{_second_prefix(seconds)}{milli:03d}Z"
