@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -21,8 +20,7 @@ def event_id(conversation_id: str, waiting_since_ms: int, level: int) -> str:
     return f"evt_{digest[:32]}"
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
+class Notification(NamedTuple):
     """One due level of one conversation, as it travels from the stream to the sinks."""
 
     entry_id: str
@@ -95,8 +93,7 @@ class Notification:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
     """A notification ready for the sinks."""
 
     notification: Notification

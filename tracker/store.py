@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import TryAgainError
@@ -20,8 +20,7 @@ from tracker.settings import Settings
 STATES = {"W": "waiting", "E": "escalated", "A": "answered"}
 
 
-@dataclass(frozen=True, slots=True)
-class AgentMessage:
+class AgentMessage(NamedTuple):
     conversation_id: str
     agent_id: str
     message_id: str
@@ -29,8 +28,7 @@ class AgentMessage:
     timeout_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class CustomerResponse:
+class CustomerResponse(NamedTuple):
     conversation_id: str
     customer_id: str
     message_id: str
@@ -40,16 +38,14 @@ class CustomerResponse:
 Event = AgentMessage | CustomerResponse
 
 
-@dataclass(frozen=True, slots=True)
-class TrackResult:
+class TrackResult(NamedTuple):
     status: str
     generation: int
     waiting_since_ms: int
     next_due_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class RespondResult:
+class RespondResult(NamedTuple):
     status: str
     response_time_ms: int | None
     generation: int
