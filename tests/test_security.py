@@ -28,6 +28,7 @@ from tests.faults import agent, every_level
 from tests.load import pod_with_receiver
 from tests.processes import Receiver, Role, post_events, role_env, wait_http, wait_until
 from tests.redis_server import RedisServer, free_port
+from tracker.keys import LAYOUT
 
 pytestmark = pytest.mark.slow
 
@@ -213,7 +214,8 @@ REFUSED: list[tuple[Any, ...]] = [
 async def test_the_pod_runs_as_the_acl_user_and_nothing_else_is_allowed(tmp_path: Path) -> None:
     """config/redis-acl.conf as it ships (password filled in): a whole pod runs as user
     ``tracker`` with the webhook and stream sinks and delivers every level, the operator
-    CLI works, and commands and keys outside the file are refused with NOPERM."""
+    CLI works (a live reshard included), and commands and keys outside the file are refused
+    with NOPERM."""
     password = secrets.token_urlsafe(18)
     admin_password = secrets.token_urlsafe(18)
     digest = hashlib.sha256(password.encode()).hexdigest()
@@ -254,7 +256,14 @@ async def test_the_pod_runs_as_the_acl_user_and_nothing_else_is_allowed(tmp_path
                 timeout=20,
             )
             assert await wait_until(lambda: admin.xlen("timeout_notifications") >= 90, 10)
-            for cli in (["status"], ["dead-letters", "list"], ["conversation", "acl-1"]):
+            clis = (
+                ["status"],
+                ["dead-letters", "list"],
+                ["conversation", "acl-1"],
+                ["reshard", "--to", "8"],  # the pod's 4 shards to 8, as the tracker user too
+                ["conversation", "acl-1"],
+            )
+            for cli in clis:
                 cli_proc = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
@@ -266,6 +275,7 @@ async def test_the_pod_runs_as_the_acl_user_and_nothing_else_is_allowed(tmp_path
                 )
                 output, _ = await asyncio.wait_for(cli_proc.communicate(), 60)
                 assert cli_proc.returncode == 0, (cli, output.decode())
+            assert admin.hget(LAYOUT, "count") == "8"
             await asyncio.sleep(1.0)  # a maintenance pass (trim, gauges) has run meanwhile
         log = pod.role.output()
         assert "NOPERM" not in log, log[log.find("NOPERM") - 2000 :]
