@@ -200,9 +200,7 @@ class Store:
                 continue
             if isinstance(reply, Exception):
                 raise reply
-            width = 4 if call.agent else 3
-            for j, index in enumerate(call.indices):
-                results[index] = _result(events[index], reply[j * width : (j + 1) * width])
+            _results(call, reply, results)
         return sorted(refused) if refused else None
 
     async def apply(self, event: Event) -> Result:
@@ -268,12 +266,16 @@ class Store:
         return _conversation(conversation_id, raw, fired, due)
 
 
-def _result(event: Event, raw: list[Any]) -> Result:
-    if isinstance(event, AgentMessage):
-        due = int(raw[3])
-        return TrackResult(str(raw[0]), int(raw[1]), int(raw[2]), due if due >= 0 else None)
-    response = int(raw[1])
-    return RespondResult(str(raw[0]), response if response >= 0 else None, int(raw[2]))
+def _results(call: _Call, reply: list[Any], results: list[Result | None]) -> None:
+    """A script's flat reply (4 values an agent message, 3 a response) into results."""
+    if call.agent:
+        for j, index in enumerate(call.indices):
+            status, gen, since, due = reply[4 * j : 4 * j + 4]
+            results[index] = TrackResult(status, int(gen), int(since), due if due >= 0 else None)
+        return
+    for j, index in enumerate(call.indices):
+        status, response, gen = reply[3 * j : 3 * j + 3]
+        results[index] = RespondResult(status, response if response >= 0 else None, int(gen))
 
 
 def _conversation(

@@ -58,7 +58,10 @@ def _object(body: Any) -> dict[str, Any]:
 
 
 def agent_message(conversation_id: str, body: Any, settings: Settings) -> AgentMessage:
-    body = _object(body)
+    return _agent_message(conversation_id, _object(body), settings)
+
+
+def _agent_message(conversation_id: str, body: dict[str, Any], settings: Settings) -> AgentMessage:
     timeout = body.get("timeout_ms")
     if timeout is not None and (
         type(timeout) is not int
@@ -78,7 +81,10 @@ def agent_message(conversation_id: str, body: Any, settings: Settings) -> AgentM
 
 
 def customer_response(conversation_id: str, body: Any) -> CustomerResponse:
-    body = _object(body)
+    return _customer_response(conversation_id, _object(body))
+
+
+def _customer_response(conversation_id: str, body: dict[str, Any]) -> CustomerResponse:
     return CustomerResponse(
         conversation_id=check_id(conversation_id, "conversation_id"),
         customer_id=check_id(body.get("customer_id"), "customer_id"),
@@ -92,9 +98,9 @@ def batch_item(item: Any, settings: Settings) -> Event:
     kind = item.get("type")
     conversation_id = item.get("conversation_id")
     if kind == "agent_message":
-        return agent_message(conversation_id, item, settings)
+        return _agent_message(conversation_id, item, settings)
     if kind == "customer_response":
-        return customer_response(conversation_id, item)
+        return _customer_response(conversation_id, item)
     raise invalid("type must be agent_message or customer_response")
 
 
