@@ -509,6 +509,8 @@ async def test_bad_request_gets_a_json_4xx_and_changes_nothing(
     auth_client: Client, redis: Redis, bad: Bad
 ) -> None:
     assert await data_keys(redis) == []
+    keys_before = sorted(await redis.keys("*"))
+    assert keys_before == [LAYOUT]  # recorded when the API started
     headers = {}
     if bad.content_type is not None:
         headers["Content-Type"] = bad.content_type
@@ -521,7 +523,7 @@ async def test_bad_request_gets_a_json_4xx_and_changes_nothing(
     assert response.status == bad.status, await response.text()
     assert response.content_type == "application/json"
     assert_error(await response.json())
-    assert await data_keys(redis) == []
+    assert sorted(await redis.keys("*")) == keys_before  # the key count is unchanged
 
 
 # --- Redis down ----------------------------------------------------------------------------

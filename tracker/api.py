@@ -264,8 +264,14 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     return app
 
 
+LAYOUT_AT_START_S = 2.0  # Redis away at start: do not wait for it, the follower loads it later
+
+
 async def _follow_layout(app: web.Application) -> AsyncIterator[None]:
-    """Keep the store's shard layout current (a reshard changes it)."""
+    """Keep the store's shard layout current (a reshard changes it); when Redis answers at
+    start, the layout is loaded before the first request."""
+    with contextlib.suppress(TimeoutError, *UNAVAILABLE):
+        await asyncio.wait_for(app[STORE].layout.refresh(), LAYOUT_AT_START_S)
     task = asyncio.create_task(app[STORE].layout.follow())
     yield
     task.cancel()
