@@ -46,7 +46,7 @@ def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
 
 def resharder(redis: Redis, settings: Settings, lines: list[str] | None = None) -> Resharder:
     out = lines.append if lines is not None else (lambda _: None)
-    return Resharder(redis, settings, drain_timeout_s=5, leader_wait_s=0, out=out)
+    return Resharder(redis, settings, drain_timeout_s=5, leader_wait_s=0, settle_s=0, out=out)
 
 
 async def begin(redis: Redis, settings: Settings, to: int) -> Layout:
@@ -163,7 +163,7 @@ async def test_an_interrupted_move_loses_nothing_and_is_finished_later(
     assert await where(redis, c, 32) == []  # only in the old shard's moving_conversations
     reader = Store(redis, settings, Scripts())
     assert await reader.get(c) == before  # readers still see it
-    assert await Resharder(redis, settings, leader_wait_s=0, out=lambda _: None).run(32) == 0
+    assert await resharder(redis, settings).run(32) == 0
     assert await reader.get(c) == before
     assert await where(redis, c, 32) == [shard_of(c, 32)]
 

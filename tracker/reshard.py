@@ -5,8 +5,9 @@
    (the write scripts refuse it; the writer reloads the layout and routes again).
 2. Every process follows within a second: writers move a conversation before they touch
    it, sweepers lead the shards of both layouts, consumers read both layouts' streams.
-3. This command waits until every shard has a lease holder, then moves every conversation
-   whose shard changes (tracker/moves.py), shard by shard, until a pass finds none left.
+3. This command waits until every shard has a lease holder and the consumers had time to
+   read every stream, then moves every conversation whose shard changes
+   (tracker/moves.py), shard by shard, until a pass finds none left.
 4. When the count shrinks, the shards that go away are drained (every entry of their
    streams delivered), their counters and dead letters folded into the shards that stay.
 5. The layout is settled (``previous`` cleared); the keys of removed shards are deleted.
@@ -23,6 +24,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from tracker.consumer import BLOCK_MS
 from tracker.keys import CONSUMER_GROUP, LAYOUT, ShardKeys
 from tracker.layout import REFRESH_S, Layout, is_refused, read_layout
 from tracker.moves import move
@@ -30,6 +32,8 @@ from tracker.scripts import Call, Scripts, run_batch
 from tracker.settings import Settings
 
 SCAN_COUNT = 1000
+# a consumer reloads the layout within REFRESH_S, after the blocking read in hand (BLOCK_MS)
+SETTLE_S = 2 * REFRESH_S + BLOCK_MS / 1000
 PASSES = 5
 POLL_S = 0.2
 
@@ -49,6 +53,7 @@ class Resharder:
         *,
         drain_timeout_s: float = 300.0,
         leader_wait_s: float | None = None,
+        settle_s: float = SETTLE_S,
         out: Out = _say,
     ) -> None:
         self.redis = redis
@@ -59,6 +64,7 @@ class Resharder:
         self.leader_wait_s = (
             3 * settings.leader_ttl_ms / 1000 + 10 if leader_wait_s is None else leader_wait_s
         )
+        self.settle_s = settle_s
         self.out = out
 
     async def run(self, to: int) -> int:
@@ -86,6 +92,9 @@ class Resharder:
             self.out("a newer layout exists: another reshard took over")
             return 1
         await self._await_leaders(layout)
+        if self.settle_s:  # consumers follow the layout too: let them read the new streams
+            self.out(f"waiting {self.settle_s:.1f}s for consumers to read every shard")
+            await asyncio.sleep(self.settle_s)
         moved = await self._move_all(layout)
         self.out(f"moved {moved} conversations")
         removed = range(layout.count, layout.span)
