@@ -44,16 +44,14 @@ async def sweep_all(settings: Settings) -> tuple[int, float]:
         leases = {}
         for n in range(SHARDS):
             k = ShardKeys.of(n)
-            taken, value = await scripts.lease_acquire.run(
-                client, [k.leader, k.fence], ["bench", 60_000]
-            )
+            taken, value = await scripts.lease_acquire.run(client, k.for_lease, ["bench", 60_000])
             assert int(taken)
             leases[n] = str(value)
         args = [1000, *settings.level_multipliers, settings.answered_retention_ms]
 
         async def sweep(n: int) -> int:
             k = ShardKeys.of(n)
-            keys = [k.waiting, k.states, k.records, k.retired, k.events, k.leader, k.counters]
+            keys = k.for_sweep
             fired = 0
             while True:
                 moved, _, _, more = await scripts.sweep.run(client, keys, [leases[n], *args])

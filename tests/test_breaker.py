@@ -104,8 +104,8 @@ async def fired_notification(
     since = await redis_time_ms(redis) - 200
     await Store(redis, settings, scripts).apply(AgentMessage(conversation, "agent", "m1", since))
     k = ShardKeys.of(0)
-    _, lease = await scripts.lease_acquire.run(redis, [k.leader, k.fence], ["p", 10_000])
-    keys = [k.waiting, k.states, k.records, k.retired, k.events, k.leader, k.counters]
+    _, lease = await scripts.lease_acquire.run(redis, k.for_lease, ["p", 10_000])
+    keys = k.for_sweep
     await scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000])
     deliverer = Deliverer(redis, settings, scripts, [], "consumer-test")
     await deliverer.ensure_group(0)

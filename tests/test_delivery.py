@@ -69,9 +69,9 @@ async def fire(redis: Redis, settings: Settings, scripts: Scripts, *conversation
     for c in conversations:
         await store.apply(AgentMessage(c, "agent", f"m-{c}", since))
     k = ShardKeys.of(0)
-    taken, lease = await scripts.lease_acquire.run(redis, [k.leader, k.fence], ["p", 10_000])
+    taken, lease = await scripts.lease_acquire.run(redis, k.for_lease, ["p", 10_000])
     assert int(taken)
-    keys = [k.waiting, k.states, k.records, k.retired, k.events, k.leader, k.counters]
+    keys = k.for_sweep
     fired, *_ = await scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000])
     assert int(fired) == len(conversations)
 
@@ -108,11 +108,12 @@ async def test_an_answer_that_reached_redis_first_suppresses_the_send(
     assert await pending(redis) == 0  # the suppressed entry is acknowledged too
 
 
-async def test_a_claimed_entry_its_slow_owner_delivered_meanwhile_is_not_sent_again(
+async def test_a_retried_entry_another_consumer_delivered_meanwhile_is_not_sent_again(
     redis: Redis, settings: Settings
 ) -> None:
-    """A slow consumer read an entry; another claimed it past the delivery timeout; the slow
-    one then delivered and acknowledged it before the claimer got to it: no second send."""
+    """An entry this consumer holds for a later retry (here: claimed from a slow reader) was
+    delivered and acknowledged by that other reader meanwhile: the retry does not send it
+    again (it is confirmed still pending first)."""
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "c1", "c2")
@@ -185,7 +186,7 @@ async def test_trim_keeps_unacknowledged_entries(redis: Redis, settings: Setting
     for c in ("p1", "p2"):
         await store.apply(AgentMessage(c, "agent", f"m-{c}", since))
     lease = await redis.get(k.leader)
-    keys = [k.waiting, k.states, k.records, k.retired, k.events, k.leader, k.counters]
+    keys = k.for_sweep
     await scripts.sweep.run(redis, keys, [str(lease), 100, 1, 2, 3, 60_000])
     await redis.xreadgroup(CONSUMER_GROUP, "slow", {k.events: ">"}, count=1)  # p1 pending
     assert await redis.xlen(k.events) == 4
@@ -224,7 +225,7 @@ async def test_a_lower_level_redelivered_after_a_higher_one_is_still_sent(
     await redis.xreadgroup(CONSUMER_GROUP, "dead", {k.events: ">"}, count=10)  # A took it
     await asyncio.sleep(INTERVAL / 1000)
     lease = str(await redis.get(k.leader))
-    keys = [k.waiting, k.states, k.records, k.retired, k.events, k.leader, k.counters]
+    keys = k.for_sweep
     await d.scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000])  # level 2
     await d.read([0], block_ms=None, own=False)  # B delivers level 2
     await d.handle([Notification.from_entry(0, level1[0], level1[1])], retried=True)

@@ -28,7 +28,6 @@ INTERVAL = 1000
 MULTIPLIERS = (1.0, 2.0, 3.0)
 RETENTION = 10**9  # nothing retires during an example
 K = ShardKeys.of(0)
-SWEEP_KEYS = [K.waiting, K.states, K.records, K.retired, K.events, K.leader, K.counters]
 
 
 # -- the reference model ------------------------------------------------------------------
@@ -160,7 +159,7 @@ def test_notifications_equal_the_reference_model(
     client.flushdb()
     for script in SCRIPTS.all():
         client.script_load(script.source)
-    _, lease = run(client, SCRIPTS.lease_acquire, [K.leader, K.fence], ["model", 600_000])
+    _, lease = run(client, SCRIPTS.lease_acquire, K.for_lease, ["model", 600_000])
     seconds, micros = client.time()
     # The clock sits inside the histories: some deadlines have passed, some have not.
     base = seconds * 1000 + micros // 1000 - 8000
@@ -169,7 +168,7 @@ def test_notifications_equal_the_reference_model(
         if step is None:
             # One call sweeps everything due (batch 1000), at one ``now`` the model shares.
             _, _, now, more = run(
-                client, SCRIPTS.sweep, SWEEP_KEYS, [lease, 1000, *MULTIPLIERS, RETENTION]
+                client, SCRIPTS.sweep, K.for_sweep, [lease, 1000, *MULTIPLIERS, RETENTION]
             )
             assert not int(more)
             model.sweep(int(now))

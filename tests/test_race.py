@@ -38,7 +38,6 @@ INTERVAL = 1000
 SEND, STALE = 1, 0
 SEQ = "race:seq"
 K = ShardKeys.of(0)
-SWEEP_KEYS = [K.waiting, K.states, K.records, K.retired, K.events, K.leader, K.counters]
 
 
 async def committed(
@@ -93,7 +92,7 @@ async def sweep_and_recheck(client: Redis, scripts: Scripts, r: Round, lease: st
     last_id = r.last_entry
     while True:
         seq, (fired, _, _, more) = await committed(
-            client, scripts.sweep, SWEEP_KEYS, [lease, 10, 1, 2, 3, 60_000]
+            client, scripts.sweep, K.for_sweep, [lease, 10, 1, 2, 3, 60_000]
         )
         entries: Any = await client.xrange(K.events, f"({last_id}", "+")
         for entry_id, fields in entries:
@@ -118,7 +117,7 @@ async def test_an_answer_at_the_deadline_never_loses_to_the_sweeper(
     for script in scripts.all():
         await redis.script_load(script.source)
     sweeper = Redis.from_url(redis_server.url, decode_responses=True)
-    _, lease = await scripts.lease_acquire.run(redis, [K.leader, K.fence], ["race", 600_000])
+    _, lease = await scripts.lease_acquire.run(redis, K.for_lease, ["race", 600_000])
     outcomes = {"answer first": 0, "suppressed by re-check": 0, "sent, answer after": 0}
     violations: list[str] = []
     last_entry = "0-0"

@@ -158,7 +158,7 @@ async def test_an_interrupted_move_loses_nothing_and_is_finished_later(
     before = await store.get(c)
     layout = await begin(redis, settings, 32)
     old = ShardKeys.of(shard_of(c, 8))
-    keys = [old.records, old.waiting, old.states, old.retired, old.moving, old.epoch]
+    keys = old.for_take_out
     await store.scripts.migrate_out.run(redis, keys, [layout.epoch, c])  # then "crash"
     assert await where(redis, c, 32) == []  # only in the old shard's moving_conversations
     reader = Store(redis, settings, Scripts())
@@ -204,8 +204,8 @@ async def test_a_notification_from_the_old_shard_is_checked_where_the_record_wen
         await store.apply(AgentMessage(c, "agent", "m1", now - INTERVAL - 10))
     for c in (current, answered):  # fire level 1 into the old shard's stream
         k = ShardKeys.of(shard_of(c, 8))
-        _, lease = await scripts.lease_acquire.run(redis, [k.leader, k.fence], ["p", 10_000])
-        keys = [k.waiting, k.states, k.records, k.retired, k.events, k.leader, k.counters]
+        _, lease = await scripts.lease_acquire.run(redis, k.for_lease, ["p", 10_000])
+        keys = k.for_sweep
         assert (await scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000]))[0] == 1
     await begin(redis, settings, 32)
     await store.apply(CustomerResponse(answered, "cust", "r1", now))  # moves it, answers it

@@ -56,7 +56,7 @@ async def respond(
 
 
 async def acquire(r: Redis, pod: str = POD, ttl: int = TTL) -> list[Any]:
-    return cast(list[Any], await SCRIPTS.lease_acquire.run(r, [K.leader, K.fence], [pod, ttl]))
+    return cast(list[Any], await SCRIPTS.lease_acquire.run(r, K.for_lease, [pod, ttl]))
 
 
 async def lease(r: Redis, pod: str = POD) -> str:
@@ -68,7 +68,7 @@ async def lease(r: Redis, pod: str = POD) -> str:
 async def sweep(
     r: Redis, lease_value: str, *, batch: int = 100, retention: int = RETENTION
 ) -> list[int]:
-    keys = [K.waiting, K.states, K.records, K.retired, K.events, K.leader, K.counters]
+    keys = K.for_sweep
     args: list[Arg] = [lease_value, batch, *MULTIPLIERS, retention]
     return [int(v) for v in await SCRIPTS.sweep.run(r, keys, args)]
 
@@ -504,7 +504,7 @@ async def recheck(r: Redis, *asks: tuple[str, int]) -> list[int]:
 
 async def ack(r: Redis, *entry_ids: str, forget_attempts: bool = True) -> int:
     args: list[str | int] = [CONSUMER_GROUP, int(forget_attempts), *entry_ids]
-    return int(await SCRIPTS.ack.run(r, [K.events, K.attempts], args))
+    return int(await SCRIPTS.ack.run(r, K.for_ack, args))
 
 
 async def test_recheck_sends_a_current_notification(redis: Redis) -> None:
@@ -568,7 +568,7 @@ async def test_ack_keeps_attempts_unless_told_and_counts_what_it_acknowledged(
 async def test_dead_letter_moves_the_entry_with_its_reason_and_acks(redis: Redis) -> None:
     entry_id, fields = await fire_level_one(redis, "c1")
     await redis.hset(K.attempts, entry_id, 5)
-    keys = [K.events, K.dead_letters, K.attempts]
+    keys = K.for_dead_letter
     flat = [v for pair in fields.items() for v in pair]
     args: list[Arg] = [CONSUMER_GROUP, entry_id, "webhook 410 Gone", 5, *flat]
     dl_id = await SCRIPTS.dead_letter.run(redis, keys, args)

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from tracker.api import conversation_json
 from tracker.connection import redis_time_ms
-from tracker.events import Notification
+from tracker.events import Entries, Notification
 from tracker.keys import CONSUMER_GROUP, PODS, ShardKeys, all_shards
 from tracker.layout import read_layout
 from tracker.scripts import Scripts
@@ -18,7 +18,6 @@ from tracker.store import Store
 from tracker.timefmt import format_ms
 
 HISTORY_SCAN = 10_000
-Entries = list[tuple[str, dict[str, str]]]
 
 
 async def _xrange(redis: Redis, key: str, count: int | None = None) -> Entries:

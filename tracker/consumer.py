@@ -72,7 +72,7 @@ async def main(settings: Settings, index: int, stop: asyncio.Event) -> None:
     name = f"{settings.pod_id}-{index}"
     layout = LiveLayout(redis, settings)
     deliverer = Deliverer(redis, settings, Scripts(), build_sinks(settings, redis), name, layout)
-    follow = asyncio.create_task(layout.follow())
+    follow: asyncio.Task[None] | None = None
 
     def mine() -> list[int]:
         if not layout.loaded:
@@ -82,12 +82,14 @@ async def main(settings: Settings, index: int, stop: asyncio.Event) -> None:
     log.info("consumer started name=%s", name)
     try:
         await layout.wait_loaded(stop)  # so the shards' groups are created right at start
+        follow = asyncio.create_task(layout.follow())
         if is_cluster(redis):
             await _per_shard(deliverer, settings, mine, stop)
         else:  # one blocking read spans every shard
             await serve(deliverer, settings, mine, stop)
     finally:
-        follow.cancel()
+        if follow is not None:
+            follow.cancel()
         await deliverer.close()
         await redis.aclose()
         log.info("consumer stopped name=%s", name)

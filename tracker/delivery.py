@@ -101,7 +101,7 @@ class Deliverer:
             for entry_id, fields in entries
             if fields
         ]
-        await self.handle(batch, retried=own)
+        await self.handle(batch, retried=own, just_read_pending=own)
         return len(batch)
 
     async def _xreadgroup(self, streams: dict[str, str], block_ms: int | None) -> Any:
@@ -149,7 +149,7 @@ class Deliverer:
                     count=READ_COUNT,
                 )
                 batch = [Notification.from_entry(shard, i, f) for i, f in entries if f]
-                await self.handle(batch, retried=True)
+                await self.handle(batch, retried=True, just_read_pending=True)
                 claimed += len(batch)
                 if start == "0-0":
                     break
@@ -157,12 +157,20 @@ class Deliverer:
             log.info("claimed idle entries count=%d consumer=%s", claimed, self.consumer)
         return claimed
 
-    async def handle(self, batch: Sequence[Notification], *, retried: bool = False) -> None:
+    async def handle(
+        self,
+        batch: Sequence[Notification],
+        *,
+        retried: bool = False,
+        just_read_pending: bool = False,
+    ) -> None:
         """Re-check, deliver and acknowledge a batch that may span shards: one pipelined
         round trip for every shard's re-check, one send per sink, one for every shard's ack.
         `retried` entries (own or claimed pending ones, retries) may have failed attempts to
-        forget, and may have been delivered meanwhile by the consumer they were claimed from."""
-        if retried:
+        forget, and may have been delivered meanwhile by the consumer they were claimed from:
+        they are confirmed still pending first, unless the caller has `just_read_pending`
+        them from the pending list (a claim, or this consumer's own pending entries)."""
+        if retried and not just_read_pending:
             batch = await self._still_pending(batch)
         if not batch:
             return
@@ -263,7 +271,7 @@ class Deliverer:
             if entries:
                 k = ShardKeys.of(shard)
                 args: list[Arg] = [CONSUMER_GROUP, int(retried), *entries]
-                calls.append((self.scripts.ack, [k.events, k.attempts], args))
+                calls.append((self.scripts.ack, k.for_ack, args))
         if calls:
             await run_batch(self.redis, calls)
 
@@ -347,9 +355,7 @@ class Deliverer:
         args: list[Arg] = [CONSUMER_GROUP, n.entry_id, reason, attempts]
         for field, value in n.readable_fields().items():
             args += [field, value]
-        await self.scripts.dead_letter.run(
-            self.redis, [keys.events, keys.dead_letters, keys.attempts], args
-        )
+        await self.scripts.dead_letter.run(self.redis, keys.for_dead_letter, args)
 
     async def close(self) -> None:
         for task in list(self.retries):

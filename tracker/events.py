@@ -9,6 +9,9 @@ import orjson
 
 from tracker.timefmt import format_ms
 
+#: A stream's entries as redis-py returns them: (entry id, fields).
+Entries = list[tuple[str, dict[str, str]]]
+
 #: A shard stream entry's one field, and a dead letter's fields, in the order of the values.
 PACKED = "e"
 READABLE = ("c", "l", "g", "s", "d", "a", "m")

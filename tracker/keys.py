@@ -77,6 +77,44 @@ class ShardKeys:
         """KEYS of the recheck script."""
         return [self.records, self.moving]
 
+    @property
+    def for_sweep(self) -> list[str]:
+        """KEYS of the sweep script."""
+        return [
+            self.waiting,
+            self.states,
+            self.records,
+            self.retired,
+            self.events,
+            self.leader,
+            self.counters,
+        ]
+
+    @property
+    def for_lease(self) -> list[str]:
+        """KEYS of the lease_acquire script."""
+        return [self.leader, self.fence]
+
+    @property
+    def for_take_out(self) -> list[str]:
+        """KEYS of the migrate_out script (a reshard's first step, on the old shard)."""
+        return [self.records, self.waiting, self.states, self.retired, self.moving, self.epoch]
+
+    @property
+    def for_place(self) -> list[str]:
+        """KEYS of the migrate_in script (a reshard's second step, on the new shard)."""
+        return [self.records, self.waiting, self.states, self.retired]
+
+    @property
+    def for_ack(self) -> list[str]:
+        """KEYS of the ack script."""
+        return [self.events, self.attempts]
+
+    @property
+    def for_dead_letter(self) -> list[str]:
+        """KEYS of the dead_letter script."""
+        return [self.events, self.dead_letters, self.attempts]
+
 
 def all_shards(shard_count: int) -> list[ShardKeys]:
     return [ShardKeys.of(n) for n in range(shard_count)]

@@ -110,9 +110,11 @@ class LiveLayout:
         return layout
 
     async def follow(self) -> None:
-        """Reload the layout every REFRESH_S until cancelled; Redis errors only delay it."""
+        """Reload the layout every REFRESH_S until cancelled (the caller loads it first);
+        Redis errors only delay it."""
         task = asyncio.current_task()
         while True:
+            await asyncio.sleep(REFRESH_S)
             try:
                 await self.refresh()
             except UNAVAILABLE as exc:
@@ -120,7 +122,6 @@ class LiveLayout:
             # redis-py can absorb a cancellation that lands while it connects: honour it
             if task is not None and task.cancelling():
                 raise asyncio.CancelledError
-            await asyncio.sleep(REFRESH_S)
 
     async def wait_loaded(self, stop: asyncio.Event) -> None:
         """Load the layout before first use, retrying while Redis is unreachable."""

@@ -110,7 +110,7 @@ class Leases:
     async def _acquire(self, shard: int) -> bool:
         k = ShardKeys.of(shard)
         taken, value = await self.scripts.lease_acquire.run(
-            self.redis, [k.leader, k.fence], [self.settings.pod_id, self.settings.leader_ttl_ms]
+            self.redis, k.for_lease, [self.settings.pod_id, self.settings.leader_ttl_ms]
         )
         if int(taken):
             self.held[shard] = str(value)

@@ -50,7 +50,7 @@ async def _take_out(
     sources: list[int] = []
     for source, members in by_source.items():
         k = ShardKeys.of(source)
-        keys = [k.records, k.waiting, k.states, k.retired, k.moving, k.epoch]
+        keys = k.for_take_out
         for i in range(0, len(members), CHUNK):
             calls.append((scripts.migrate_out, keys, [epoch, *members[i : i + CHUNK]]))
             sources.append(source)
@@ -68,7 +68,7 @@ async def _place(redis: Redis, scripts: Scripts, layout: Layout, taken: Taken) -
     calls: list[Call] = []
     for target, flat in by_target.items():
         k = ShardKeys.of(target)
-        keys = [k.records, k.waiting, k.states, k.retired]
+        keys = k.for_place
         for i in range(0, len(flat), 2 * CHUNK):
             calls.append(
                 (scripts.migrate_in, keys, [wake_channel(target), *flat[i : i + 2 * CHUNK]])

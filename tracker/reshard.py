@@ -25,6 +25,7 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from tracker.consumer import BLOCK_MS
+from tracker.events import Entries
 from tracker.keys import CONSUMER_GROUP, LAYOUT, ShardKeys
 from tracker.layout import REFRESH_S, Layout, is_refused, read_layout
 from tracker.moves import move
@@ -38,7 +39,6 @@ PASSES = 5
 POLL_S = 0.2
 
 Out = Callable[[str], None]
-Entries = list[tuple[str, dict[str, str]]]
 
 
 def _say(line: str) -> None:
@@ -123,7 +123,7 @@ class Resharder:
         calls: list[Call] = []
         for shard in layout.shards():
             k = ShardKeys.of(shard)
-            keys = [k.records, k.waiting, k.states, k.retired, k.moving, k.epoch]
+            keys = k.for_take_out
             calls.append((self.scripts.migrate_out, keys, [layout.epoch]))
         replies = await run_batch(self.redis, calls, raise_on_error=False)
         for reply in replies:

@@ -87,7 +87,7 @@ class Sweeper:
     async def sweep_shard(self, shard: int) -> int:
         """Sweep one shard until nothing is due; returns how many notifications it fired."""
         k = ShardKeys.of(shard)
-        keys = [k.waiting, k.states, k.records, k.retired, k.events, k.leader, k.counters]
+        keys = k.for_sweep
         fired = 0
         while True:
             lease = self.leases.held.get(shard)
