@@ -100,9 +100,7 @@ async def sweep_and_recheck(client: Redis, scripts: Scripts, r: Round, lease: st
             n = Notification.from_entry(0, entry_id, fields)
             c = n.conversation_id
             r.trials[c].fired_seq = seq
-            rseq, codes = await committed(
-                client, scripts.recheck, K.for_recheck, [f"{c}|{n.generation}"]
-            )
+            rseq, codes = await committed(client, scripts.recheck, K.for_recheck, [n.recheck_arg])
             r.trials[c].recheck_seq, r.trials[c].recheck_code = rseq, int(codes[0])
         if r.replies_done and not int(fired) and not int(more):
             r.last_entry = last_id

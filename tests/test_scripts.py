@@ -66,10 +66,10 @@ async def lease(r: Redis, pod: str = POD) -> str:
 
 
 async def sweep(
-    r: Redis, lease_value: str, *, batch: int = 100, retention: int = RETENTION
+    r: Redis, lease_value: str, *, batch: int = 100, retention: int = RETENTION, prefetch: int = 0
 ) -> list[int]:
     keys = K.for_sweep
-    args: list[Arg] = [lease_value, batch, *MULTIPLIERS, retention]
+    args: list[Arg] = [lease_value, batch, *MULTIPLIERS, retention, prefetch]
     return [int(v) for v in await SCRIPTS.sweep.run(r, keys, args)]
 
 
@@ -312,6 +312,34 @@ async def test_sweep_fires_nothing_before_due(redis: Redis) -> None:
     assert await redis.exists(K.counters) == 0
 
 
+async def test_sweep_stages_the_next_level_due_within_the_prefetch(redis: Redis) -> None:
+    """Due in 0.6 s with 1 s of prefetch: staged now, with its real due time."""
+    ts = await redis_now(redis) - T + 600
+    await track(redis, "c1", "m1", ts)
+    value = await lease(redis)
+    assert (await sweep(redis, value, prefetch=500))[0] == 0  # beyond the horizon
+    fired, next_due, now, _ = await sweep(redis, value, prefetch=1000)
+    assert (fired, next_due) == (1, ts + 2 * T)
+    assert now < ts + T
+    assert [(e["l"], e["d"]) for e in await events(redis)] == [("1", str(ts + T))]
+    assert (await sweep(redis, value, prefetch=1000))[0] == 0  # level 2 is further out
+
+
+async def test_sweep_prefetch_stages_each_level_it_never_skips_one(redis: Redis) -> None:
+    """Levels 1 and 2 both within the horizon but neither due: both are staged, one sweep
+    each, each with its own due time. Only a level actually overdue catches up."""
+    interval = 100
+    ts = await redis_now(redis) - interval + 300
+    await track(redis, "c1", "m1", ts, interval=interval)
+    value = await lease(redis)
+    assert (await sweep(redis, value, prefetch=1000))[0] == 1
+    assert (await sweep(redis, value, prefetch=1000))[0] == 1
+    assert (await sweep(redis, value, prefetch=1000))[0] == 1
+    assert [(e["l"], e["d"]) for e in await events(redis)] == [
+        (str(n), str(ts + n * interval)) for n in (1, 2, 3)
+    ]
+
+
 async def test_sweep_escalates_level_by_level(redis: Redis) -> None:
     interval = 300
     ts = await redis_now(redis) - interval - 20
@@ -497,9 +525,12 @@ async def test_lease_release_drops_only_the_held_lease(redis: Redis) -> None:
 # --- recheck -------------------------------------------------------------------------------
 
 
-async def recheck(r: Redis, *asks: tuple[str, int]) -> list[int]:
-    args = [f"{conversation}|{generation}" for conversation, generation in asks]
-    return [int(v) for v in await SCRIPTS.recheck.run(r, K.for_recheck, args)]
+async def recheck(r: Redis, *asks: tuple[str, int], due_ms: int = 0) -> list[int]:
+    """The codes (the reply's last value, Redis's clock, is checked and left out)."""
+    args = [f"{conversation}|{generation}|{due_ms}" for conversation, generation in asks]
+    *codes, now = await SCRIPTS.recheck.run(r, K.for_recheck, args)
+    assert abs(int(now) - await redis_now(r)) < 1000
+    return [int(v) for v in codes]
 
 
 async def ack(r: Redis, *entry_ids: str, forget_attempts: bool = True) -> int:
@@ -510,6 +541,16 @@ async def ack(r: Redis, *entry_ids: str, forget_attempts: bool = True) -> int:
 async def test_recheck_sends_a_current_notification(redis: Redis) -> None:
     await track(redis, "c1", "m1")
     assert await recheck(redis, ("c1", 1)) == [1]
+
+
+async def test_recheck_holds_back_a_notification_not_due_on_redis_clock(redis: Redis) -> None:
+    """A consumer whose clock runs ahead asks too early: 2, hold it; stale still wins."""
+    ts = await redis_now(redis)
+    await track(redis, "c1", "m1", ts)
+    assert await recheck(redis, ("c1", 1), due_ms=ts + 60_000) == [2]
+    assert await recheck(redis, ("c1", 1), due_ms=ts - 1) == [1]
+    await respond(redis, "c1", "r1", ts + 1)
+    assert await recheck(redis, ("c1", 1), due_ms=ts + 60_000) == [0]
 
 
 async def test_recheck_is_stale_after_an_answer(redis: Redis) -> None:

@@ -42,6 +42,14 @@ def test_defaults() -> None:
     assert s.run_dir == Path("/srv/tracker")
     assert s.metrics_dir == Path("/srv/tracker/metrics")
     assert s.pod_id
+    assert s.prefetch_ms == 1000
+
+
+def test_prefetch_defaults_below_a_quarter_of_the_delivery_timeout() -> None:
+    """Held entries look idle: a short delivery timeout shortens the default prefetch,
+    and a prefetch set explicitly too long for it is refused (BAD below)."""
+    assert settings(DELIVERY_TIMEOUT_MS="2000").prefetch_ms == 500
+    assert settings(PREFETCH_MS="0").prefetch_ms == 0
 
 
 def test_good_values() -> None:
@@ -138,6 +146,8 @@ BAD = [
     ("ANSWERED_RETENTION_MS", {"ANSWERED_RETENTION_MS": "10"}),
     ("LOG_LEVEL", {"LOG_LEVEL": "verbose"}),
     ("LOG_FORMAT", {"LOG_FORMAT": "xml"}),
+    ("PREFETCH_MS", {"PREFETCH_MS": "-1"}),
+    ("PREFETCH_MS", {"PREFETCH_MS": "2000", "DELIVERY_TIMEOUT_MS": "4000"}),
 ]
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
@@ -20,6 +22,8 @@ from redis.exceptions import (
 from tracker.errors import ConfigError
 from tracker.settings import Settings
 
+C = TypeVar("C", bound=AbstractConnection)
+
 #: Errors that mean "Redis is not reachable right now": 503 at the API, back off in loops.
 UNAVAILABLE = (
     ConnectionError,
@@ -29,6 +33,28 @@ UNAVAILABLE = (
     TryAgainError,
     OSError,
 )
+
+
+class _HiredisPacking:
+    """Commands packed by hiredis (C) instead of redis-py's asyncio packer (Python): the same
+    bytes for about an eighth of the CPU, which matters for script calls with hundreds of
+    arguments. redis-py's sync client does the same when hiredis is installed."""
+
+    _packer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return cast(list[bytes], self._packer.pack(*args))
+
+
+_PACKED: dict[type[Any], type[Any]] = {}
+
+
+def packed(connection_class: type[C]) -> type[C]:
+    """`connection_class` with hiredis packing."""
+    if connection_class not in _PACKED:
+        name = connection_class.__name__
+        _PACKED[connection_class] = type(name, (_HiredisPacking, connection_class), {})
+    return _PACKED[connection_class]
 
 
 def _common(settings: Settings, socket_timeout: float) -> dict[str, Any]:
@@ -78,6 +104,10 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections:
         cluster = RedisCluster.from_url(
             settings.redis_url, max_connections=max_connections, **common
         )
+        kwargs = cluster.nodes_manager.connection_kwargs  # for the nodes it discovers
+        kwargs["connection_class"] = packed(kwargs["connection_class"])
+        for node in cluster.nodes_manager.startup_nodes.values():
+            node.connection_class = packed(node.connection_class)
         return cast(Redis, cluster)
     if settings.redis_mode == "sentinel":
         creds = _credentials(settings.redis_url)
@@ -91,6 +121,8 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections:
         master = sentinel.master_for(
             settings.redis_sentinel_master, max_connections=max_connections, **creds
         )
+        pool = master.connection_pool
+        pool.connection_class = packed(pool.connection_class)
         return cast(Redis, master)
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
@@ -99,6 +131,7 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections:
         health_check_interval=15,
         **common,
     )
+    pool.connection_class = packed(pool.connection_class)
     return Redis.from_pool(pool)
 
 

@@ -42,6 +42,7 @@ async def serve(
     known: set[int] = set()
     next_claim = 0.0
     while not stop.is_set():
+        deliverer.check_releaser()
         current = shards()
         try:
             for shard in sorted(set(current) - known):

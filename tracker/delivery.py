@@ -18,9 +18,10 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 from tracker import metrics
-from tracker.connection import is_cluster
+from tracker.connection import UNAVAILABLE, is_cluster
 from tracker.errors import DeliveryError
 from tracker.events import Notification, Outgoing
+from tracker.hold import Held, Hold
 from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of_key
 from tracker.layout import LiveLayout
 from tracker.scripts import Arg, Call, Scripts, run_batch
@@ -30,7 +31,7 @@ from tracker.timefmt import format_ms
 
 log = logging.getLogger(__name__)
 
-SEND, STALE, ELSEWHERE = 1, 0, 3
+SEND, STALE, EARLY, ELSEWHERE = 1, 0, 2, 3
 READ_COUNT = 512
 CLUSTER_POLL_MS = 20
 
@@ -53,13 +54,18 @@ class Deliverer:
         sinks: Sequence[Sink],
         consumer: str,
         layout: LiveLayout | None = None,
+        role: str = "consumer",
     ) -> None:
         self.redis = redis
         self.settings = settings
         self.scripts = scripts
         self.sinks = sinks
         self.consumer = consumer
+        self.role = role
         self.layout = layout or LiveLayout(redis, settings)
+        self.hold = Hold()
+        self.releaser: asyncio.Task[None] | None = None
+        self.closing = False
         self.cluster = is_cluster(redis)
         self.retries: set[asyncio.Task[None]] = set()
         self.retry_cap_s = min(30.0, settings.delivery_timeout_ms / 2000)
@@ -101,7 +107,8 @@ class Deliverer:
             for entry_id, fields in entries
             if fields
         ]
-        await self.handle(batch, retried=own, just_read_pending=own)
+        await self.submit(batch, retried=own, just_read_pending=own)
+        await self.hold.wait_room()
         return len(batch)
 
     async def _xreadgroup(self, streams: dict[str, str], block_ms: int | None) -> Any:
@@ -149,13 +156,59 @@ class Deliverer:
                     count=READ_COUNT,
                 )
                 batch = [Notification.from_entry(shard, i, f) for i, f in entries if f]
-                await self.handle(batch, retried=True, just_read_pending=True)
+                await self.submit(batch, retried=True, just_read_pending=True)
                 claimed += len(batch)
                 if start == "0-0":
                     break
         if claimed:
             log.info("claimed idle entries count=%d consumer=%s", claimed, self.consumer)
         return claimed
+
+    async def submit(
+        self,
+        batch: Sequence[Notification],
+        *,
+        retried: bool = False,
+        just_read_pending: bool = False,
+    ) -> None:
+        """Handle what is due now; hold what the sweeper staged early until it is due."""
+        now = self.hold.now_ms()
+        ready: list[Notification] = []
+        for n in batch:
+            if n.due_at_ms > now or self.hold.holds(n):
+                self._hold(Held(n, retried, just_read_pending))
+            else:
+                ready.append(n)
+        await self.handle(ready, retried=retried, just_read_pending=just_read_pending)
+
+    def _hold(self, item: Held) -> None:
+        self.hold.add(item)
+        if self.releaser is None:
+            self.releaser = asyncio.create_task(self._release())
+
+    async def _release(self) -> None:
+        """Handle held notifications as they fall due, everything due at once in one batch.
+        A batch that fails on Redis stays pending in its stream: a claim finds it."""
+        while not (self.closing and not self.hold):
+            await self.hold.wait_due()
+            groups: dict[tuple[bool, bool], list[Notification]] = defaultdict(list)
+            for item in self.hold.take_due():
+                groups[item.retried, item.just_read_pending].append(item.notification)
+            for (retried, pending), batch in groups.items():
+                try:
+                    await self.handle(batch, retried=retried, just_read_pending=pending)
+                except UNAVAILABLE as exc:
+                    metrics.REDIS_ERRORS.labels(self.role).inc()
+                    log.warning("redis unavailable, held batch left pending error=%s", exc)
+                except ResponseError as exc:
+                    if not is_nogroup(exc):
+                        raise
+                    log.warning("stream gone, held batch dropped error=%s", exc)
+
+    def check_releaser(self) -> None:
+        """Raise what stopped the releaser, if anything did (the process then restarts)."""
+        if self.releaser is not None and self.releaser.done():
+            self.releaser.result()
 
     async def handle(
         self,
@@ -174,7 +227,9 @@ class Deliverer:
             batch = await self._still_pending(batch)
         if not batch:
             return
-        to_send, done = await self._recheck(batch)
+        to_send, done, early = await self._recheck(batch)
+        for n in early:  # this process's clock runs ahead of Redis's
+            self._hold(Held(n, retried, just_read_pending))
         fired_at_ms = int(time.time() * 1000)
         fired_at = format_ms(fired_at_ms)
         outgoing = [n.outgoing(fired_at_ms, fired_at) for n in to_send]
@@ -199,10 +254,11 @@ class Deliverer:
 
     async def _recheck(
         self, batch: Sequence[Notification]
-    ) -> tuple[list[Notification], dict[int, list[str]]]:
-        """Split a batch into what to send now and the entry ids to acknowledge unsent
-        (stale), asking every shard in one pipelined round trip. A conversation
-        a reshard moved away from its entry's shard is asked where it lives now."""
+    ) -> tuple[list[Notification], dict[int, list[str]], list[Notification]]:
+        """Split a batch into what to send now, the entry ids to acknowledge unsent
+        (stale) and what is not due yet, asking every shard in one pipelined round trip.
+        A conversation a reshard moved away from its entry's shard is asked where it lives
+        now."""
         codes = await self._codes(batch, [n.shard for n in batch])
         if ELSEWHERE in codes:
             layout = await self.layout.refresh()
@@ -216,14 +272,17 @@ class Deliverer:
                 )
                 codes = [f if f is not None else c for c, f in zip(codes, found, strict=True)]
         to_send: list[Notification] = []
+        early: list[Notification] = []
         unsent: dict[int, list[str]] = defaultdict(list)
         for n, code in zip(batch, codes, strict=True):
             if code == SEND:
                 to_send.append(n)
+            elif code == EARLY:
+                early.append(n)
             else:
                 metrics.SUPPRESSED.labels("stale").inc()
                 unsent[n.shard].append(n.entry_id)
-        return to_send, unsent
+        return to_send, unsent, early
 
     async def _codes(
         self, batch: Sequence[Notification], shards: Sequence[int | None]
@@ -235,15 +294,14 @@ class Deliverer:
                 by_shard[shard].append(i)
         calls: list[Call] = []
         for shard, indices in by_shard.items():
-            args: list[Arg] = []
-            for i in indices:
-                n = batch[i]
-                args.append(f"{n.conversation_id}|{n.generation}")
+            args: list[Arg] = [batch[i].recheck_arg for i in indices]
             calls.append((self.scripts.recheck, ShardKeys.of(shard).for_recheck, args))
         codes: list[Any] = [None] * len(batch)
         replies = await run_batch(self.redis, calls)
         for indices, reply in zip(by_shard.values(), replies, strict=True):
-            for i, code in zip(indices, reply, strict=True):
+            *shard_codes, redis_now = reply
+            self.hold.observe_clock(int(redis_now))
+            for i, code in zip(indices, shard_codes, strict=True):
                 codes[i] = int(code)
         return codes
 
@@ -358,6 +416,17 @@ class Deliverer:
         await self.scripts.dead_letter.run(self.redis, keys.for_dead_letter, args)
 
     async def close(self) -> None:
+        """Deliver what is held (due within PREFETCH_MS), stop retrying, close the sinks."""
+        self.closing = True
+        if self.releaser is not None:
+            wait_s = max(0.0, (self.hold.latest_due_ms() - self.hold.now_ms()) / 1000) + 5.0
+            self.hold.wake()
+            try:
+                await asyncio.wait_for(self.releaser, wait_s)
+            except Exception as exc:  # left pending: redelivered after a restart or claimed
+                log.warning(
+                    "held notifications left pending count=%d error=%r", len(self.hold), exc
+                )
         for task in list(self.retries):
             task.cancel()
         await asyncio.gather(*self.retries, return_exceptions=True)

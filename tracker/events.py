@@ -79,6 +79,11 @@ class Notification(NamedTuple):
     def event_id(self) -> str:
         return event_id(self.conversation_id, self.waiting_since_ms, self.level)
 
+    @property
+    def recheck_arg(self) -> str:
+        """This notification as the recheck script takes it."""
+        return f"{self.conversation_id}|{self.generation}|{self.due_at_ms}"
+
     def outgoing(self, fired_at_ms: int, fired_at: str | None = None) -> Outgoing:
         """Ready to send; `fired_at` is `fired_at_ms` formatted, when the caller has it."""
         return Outgoing(self, fired_at_ms, self.payload(fired_at_ms, fired_at))

@@ -39,6 +39,7 @@ class Settings:
     max_timeout_ms: int
     leader_ttl_ms: int
     check_interval_ms: int
+    prefetch_ms: int
     shard_count: int
     consumer_processes: int
     sweep_batch: int
@@ -77,6 +78,7 @@ class Settings:
         if redis_mode != "standalone" and not env.get("REDIS_URL", "").strip():
             raise ConfigError(f"REDIS_URL: required with REDIS_MODE={redis_mode}")
         interval = r.integer("TIMEOUT_INTERVAL_MS", 30_000, 10, 30 * 86_400_000)
+        delivery_timeout = r.integer("DELIVERY_TIMEOUT_MS", 60_000, 100, 86_400_000)
         settings = cls(
             redis_url=_redis_url(
                 r.text("REDIS_URL", f"unix://{run_dir.resolve()}/redis.sock"), redis_mode
@@ -93,6 +95,7 @@ class Settings:
             max_timeout_ms=r.integer("MAX_TIMEOUT_MS", 7 * 86_400_000, 10, 365 * 86_400_000),
             leader_ttl_ms=round(r.number("LEADER_ELECTION_TTL", 10.0, 0.5, 3600.0) * 1000),
             check_interval_ms=r.integer("CHECK_INTERVAL_MS", 1000, 10, 600_000),
+            prefetch_ms=r.integer("PREFETCH_MS", min(1000, delivery_timeout // 4), 0, 60_000),
             shard_count=r.integer("SHARD_COUNT", 16, 1, MAX_SHARDS),
             consumer_processes=r.integer("CONSUMER_PROCESSES", 2, 1, 256),
             sweep_batch=r.integer("SWEEP_BATCH", 500, 1, 1000),  # bounded: Lua unpack()
@@ -107,7 +110,7 @@ class Settings:
                 "NOTIFY_WEBHOOK_BREAKER_COOLDOWN_MS", 30_000, 10, 3_600_000
             ),
             max_deliveries=r.integer("MAX_DELIVERIES", 5, 1, 1000),
-            delivery_timeout_ms=r.integer("DELIVERY_TIMEOUT_MS", 60_000, 100, 86_400_000),
+            delivery_timeout_ms=delivery_timeout,
             retry_base_ms=r.integer("RETRY_BASE_MS", 500, 1, 600_000),
             api_tokens=r.items("API_TOKEN"),
             answered_retention_ms=r.integer(
@@ -120,11 +123,14 @@ class Settings:
         )
         if settings.min_timeout_ms > settings.max_timeout_ms:
             raise ConfigError("MIN_TIMEOUT_MS: must not exceed MAX_TIMEOUT_MS")
+        if settings.prefetch_ms * 4 > settings.delivery_timeout_ms:
+            # held entries are idle: another consumer would claim them as abandoned
+            raise ConfigError("PREFETCH_MS: must not exceed a quarter of DELIVERY_TIMEOUT_MS")
         return settings
 
     def level_offsets_ms(self, interval_ms: int) -> tuple[int, int, int]:
         """Delay of each level after the agent message, for one interval."""
-        a, b, c = (round(m * interval_ms) for m in self.level_multipliers)
+        a, b, c = (math.floor(m * interval_ms + 0.5) for m in self.level_multipliers)  # as Lua
         return a, b, c
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
@@ -256,14 +257,28 @@ class Store:
             pipe.hget(k.states, conversation_id)
             pipe.zscore(k.waiting, conversation_id)
             pipe.hget(k.moving, conversation_id)
-            raw, fired, due, moving = await pipe.execute()
+            pipe.time()
+            raw, fired, due, moving, (seconds, micros) = await pipe.execute()
         if raw is None and moving is not None:  # taken out by a move in progress
-            record, due_s, fired, _ = moving.rsplit("|", 3)
-            due_ms = float(due_s) if due_s else None
-            return _conversation(conversation_id, record, fired or None, due_ms)
+            raw, due_s, fired, _ = moving.rsplit("|", 3)
+            due = float(due_s) if due_s else None
         if raw is None:
             return None
-        return _conversation(conversation_id, raw, fired, due)
+        view = _conversation(conversation_id, raw, fired or None, due)
+        return self._as_delivered(view, seconds * 1000 + micros // 1000)
+
+    def _as_delivered(self, view: Conversation, now_ms: int) -> Conversation:
+        """The view as the receivers see it: a level the sweeper staged early (PREFETCH_MS)
+        is not fired until its due time comes."""
+        if not view.level_fired or view.state == "answered":
+            return view
+        offsets = self.settings.level_offsets_ms(view.timeout_ms)
+        staged_due = view.waiting_since_ms + offsets[view.level_fired - 1]
+        if staged_due <= now_ms:
+            return view
+        return dataclasses.replace(
+            view, state="waiting", level_fired=view.level_fired - 1, next_due_ms=staged_due
+        )
 
 
 def _results(call: _Call, reply: list[Any], results: list[Result | None]) -> None:

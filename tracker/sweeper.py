@@ -1,8 +1,9 @@
 """The sweeper role: hold shard leases, move due timeouts into the shard streams on time.
 
-It sleeps until the earliest deadline of the shards it leads (at most CHECK_INTERVAL_MS),
-and a wake message from the track script cuts the sleep short when an earlier
-deadline arrives. In phase 1 it also delivers what it enqueued.
+It sleeps until PREFETCH_MS before the earliest deadline of the shards it leads (at most
+CHECK_INTERVAL_MS), and a wake message from the track script cuts the sleep short when an
+earlier deadline arrives. What it moves early, the consumers hold until it is due. In
+phase 1 it also delivers what it enqueued.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Sweeper:
         self.hold_until: dict[int, float] = {}  # shard -> no sweep before this monotonic time
         self.next_progress_write = 0.0  # monotonic time of the next progress-file write
         self.wake = asyncio.Event()
-        args = [*settings.level_multipliers, settings.answered_retention_ms]
+        args = [*settings.level_multipliers, settings.answered_retention_ms, settings.prefetch_ms]
         self.sweep_args = [settings.sweep_batch, *args]
 
     def redis_now_ms(self) -> float:
@@ -122,7 +123,8 @@ class Sweeper:
         shards = [
             s
             for s in self.leases.held
-            if (everything or self.next_due.get(s, 0) <= now) and self.hold_until.get(s, 0) <= clock
+            if (everything or self.next_due.get(s, 0) - self.settings.prefetch_ms <= now)
+            and self.hold_until.get(s, 0) <= clock
         ]
         await asyncio.gather(*(self.sweep_shard(s) for s in shards))
         if clock >= self.next_progress_write:  # the watchdog needs seconds, not every round
@@ -130,7 +132,7 @@ class Sweeper:
             self.next_progress_write = clock + PROGRESS_WRITE_S
 
     def sleep_s(self) -> float:
-        soonest = min(self.next_due.values(), default=float("inf"))
+        soonest = min(self.next_due.values(), default=float("inf")) - self.settings.prefetch_ms
         wait_ms = min(soonest - self.redis_now_ms(), self.settings.check_interval_ms)
         return max(0.0, wait_ms / 1000)
 
@@ -207,7 +209,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     deliverer, delivering = None, None
     if settings.mode == "phase1":
         sinks = build_sinks(settings, redis)
-        deliverer = Deliverer(redis, settings, scripts, sinks, settings.pod_id, sweeper.layout)
+        deliverer = Deliverer(
+            redis, settings, scripts, sinks, settings.pod_id, sweeper.layout, role="sweeper"
+        )
         # Phase 1: the lease holder delivers what it enqueued, for the shards it leads. Only
         # a lease holder reads a shard, so an entry idle half a lease TTL belongs to a holder
         # that lost its lease: claim it then, not after DELIVERY_TIMEOUT_MS.

@@ -4,6 +4,8 @@
 -- KEYS[6] timeout:leader:{N}  KEYS[7] metrics:timeouts:{N}
 -- ARGV[1] lease value held by the caller (fencing)  ARGV[2] batch size (at most 1000)
 -- ARGV[3..5] level multipliers  ARGV[6] retention of finished records, ms
+-- ARGV[7] prefetch, ms (default 0): a level due within it is staged now; the consumers
+--   hold it until its due time and re-check it then. Only a level actually due catches up.
 -- returns: {fired, next_due_ms (-1 when none), redis_now_ms, more_due (0|1)}
 --   or the error 'FENCED ...' when the caller no longer holds the lease
 if redis.call('GET', KEYS[6]) ~= ARGV[1] then
@@ -11,8 +13,9 @@ if redis.call('GET', KEYS[6]) ~= ARGV[1] then
 end
 local now, batch = now_ms(), tonumber(ARGV[2])
 local retention = tonumber(ARGV[6])
+local horizon = now + tonumber(ARGV[7] or 0)
 local multipliers, floor = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])}, math.floor
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, batch)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', horizon, 'WITHSCORES', 'LIMIT', 0, batch)
 local ids = {}
 for j = 1, #due, 2 do ids[#ids + 1] = due[j] end
 local records = load_records(KEYS[3], ids)
@@ -38,6 +41,7 @@ for j = 1, #due, 2 do
     for l = last + 1, 3 do
       if at[l] <= now then level = l end
     end
+    if level == last and last < 3 and at[last + 1] <= horizon then level = last + 1 end
     if level > last then
       -- one field (see tracker/events.py): conversation|level|generation|waiting since|
       -- due|agent|agent message, cheaper to write, read and parse than seven

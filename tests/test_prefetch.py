@@ -1,0 +1,174 @@
+"""Prefetch: a level staged before its due time is held by the consumer until it is due,
+re-checked then, and shown as not fired until then."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.conftest import make_settings
+from tests.redis_server import RedisServer
+from tracker.connection import redis_time_ms
+from tracker.delivery import Deliverer
+from tracker.events import Outgoing
+from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.scripts import Scripts
+from tracker.settings import Settings
+from tracker.sinks import Outcomes
+from tracker.store import AgentMessage, CustomerResponse, Store
+
+INTERVAL = 1000
+AHEAD_MS = 400  # level 1 is due this long after it is staged
+
+
+class TimedSink:
+    """Keeps what it was sent and when (this machine's clock, which Redis's TIME shares)."""
+
+    name = "timed"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[float, Outgoing]] = []
+
+    async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
+        now = time.time() * 1000
+        self.sent.extend((now, item) for item in batch)
+        return [None] * len(batch)
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
+    return make_settings(
+        redis_server.url,
+        tmp_path / "run",
+        SHARD_COUNT="1",
+        TIMEOUT_INTERVAL_MS=str(INTERVAL),
+        PREFETCH_MS="1000",
+    )
+
+
+async def stage(redis: Redis, settings: Settings, *conversations: str) -> int:
+    """Start conversations whose level 1 is due AHEAD_MS from now and sweep them with the
+    settings' prefetch: staged in the stream early. Returns their due time."""
+    scripts = Scripts()
+    since = await redis_time_ms(redis) - INTERVAL + AHEAD_MS
+    store = Store(redis, settings, scripts)
+    for c in conversations:
+        await store.apply(AgentMessage(c, "agent", f"m-{c}", since))
+    k = ShardKeys.of(0)
+    _, lease = await scripts.lease_acquire.run(redis, k.for_lease, ["p", 10_000])
+    args = [lease, 100, *settings.level_multipliers, 60_000, settings.prefetch_ms]
+    fired, *_ = await scripts.sweep.run(redis, k.for_sweep, args)
+    assert int(fired) == len(conversations)
+    return since + INTERVAL
+
+
+async def deliverer(redis: Redis, settings: Settings, sink: TimedSink) -> Deliverer:
+    d = Deliverer(redis, settings, Scripts(), [sink], "consumer-test")
+    await d.ensure_group(0)
+    return d
+
+
+async def pending(redis: Redis) -> int:
+    info = await redis.xpending(ShardKeys.of(0).events, CONSUMER_GROUP)
+    return int(info["pending"])
+
+
+async def wait_sent(sink: TimedSink, count: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(sink.sent) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+async def test_a_staged_notification_is_held_until_due_then_sent(
+    redis: Redis, settings: Settings
+) -> None:
+    sink = TimedSink()
+    d = await deliverer(redis, settings, sink)
+    due = await stage(redis, settings, "c1", "c2")
+    assert await d.read([0], block_ms=None, own=False) == 2
+    assert sink.sent == [] and len(d.hold) == 2  # read, parsed, held
+    await wait_sent(sink, 2)
+    assert sorted(o.notification.conversation_id for _, o in sink.sent) == ["c1", "c2"]
+    assert all(at >= due for at, _ in sink.sent)  # never before its due time
+    assert all(at - due < 500 for at, _ in sink.sent)
+    await asyncio.sleep(0.05)
+    assert await pending(redis) == 0
+    await d.close()
+
+
+async def test_an_answer_while_held_suppresses_the_send(redis: Redis, settings: Settings) -> None:
+    sink = TimedSink()
+    d = await deliverer(redis, settings, sink)
+    due = await stage(redis, settings, "answered", "waiting")
+    await d.read([0], block_ms=None, own=False)
+    await Store(redis, settings, d.scripts).apply(CustomerResponse("answered", "cust", "r1", 0))
+    await wait_sent(sink, 1)
+    await asyncio.sleep((due - await redis_time_ms(redis)) / 1000 + 0.2)
+    assert [o.notification.conversation_id for _, o in sink.sent] == ["waiting"]
+    assert await pending(redis) == 0  # the suppressed one is acknowledged
+    await d.close()
+
+
+async def test_a_clock_running_ahead_of_redis_never_sends_early(
+    redis: Redis, settings: Settings
+) -> None:
+    """This process believes Redis's clock is 5 s ahead: it releases at once, the re-check
+    answers 'not due' with Redis's clock, and the notification is held again, till due."""
+    sink = TimedSink()
+    d = await deliverer(redis, settings, sink)
+    d.hold.offset_ms = 5000
+    due = await stage(redis, settings, "c1")
+    await d.read([0], block_ms=None, own=False)
+    await wait_sent(sink, 1)
+    ((at, _),) = sink.sent
+    assert at >= due
+    assert abs(d.hold.offset_ms) < 100  # learnt from the re-check's reply
+    await d.close()
+
+
+async def test_close_delivers_what_is_held(redis: Redis, settings: Settings) -> None:
+    sink = TimedSink()
+    d = await deliverer(redis, settings, sink)
+    due = await stage(redis, settings, "c1")
+    await d.read([0], block_ms=None, own=False)
+    await d.close()
+    ((at, _),) = sink.sent
+    assert at >= due
+    assert await pending(redis) == 0
+
+
+async def test_a_held_entry_read_again_is_held_once(redis: Redis, settings: Settings) -> None:
+    """The own pending list (read after a restart of the shard set) holds what is already
+    held: it is delivered once."""
+    sink = TimedSink()
+    d = await deliverer(redis, settings, sink)
+    await stage(redis, settings, "c1")
+    await d.read([0], block_ms=None, own=False)
+    await d.read([0], block_ms=None, own=True)
+    assert len(d.hold) == 1
+    await wait_sent(sink, 1)
+    await asyncio.sleep(0.1)
+    assert len(sink.sent) == 1
+    await d.close()
+
+
+async def test_get_shows_a_staged_level_as_not_fired_until_due(
+    redis: Redis, settings: Settings
+) -> None:
+    store = Store(redis, settings, Scripts())
+    due = await stage(redis, settings, "c1")
+    view = await store.get("c1")
+    assert view is not None
+    assert (view.state, view.level_fired, view.next_due_ms) == ("waiting", 0, due)
+    await asyncio.sleep((due - await redis_time_ms(redis)) / 1000 + 0.02)
+    view = await store.get("c1")
+    assert view is not None
+    assert (view.level_fired, view.next_due_ms) == (1, due + INTERVAL)

@@ -1,0 +1,99 @@
+"""Notifications a consumer read before their due time, kept until it comes.
+
+The sweeper stages a level up to PREFETCH_MS before it is due, so that a burst of deadlines
+is read and parsed ahead of time; at the due time only the re-check, the send and the
+acknowledgement remain. Due times are on Redis's clock: the hold keeps an estimate of how
+far this process's clock is behind it, an underestimate (taken after a reply arrives), so a
+notification is released late by at most a round trip and never early; the re-check script
+confirms the due time on Redis's clock anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from typing import NamedTuple
+
+from tracker.events import Notification
+
+#: Notifications held by one process at most; the reader waits for room beyond it.
+MAX_HELD = 50_000
+
+
+class Held(NamedTuple):
+    notification: Notification
+    retried: bool
+    just_read_pending: bool
+
+
+class Hold:
+    def __init__(self, capacity: int = MAX_HELD) -> None:
+        self.capacity = capacity
+        self.offset_ms = 0.0  # Redis's clock minus this process's
+        self._heap: list[tuple[int, int, Held]] = []
+        self._keys: set[tuple[int, str]] = set()
+        self._order = itertools.count()
+        self._changed = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def now_ms(self) -> float:
+        """Redis's clock as this process estimates it."""
+        return time.time() * 1000 + self.offset_ms
+
+    def observe_clock(self, redis_now_ms: int) -> None:
+        """Learn the offset from a reply carrying Redis's clock, just received."""
+        self.offset_ms = redis_now_ms - time.time() * 1000
+
+    def holds(self, n: Notification) -> bool:
+        return (n.shard, n.entry_id) in self._keys
+
+    def add(self, item: Held) -> None:
+        n = item.notification
+        key = (n.shard, n.entry_id)
+        if key in self._keys:  # read again (own pending list, a claim): held once
+            return
+        self._keys.add(key)
+        first = self._heap[0][0] if self._heap else None
+        heapq.heappush(self._heap, (n.due_at_ms, next(self._order), item))
+        if first is None or n.due_at_ms < first:
+            self._changed.set()
+        if len(self._heap) >= self.capacity:
+            self._room.clear()
+
+    def take_due(self) -> list[Held]:
+        """Everything due by now, earliest first."""
+        now = self.now_ms()
+        out: list[Held] = []
+        while self._heap and self._heap[0][0] <= now:
+            item = heapq.heappop(self._heap)[2]
+            self._keys.discard((item.notification.shard, item.notification.entry_id))
+            out.append(item)
+        if len(self._heap) < self.capacity:
+            self._room.set()
+        return out
+
+    async def wait_due(self) -> None:
+        """Sleep until the earliest notification is due, or an earlier one is added."""
+        self._changed.clear()
+        delay = (self._heap[0][0] - self.now_ms()) / 1000 if self._heap else 3600.0
+        if delay <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), delay)
+
+    def wake(self) -> None:
+        """Cut a `wait_due` short."""
+        self._changed.set()
+
+    async def wait_room(self) -> None:
+        await self._room.wait()
+
+    def latest_due_ms(self) -> float:
+        return max((due for due, _, _ in self._heap), default=0.0)
