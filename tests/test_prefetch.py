@@ -94,7 +94,8 @@ async def test_a_staged_notification_is_held_until_due_then_sent(
     d = await deliverer(redis, settings, sink)
     due = await stage(redis, settings, "c1", "c2")
     assert await d.read([0], block_ms=None, own=False) == 2
-    assert sink.sent == [] and len(d.hold) == 2  # read, parsed, held
+    assert sink.sent == []
+    assert len(d.hold) == 2  # read, parsed, held
     await wait_sent(sink, 2)
     assert sorted(o.notification.conversation_id for _, o in sink.sent) == ["c1", "c2"]
     assert all(at >= due for at, _ in sink.sent)  # never before its due time

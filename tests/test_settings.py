@@ -42,7 +42,7 @@ def test_defaults() -> None:
     assert s.run_dir == Path("/srv/tracker")
     assert s.metrics_dir == Path("/srv/tracker/metrics")
     assert s.pod_id
-    assert s.prefetch_ms == 1000
+    assert s.prefetch_ms == 3000
 
 
 def test_prefetch_defaults_below_a_quarter_of_the_delivery_timeout() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
+import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
@@ -40,9 +41,15 @@ class _HiredisPacking:
     bytes for about an eighth of the CPU, which matters for script calls with hundreds of
     arguments. redis-py's sync client does the same when hiredis is installed."""
 
-    _packer = HiredisRespSerializer()
+    _packer = HiredisRespSerializer()  # the general case: memoryviews, errors
 
     def pack_command(self, *args: Any) -> list[bytes]:
+        command = args[0]
+        if isinstance(command, str) and " " not in command:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
         return cast(list[bytes], self._packer.pack(*args))
 
 

@@ -45,6 +45,8 @@ async def serve(
         deliverer.check_releaser()
         current = shards()
         try:
+            if current and not known:
+                await deliverer.sync_clock()
             for shard in sorted(set(current) - known):
                 await deliverer.ensure_group(shard)
                 await deliverer.drain_own([shard])

@@ -18,7 +18,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 from tracker import metrics
-from tracker.connection import UNAVAILABLE, is_cluster
+from tracker.connection import UNAVAILABLE, is_cluster, redis_time_ms
 from tracker.errors import DeliveryError
 from tracker.events import Notification, Outgoing
 from tracker.hold import Held, Hold
@@ -79,6 +79,10 @@ class Deliverer:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    async def sync_clock(self) -> None:
+        """Read Redis's clock, so held notifications are released on it from the start."""
+        self.hold.observe_clock(await redis_time_ms(self.redis))
 
     async def recreate_group(self, shards: Iterable[int]) -> None:
         for shard in shards:

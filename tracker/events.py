@@ -15,6 +15,17 @@ Entries = list[tuple[str, dict[str, str]]]
 #: A shard stream entry's one field, and a dead letter's fields, in the order of the values.
 PACKED = "e"
 READABLE = ("c", "l", "g", "s", "d", "a", "m")
+#: The fields of a notification event, in the order of the outbound stream's entries.
+OUTBOUND = (
+    "event_id",
+    "conversation_id",
+    "level",
+    "agent_id",
+    "message_id",
+    "waiting_since",
+    "due_at",
+    "fired_at",
+)
 
 
 def event_id(conversation_id: str, waiting_since_ms: int, level: int) -> str:
@@ -35,6 +46,9 @@ class Notification(NamedTuple):
     message_id: str
     waiting_since_ms: int
     due_at_ms: int
+    #: The event's values but fired_at: made when the entry is read (before the due time,
+    #: with prefetch), so that sending costs little.
+    known_values: tuple[str, ...] = ()
 
     @classmethod
     def from_entry(cls, shard: int, entry_id: str, fields: dict[str, str]) -> Notification:
@@ -45,17 +59,8 @@ class Notification(NamedTuple):
             c, level, gen, since, due, agent, message = packed.split("|")
         else:
             c, level, gen, since, due, agent, message = (fields[f] for f in READABLE)
-        return cls(
-            entry_id=entry_id,
-            shard=shard,
-            conversation_id=c,
-            level=int(level),
-            generation=int(gen),
-            agent_id=agent,
-            message_id=message,
-            waiting_since_ms=int(since),
-            due_at_ms=int(due),
-        )
+        n = cls(entry_id, shard, c, int(level), int(gen), agent, message, int(since), int(due))
+        return n._replace(known_values=n.values_before_firing())
 
     def entry_fields(self) -> dict[str, str]:
         """The shard stream entry, as the sweep script writes it."""
@@ -84,21 +89,25 @@ class Notification(NamedTuple):
         """This notification as the recheck script takes it."""
         return f"{self.conversation_id}|{self.generation}|{self.due_at_ms}"
 
+    def values_before_firing(self) -> tuple[str, ...]:
+        """The event's values in OUTBOUND order, fired_at left out."""
+        return (
+            self.event_id,
+            self.conversation_id,
+            str(self.level),
+            self.agent_id,
+            self.message_id,
+            format_ms(self.waiting_since_ms),
+            format_ms(self.due_at_ms),
+        )
+
     def outgoing(self, fired_at_ms: int, fired_at: str | None = None) -> Outgoing:
         """Ready to send; `fired_at` is `fired_at_ms` formatted, when the caller has it."""
-        return Outgoing(self, fired_at_ms, self.payload(fired_at_ms, fired_at))
+        return Outgoing(self, fired_at_ms, fired_at or format_ms(fired_at_ms))
 
-    def payload(self, fired_at_ms: int, fired_at: str | None = None) -> dict[str, Any]:
-        return {
-            "event_id": self.event_id,
-            "conversation_id": self.conversation_id,
-            "level": self.level,
-            "agent_id": self.agent_id,
-            "message_id": self.message_id,
-            "waiting_since": format_ms(self.waiting_since_ms),
-            "due_at": format_ms(self.due_at_ms),
-            "fired_at": fired_at or format_ms(fired_at_ms),
-        }
+    def outbound_values(self, fired_at: str) -> tuple[str, ...]:
+        """Every value of the event, in OUTBOUND order."""
+        return (*(self.known_values or self.values_before_firing()), fired_at)
 
 
 class Outgoing(NamedTuple):
@@ -106,7 +115,21 @@ class Outgoing(NamedTuple):
 
     notification: Notification
     fired_at_ms: int
-    payload: dict[str, Any]
+    fired_at: str
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        n = self.notification
+        return {
+            "event_id": n.event_id,
+            "conversation_id": n.conversation_id,
+            "level": n.level,
+            "agent_id": n.agent_id,
+            "message_id": n.message_id,
+            "waiting_since": format_ms(n.waiting_since_ms),
+            "due_at": format_ms(n.due_at_ms),
+            "fired_at": self.fired_at,
+        }
 
     def body(self) -> bytes:
         """The payload as JSON, for the sinks that send it whole (the stream sink does not)."""

@@ -3,9 +3,9 @@
 The sweeper stages a level up to PREFETCH_MS before it is due, so that a burst of deadlines
 is read and parsed ahead of time; at the due time only the re-check, the send and the
 acknowledgement remain. Due times are on Redis's clock: the hold keeps an estimate of how
-far this process's clock is behind it, an underestimate (taken after a reply arrives), so a
-notification is released late by at most a round trip and never early; the re-check script
-confirms the due time on Redis's clock anyway.
+far this process's clock is behind it, from readings that can only be low (each is taken
+after its reply arrived), so a notification is released a little late, never early; the
+re-check script confirms the due time on Redis's clock anyway.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import math
 import time
 from typing import NamedTuple
 
@@ -21,6 +22,8 @@ from tracker.events import Notification
 
 #: Notifications held by one process at most; the reader waits for room beyond it.
 MAX_HELD = 50_000
+#: How long a reading of Redis's clock counts towards the offset estimate, seconds.
+CLOCK_WINDOW_S = 30.0
 
 
 class Held(NamedTuple):
@@ -33,6 +36,8 @@ class Hold:
     def __init__(self, capacity: int = MAX_HELD) -> None:
         self.capacity = capacity
         self.offset_ms = 0.0  # Redis's clock minus this process's
+        self._best = self._previous_best = -math.inf  # readings of this and the last window
+        self._window_ends = 0.0
         self._heap: list[tuple[int, int, Held]] = []
         self._keys: set[tuple[int, str]] = set()
         self._order = itertools.count()
@@ -48,8 +53,19 @@ class Hold:
         return time.time() * 1000 + self.offset_ms
 
     def observe_clock(self, redis_now_ms: int) -> None:
-        """Learn the offset from a reply carrying Redis's clock, just received."""
-        self.offset_ms = redis_now_ms - time.time() * 1000
+        """Learn the offset from a reply carrying Redis's clock, just received.
+
+        Each reading is low by however long the reply took to arrive and be read, which
+        under load is tens of milliseconds: the estimate is the highest reading of the last
+        one to two CLOCK_WINDOW_S, which follows a clock that is stepped back, too.
+        """
+        reading = redis_now_ms - time.time() * 1000
+        now = time.monotonic()
+        if now >= self._window_ends:
+            self._previous_best, self._best = self._best, -math.inf
+            self._window_ends = now + CLOCK_WINDOW_S
+        self._best = max(self._best, reading)
+        self.offset_ms = max(self._best, self._previous_best)
 
     def holds(self, n: Notification) -> bool:
         return (n.shard, n.entry_id) in self._keys

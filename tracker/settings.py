@@ -95,7 +95,7 @@ class Settings:
             max_timeout_ms=r.integer("MAX_TIMEOUT_MS", 7 * 86_400_000, 10, 365 * 86_400_000),
             leader_ttl_ms=round(r.number("LEADER_ELECTION_TTL", 10.0, 0.5, 3600.0) * 1000),
             check_interval_ms=r.integer("CHECK_INTERVAL_MS", 1000, 10, 600_000),
-            prefetch_ms=r.integer("PREFETCH_MS", min(1000, delivery_timeout // 4), 0, 60_000),
+            prefetch_ms=r.integer("PREFETCH_MS", min(3000, delivery_timeout // 4), 0, 60_000),
             shard_count=r.integer("SHARD_COUNT", 16, 1, MAX_SHARDS),
             consumer_processes=r.integer("CONSUMER_PROCESSES", 2, 1, 256),
             sweep_batch=r.integer("SWEEP_BATCH", 500, 1, 1000),  # bounded: Lua unpack()

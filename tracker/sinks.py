@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from tracker import metrics
 from tracker.connection import UNAVAILABLE
 from tracker.errors import DeliveryError
-from tracker.events import Outgoing
+from tracker.events import OUTBOUND, Outgoing
 from tracker.scripts import Arg, Script
 from tracker.settings import Settings
 from tracker.signing import decode_secret, sign
@@ -63,9 +63,9 @@ class StreamSink:
     async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
         if not batch:
             return []
-        names = list(batch[0].payload)
-        args: list[Arg] = [self.maxlen, "|".join(names)]
-        args += ["|".join([str(v) for v in item.payload.values()]) for item in batch]
+        args: list[Arg] = [self.maxlen, *OUTBOUND]
+        for item in batch:
+            args += item.notification.outbound_values(item.fired_at)
         try:
             await self.script.run(self.redis, [self.stream], args)
         except UNAVAILABLE as exc:

@@ -51,6 +51,10 @@ class Sweeper:
         self.wake = asyncio.Event()
         args = [*settings.level_multipliers, settings.answered_retention_ms, settings.prefetch_ms]
         self.sweep_args = [settings.sweep_batch, *args]
+        # A sweep stages what is due within PREFETCH_MS; the next one comes when the earliest
+        # deadline left is half that away: each sweep then moves half a prefetch's worth,
+        # not the few deadlines that entered the window since the last one.
+        self.wake_ahead_ms = settings.prefetch_ms / 2
 
     def redis_now_ms(self) -> float:
         return time.time() * 1000 + self.clock_offset_ms
@@ -123,7 +127,7 @@ class Sweeper:
         shards = [
             s
             for s in self.leases.held
-            if (everything or self.next_due.get(s, 0) - self.settings.prefetch_ms <= now)
+            if (everything or self.next_due.get(s, 0) - self.wake_ahead_ms <= now)
             and self.hold_until.get(s, 0) <= clock
         ]
         await asyncio.gather(*(self.sweep_shard(s) for s in shards))
@@ -132,7 +136,7 @@ class Sweeper:
             self.next_progress_write = clock + PROGRESS_WRITE_S
 
     def sleep_s(self) -> float:
-        soonest = min(self.next_due.values(), default=float("inf")) - self.settings.prefetch_ms
+        soonest = min(self.next_due.values(), default=float("inf")) - self.wake_ahead_ms
         wait_ms = min(soonest - self.redis_now_ms(), self.settings.check_interval_ms)
         return max(0.0, wait_ms / 1000)
 

@@ -4,28 +4,34 @@
 -- returns: one code per notification, then Redis's clock (ms):
 --   1 send, 0 stale (answered or restarted), 2 not due yet (a consumer's clock runs ahead),
 --   3 not in this shard (a reshard moved it: ask its new shard)
-local asks, ids = {}, {}
-for i = 1, #ARGV do
-  local id, gen, due = string.match(ARGV[i], '^(.*)|(%d+)|(%d+)$')
-  asks[i] = {id, gen, tonumber(due)}
-  ids[i] = id
+-- Hot (every notification, at its due time): it reads only a record's first two fields.
+local n, ids, gens, dues = #ARGV, {}, {}, {}
+for i = 1, n do
+  ids[i], gens[i], dues[i] = string.match(ARGV[i], '^([^|]*)|(%d+)|(%d+)$')
 end
-local records = load_records(KEYS[1], ids)
-local absent = {}
-for _, id in ipairs(ids) do
-  if not records[id] then absent[#absent + 1] = id end
-end
-local moving = load_records(KEYS[2], absent)
 local now = now_ms()
-local out = {}
-for i, ask in ipairs(asks) do
-  local r = records[ask[1]] or moving[ask[1]]
-  local code = 3
-  if r then
-    code = (r[2] == ask[2] and r[1] ~= 'A') and 1 or 0
-    if code == 1 and ask[3] > now then code = 2 end
-  end
-  out[i] = code
+local function code(raw, i)
+  local state, gen = string.match(raw, '^(%a)|(%d+)|')
+  if gen ~= gens[i] or state == 'A' then return 0 end
+  if tonumber(dues[i]) > now then return 2 end
+  return 1
 end
-out[#asks + 1] = now
+local out, absent, absent_ids = {}, {}, {}
+local raws = n > 0 and redis.call('HMGET', KEYS[1], unpack(ids)) or {}
+for i = 1, n do
+  if raws[i] then
+    out[i] = code(raws[i], i)
+  else
+    out[i] = 3
+    absent[#absent + 1] = i
+    absent_ids[#absent_ids + 1] = ids[i]
+  end
+end
+if #absent > 0 then
+  local moving = redis.call('HMGET', KEYS[2], unpack(absent_ids))
+  for j, i in ipairs(absent) do
+    if moving[j] then out[i] = code(moving[j], i) end
+  end
+end
+out[n + 1] = now
 return out
