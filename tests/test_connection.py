@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
+from redis.typing import EncodableT
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
@@ -23,7 +24,7 @@ COMMANDS = [
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=[str(c[0]) for c in COMMANDS])
-def test_packed_bytes_are_redis_pys(args: tuple[object, ...]) -> None:
+def test_packed_bytes_are_redis_pys(args: tuple[EncodableT, ...]) -> None:
     plain, fast = Connection(), packed(Connection)()
     assert b"".join(fast.pack_command(*args)) == b"".join(plain.pack_command(*args))
 
