@@ -173,3 +173,38 @@ async def test_get_shows_a_staged_level_as_not_fired_until_due(
     view = await store.get("c1")
     assert view is not None
     assert (view.level_fired, view.next_due_ms) == (1, due + INTERVAL)
+
+
+class GatedSink(TimedSink):
+    """Blocks every send until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().send(batch)
+
+
+async def test_an_entry_claimed_while_its_held_copy_is_being_sent_is_sent_once(
+    redis: Redis, settings: Settings
+) -> None:
+    """Phase 1 claims the lease holder's own entries idle half a lease TTL: one may be
+    claimed while the releaser is sending it. The claim's copy is dropped."""
+    sink = GatedSink()
+    d = await deliverer(redis, settings, sink)
+    await stage(redis, settings, "c1")
+    await d.read([0], block_ms=None, own=False)
+    await asyncio.wait_for(sink.entered.wait(), 5)  # due, taken, in the sink
+    claim = asyncio.create_task(d.claim([0], min_idle_ms=0))  # read again: pending list
+    await asyncio.sleep(0.2)
+    sink.gate.set()
+    assert await claim == 1
+    await d.close()
+    assert len(sink.sent) == 1
+    assert await pending(redis) == 0
+    n = sink.sent[0][1].notification
+    assert not d.hold.holds(n)  # settled: nothing left behind

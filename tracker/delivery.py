@@ -185,8 +185,8 @@ class Deliverer:
                 ready.append(n)
         await self.handle(ready, retried=retried, just_read_pending=just_read_pending)
 
-    def _hold(self, item: Held) -> None:
-        self.hold.add(item)
+    def _hold(self, item: Held, *, again: bool = False) -> None:
+        self.hold.add(item, again=again)
         if self.releaser is None:
             self.releaser = asyncio.create_task(self._release())
 
@@ -195,19 +195,22 @@ class Deliverer:
         A batch that fails on Redis stays pending in its stream: a claim finds it."""
         while not (self.closing and not self.hold):
             await self.hold.wait_due()
+            items = self.hold.take_due()
             groups: dict[tuple[bool, bool], list[Notification]] = defaultdict(list)
-            for item in self.hold.take_due():
+            for item in items:
                 groups[item.retried, item.just_read_pending].append(item.notification)
-            for (retried, pending), batch in groups.items():
-                try:
+            try:
+                for (retried, pending), batch in groups.items():
                     await self.handle(batch, retried=retried, just_read_pending=pending)
-                except UNAVAILABLE as exc:
-                    metrics.REDIS_ERRORS.labels(self.role).inc()
-                    log.warning("redis unavailable, held batch left pending error=%s", exc)
-                except ResponseError as exc:
-                    if not is_nogroup(exc):
-                        raise
-                    log.warning("stream gone, held batch dropped error=%s", exc)
+            except UNAVAILABLE as exc:
+                metrics.REDIS_ERRORS.labels(self.role).inc()
+                log.warning("redis unavailable, held batch left pending error=%s", exc)
+            except ResponseError as exc:
+                if not is_nogroup(exc):
+                    raise
+                log.warning("stream gone, held batch dropped error=%s", exc)
+            finally:
+                self.hold.settle(items)
 
     def check_releaser(self) -> None:
         """Raise what stopped the releaser, if anything did (the process then restarts)."""
@@ -233,7 +236,7 @@ class Deliverer:
             return
         to_send, done, early = await self._recheck(batch)
         for n in early:  # this process's clock runs ahead of Redis's
-            self._hold(Held(n, retried, just_read_pending))
+            self._hold(Held(n, retried, just_read_pending), again=True)
         fired_at_ms = int(time.time() * 1000)
         fired_at = format_ms(fired_at_ms)
         outgoing = [n.outgoing(fired_at_ms, fired_at) for n in to_send]

@@ -39,7 +39,8 @@ class Hold:
         self._best = self._previous_best = -math.inf  # readings of this and the last window
         self._window_ends = 0.0
         self._heap: list[tuple[int, int, Held]] = []
-        self._keys: set[tuple[int, str]] = set()
+        # held, or taken and not settled yet: how many times (a re-hold while taken: twice)
+        self._keys: dict[tuple[int, str], int] = {}
         self._order = itertools.count()
         self._changed = asyncio.Event()
         self._room = asyncio.Event()
@@ -70,12 +71,15 @@ class Hold:
     def holds(self, n: Notification) -> bool:
         return (n.shard, n.entry_id) in self._keys
 
-    def add(self, item: Held) -> None:
+    def add(self, item: Held, *, again: bool = False) -> None:
+        """Hold a notification until due. One read again (the own pending list, a claim of
+        this process's own idle entries) while held or being handled is dropped: sent once.
+        `again`: one taken from here that turned out not due yet."""
         n = item.notification
         key = (n.shard, n.entry_id)
-        if key in self._keys:  # read again (own pending list, a claim): held once
+        if key in self._keys and not again:
             return
-        self._keys.add(key)
+        self._keys[key] = self._keys.get(key, 0) + 1
         first = self._heap[0][0] if self._heap else None
         heapq.heappush(self._heap, (n.due_at_ms, next(self._order), item))
         if first is None or n.due_at_ms < first:
@@ -84,13 +88,11 @@ class Hold:
             self._room.clear()
 
     def take_due(self) -> list[Held]:
-        """Everything due by now, earliest first."""
+        """Everything due by now, earliest first; `settle` them once handled."""
         now = self.now_ms()
         out: list[Held] = []
         while self._heap and self._heap[0][0] <= now:
-            item = heapq.heappop(self._heap)[2]
-            self._keys.discard((item.notification.shard, item.notification.entry_id))
-            out.append(item)
+            out.append(heapq.heappop(self._heap)[2])
         if len(self._heap) < self.capacity:
             self._room.set()
         return out
@@ -103,6 +105,14 @@ class Hold:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), delay)
+
+    def settle(self, items: list[Held]) -> None:
+        """Forget handled notifications (sent, stale, or left pending after a failure)."""
+        for item in items:
+            key = (item.notification.shard, item.notification.entry_id)
+            left = self._keys.pop(key, 1) - 1
+            if left:
+                self._keys[key] = left
 
     def wake(self) -> None:
         """Cut a `wait_due` short."""
