@@ -1,4 +1,4 @@
-"""observe_many writes a batch into a histogram exactly as one observe per value would."""
+"""Metric helpers: observe_many equals one observe per value; the HTTP tally flushes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from tracker.metrics import LATENCY_BUCKETS, observe_many
+from tracker.metrics import HTTP_DURATION, HTTP_REQUESTS, LATENCY_BUCKETS, HttpTally, observe_many
 
 
 def samples(registry: CollectorRegistry) -> list[tuple[str, dict[str, str], float]]:
@@ -35,3 +35,18 @@ def test_observe_many_equals_one_observe_per_value() -> None:
     assert [s[:2] for s in got] == [s[:2] for s in expected]
     for (name, _, value), (_, _, observed) in zip(expected, got, strict=True):
         assert observed == pytest.approx(value, rel=1e-12), name  # the sum's order differs
+
+
+def test_the_http_tally_writes_its_counts_and_latencies_at_flush() -> None:
+    tally = HttpTally()
+    count = HTTP_REQUESTS.labels("/tally-test", "POST", "201")
+    before = count._value.get()
+    buckets_before = HTTP_DURATION.labels("/tally-test")._sum.get()
+    for seconds in (0.001, 0.002, 0.5):
+        tally.add("/tally-test", "POST", 201, seconds)
+    assert count._value.get() == before  # in memory until flushed
+    tally.flush()
+    assert count._value.get() == before + 3
+    assert HTTP_DURATION.labels("/tally-test")._sum.get() == pytest.approx(buckets_before + 0.503)
+    tally.flush()  # nothing new: nothing written twice
+    assert count._value.get() == before + 3

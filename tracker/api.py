@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import json
 import logging
@@ -14,7 +13,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -32,6 +30,8 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 STORE = web.AppKey("store", Store)
+TALLY = web.AppKey("tally", metrics.HttpTally)
+TALLY_FLUSH_S = 1.0
 
 MAX_BODY = 1024 * 1024
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
@@ -76,19 +76,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     route = request.match_info.route.resource
     name = route.canonical if route is not None else "unmatched"
-    requests, duration = _http_metrics(name, request.method, response.status)
-    requests.inc()
-    duration.observe(time.perf_counter() - started)
+    request.app[TALLY].add(name, request.method, response.status, time.perf_counter() - started)
     return response
-
-
-@functools.lru_cache(maxsize=256)
-def _http_metrics(route: str, method: str, status: int) -> tuple[Counter, Histogram]:
-    """The labelled children, looked up once per route, method and status."""
-    return (
-        metrics.HTTP_REQUESTS.labels(route, method, str(status)),
-        metrics.HTTP_DURATION.labels(route),
-    )
 
 
 def authorize(request: web.Request) -> None:
@@ -234,6 +223,7 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    request.app[TALLY].flush()  # this process's requests up to now; the others' lag <= 1 s
     body, content_type = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -249,6 +239,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     client = redis if redis is not None else connect(settings)
     app[REDIS] = client
     app[STORE] = Store(client, settings, Scripts())
+    app[TALLY] = metrics.HttpTally()
     # Any id reaches its handler, so a malformed one gets a 422 that says why, not a 404.
     app.router.add_post("/conversations/{id:[^/]+}/agent-message", agent_message)
     app.router.add_post("/conversations/{id:[^/]+}/customer-response", customer_response)
@@ -259,6 +250,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/openapi.json", openapi)
     app.cleanup_ctx.append(_follow_layout)
+    app.cleanup_ctx.append(_flush_tally)
     if redis is None:
         app.on_cleanup.append(_close_redis)
     return app
@@ -277,6 +269,22 @@ async def _follow_layout(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _flush_tally(app: web.Application) -> AsyncIterator[None]:
+    """Write the HTTP request metrics every TALLY_FLUSH_S, and once more at shutdown."""
+
+    async def every_second() -> None:
+        while True:
+            await asyncio.sleep(TALLY_FLUSH_S)
+            app[TALLY].flush()
+
+    task = asyncio.create_task(every_second())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    app[TALLY].flush()
 
 
 async def _close_redis(app: web.Application) -> None:

@@ -114,6 +114,29 @@ HTTP_DURATION = Histogram(
 )
 
 
+class HttpTally:
+    """HTTP requests counted in memory and written to the metrics once a `flush` (the API
+    flushes every second and before each scrape it answers): in multiprocess mode a count
+    and a latency are three locked mmap writes, more than the rest of a small request's
+    bookkeeping."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[tuple[str, str, int]] = collections.Counter()
+        self.durations: collections.defaultdict[str, list[float]] = collections.defaultdict(list)
+
+    def add(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.counts[route, method, status] += 1
+        self.durations[route].append(seconds)
+
+    def flush(self) -> None:
+        counts, self.counts = self.counts, collections.Counter()
+        durations, self.durations = self.durations, collections.defaultdict(list)
+        for (route, method, status), count in counts.items():
+            HTTP_REQUESTS.labels(route, method, str(status)).inc(count)
+        for route, values in durations.items():
+            observe_many(HTTP_DURATION.labels(route), values)
+
+
 def exposition() -> tuple[bytes, str]:
     """Every process of this pod, aggregated (or this process alone outside a pod)."""
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
