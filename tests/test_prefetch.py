@@ -13,10 +13,10 @@ from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
+from tests.test_delivery import RecordingSink, deliverer, pending
 from tracker.connection import redis_time_ms
-from tracker.delivery import Deliverer
 from tracker.events import Outgoing
-from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.keys import ShardKeys
 from tracker.scripts import Scripts
 from tracker.settings import Settings
 from tracker.sinks import Outcomes
@@ -26,21 +26,20 @@ INTERVAL = 1000
 AHEAD_MS = 400  # level 1 is due this long after it is staged
 
 
-class TimedSink:
+class TimedSink(RecordingSink):
     """Keeps what it was sent and when (this machine's clock, which Redis's TIME shares)."""
 
-    name = "timed"
-
     def __init__(self) -> None:
-        self.sent: list[tuple[float, Outgoing]] = []
+        super().__init__()
+        self.times: list[float] = []
 
     async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
-        now = time.time() * 1000
-        self.sent.extend((now, item) for item in batch)
-        return [None] * len(batch)
+        self.times += [time.time() * 1000] * len(batch)
+        return await super().send(batch)
 
-    async def close(self) -> None:
-        return None
+    @property
+    def delivered(self) -> list[tuple[float, Outgoing]]:
+        return list(zip(self.times, self.sent, strict=True))
 
 
 @pytest.fixture
@@ -70,17 +69,6 @@ async def stage(redis: Redis, settings: Settings, *conversations: str) -> int:
     return since + INTERVAL
 
 
-async def deliverer(redis: Redis, settings: Settings, sink: TimedSink) -> Deliverer:
-    d = Deliverer(redis, settings, Scripts(), [sink], "consumer-test")
-    await d.ensure_group(0)
-    return d
-
-
-async def pending(redis: Redis) -> int:
-    info = await redis.xpending(ShardKeys.of(0).events, CONSUMER_GROUP)
-    return int(info["pending"])
-
-
 async def wait_sent(sink: TimedSink, count: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while len(sink.sent) < count and time.monotonic() < deadline:
@@ -97,9 +85,9 @@ async def test_a_staged_notification_is_held_until_due_then_sent(
     assert sink.sent == []
     assert len(d.hold) == 2  # read, parsed, held
     await wait_sent(sink, 2)
-    assert sorted(o.notification.conversation_id for _, o in sink.sent) == ["c1", "c2"]
-    assert all(at >= due for at, _ in sink.sent)  # never before its due time
-    assert all(at - due < 500 for at, _ in sink.sent)
+    assert sorted(o.notification.conversation_id for _, o in sink.delivered) == ["c1", "c2"]
+    assert all(at >= due for at, _ in sink.delivered)  # never before its due time
+    assert all(at - due < 500 for at, _ in sink.delivered)
     await asyncio.sleep(0.05)
     assert await pending(redis) == 0
     await d.close()
@@ -113,7 +101,7 @@ async def test_an_answer_while_held_suppresses_the_send(redis: Redis, settings: 
     await Store(redis, settings, d.scripts).apply(CustomerResponse("answered", "cust", "r1", 0))
     await wait_sent(sink, 1)
     await asyncio.sleep((due - await redis_time_ms(redis)) / 1000 + 0.2)
-    assert [o.notification.conversation_id for _, o in sink.sent] == ["waiting"]
+    assert [o.notification.conversation_id for _, o in sink.delivered] == ["waiting"]
     assert await pending(redis) == 0  # the suppressed one is acknowledged
     await d.close()
 
@@ -129,7 +117,7 @@ async def test_a_clock_running_ahead_of_redis_never_sends_early(
     due = await stage(redis, settings, "c1")
     await d.read([0], block_ms=None, own=False)
     await wait_sent(sink, 1)
-    ((at, _),) = sink.sent
+    ((at, _),) = sink.delivered
     assert at >= due
     assert abs(d.hold.offset_ms) < 100  # learnt from the re-check's reply
     await d.close()
@@ -141,7 +129,7 @@ async def test_close_delivers_what_is_held(redis: Redis, settings: Settings) -> 
     due = await stage(redis, settings, "c1")
     await d.read([0], block_ms=None, own=False)
     await d.close()
-    ((at, _),) = sink.sent
+    ((at, _),) = sink.delivered
     assert at >= due
     assert await pending(redis) == 0
 
@@ -206,5 +194,5 @@ async def test_an_entry_claimed_while_its_held_copy_is_being_sent_is_sent_once(
     await d.close()
     assert len(sink.sent) == 1
     assert await pending(redis) == 0
-    n = sink.sent[0][1].notification
+    n = sink.sent[0].notification
     assert not d.hold.holds(n)  # settled: nothing left behind
