@@ -8,12 +8,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
+from tests import reliability
 from tests.faults import FAST, program_pids, program_states
-from tests.processes import Pod, Receiver, wait_http
+from tests.processes import Pod, Receiver, wait_http, wait_until
 from tracker.timefmt import parse_rfc3339_ms
 
 
@@ -44,6 +45,35 @@ def assert_healthy(pod: Pod, pids: dict[str, int]) -> None:
 
 def pairs(receiver: Receiver) -> list[tuple[str, int]]:
     return [(r.event["conversation_id"], r.event["level"]) for r in receiver.events]
+
+
+class Settled(NamedTuple):
+    row: reliability.Row
+    must: set[reliability.Pair]  # what had to arrive
+    may: set[reliability.Pair]  # what could arrive or not, by the fault's timing
+
+
+async def tally_settled(
+    fault: str,
+    conversations: int,
+    load: Load,
+    receiver: Receiver,
+    *,
+    also: set[reliability.Pair] | None = None,
+    timeout: float,
+    quiet_s: float,
+) -> Settled:
+    """Wait until everything that must arrive (the load's, and `also`) has, then `quiet_s`
+    more for anything stale to show up; check none arrived before its due time (levels are
+    staged ahead, PREFETCH_MS); add the run's row to the reliability report."""
+    must, may = load.expected()
+    must |= also or set()
+    await wait_until(lambda: set(pairs(receiver)) >= must, timeout=timeout)
+    await asyncio.sleep(quiet_s)
+    lateness = receiver.lateness_ms()
+    assert not lateness or lateness[0] >= 0, f"one arrived {-lateness[0]} ms before it was due"
+    row = reliability.tally(fault, conversations, must, pairs(receiver), lateness, allowed=may)
+    return Settled(row, must, may)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from tests.faults import (
     program_pids,
     where_are,
 )
-from tests.load import Load, assert_healthy, pairs, pod_with_receiver
+from tests.load import Load, assert_healthy, pairs, pod_with_receiver, tally_settled
 from tests.processes import post_events, wait_http, wait_until
 from tests.redis_server import RedisServer
 from tracker.keys import ShardKeys, shard_of
@@ -78,16 +78,13 @@ async def test_no_lost_write_or_timeout_when_redis_is_killed_and_restarts_from_a
             await workers
             client = server.client()
             check_acknowledged_writes(client, load)
-            must, may = load.expected()
-            await wait_until(lambda: set(pairs(receiver)) >= must, timeout=30)
-            await asyncio.sleep(1.0)
-            row = reliability.tally(
+            row, must, _ = await tally_settled(
                 "kill -9 Redis, restart from AOF",
                 len(load.acked_agent),
-                must,
-                pairs(receiver),
-                receiver.lateness_ms(),
-                allowed=may,
+                load,
+                receiver,
+                timeout=30,
+                quiet_s=1.0,
             )
             lost = must - set(pairs(receiver))
             assert not lost, where_are(client, lost, SHARDS)
@@ -221,17 +218,14 @@ async def test_script_flush_under_load_is_invisible_to_every_caller(
 
         await asyncio.gather(flusher(), batches(), *(load.worker(w, 40, 0.05) for w in range(2)))
         assert set(load.statuses) == {200}, sorted(set(load.statuses))
-        must, may = load.expected()
-        must |= every_level(batch_ids)
-        await wait_until(lambda: set(pairs(receiver)) >= must, timeout=20)
-        await asyncio.sleep(0.5)
-        row = reliability.tally(
+        row, must, _ = await tally_settled(
             "SCRIPT FLUSH every 20 ms for 4 s",
             len(batch_ids) + len(load.acked_agent),
-            must,
-            pairs(receiver),
-            receiver.lateness_ms(),
-            allowed=may,
+            load,
+            receiver,
+            also=every_level(batch_ids),
+            timeout=20,
+            quiet_s=0.5,
         )
         assert row.lost == 0, where_are(redis_sync, must - set(pairs(receiver)), SHARDS)
         assert row.unexpected == 0

@@ -113,13 +113,13 @@ async def test_a_clock_running_ahead_of_redis_never_sends_early(
     answers 'not due' with Redis's clock, and the notification is held again, till due."""
     sink = TimedSink()
     d = await deliverer(redis, settings, sink)
-    d.hold.offset_ms = 5000
+    d.hold.clock.offset_ms = 5000
     due = await stage(redis, settings, "c1")
     await d.read([0], block_ms=None, own=False)
     await wait_sent(sink, 1)
     ((at, _),) = sink.delivered
     assert at >= due
-    assert abs(d.hold.offset_ms) < 100  # learnt from the re-check's reply
+    assert abs(d.hold.clock.offset_ms) < 100  # learnt from the re-check's reply
     await d.close()
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from tests import reliability
 from tests.faults import SPACED, agent, every_level, program_pids, where_are
-from tests.load import Load, assert_healthy, pairs, pod_with_receiver
-from tests.processes import post_events, wait_until
+from tests.load import Load, assert_healthy, pairs, pod_with_receiver, tally_settled
+from tests.processes import post_events
 from tests.redis_server import RedisServer
 from tracker.keys import LAYOUT, ShardKeys, shard_of
 
@@ -49,17 +48,14 @@ async def test_reshard_from_8_to_32_under_load_loses_nothing_and_sends_nothing_s
         print(done.stdout)
         assert done.returncode == 0, done.stdout + done.stderr
         assert set(load.statuses) == {200}, sorted(set(load.statuses))
-        must, may = load.expected()
-        must |= every_level(bulk)
-        await wait_until(lambda: set(pairs(receiver)) >= must, timeout=30)
-        await asyncio.sleep(1.0)  # anything stale would arrive by now
-        row = reliability.tally(
+        row, must, may = await tally_settled(
             f"reshard 8 -> {TO} shards under load",
             len(bulk) + len(load.acked_agent),
-            must,
-            pairs(receiver),
-            receiver.lateness_ms(),
-            allowed=may,
+            load,
+            receiver,
+            also=every_level(bulk),
+            timeout=30,
+            quiet_s=1.0,  # anything stale would arrive by now
         )
         assert row.lost == 0, where_are(redis_sync, must - set(pairs(receiver)), TO)
         assert row.unexpected == 0, sorted(set(pairs(receiver)) - must - may)[:10]

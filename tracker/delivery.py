@@ -82,7 +82,7 @@ class Deliverer:
 
     async def sync_clock(self) -> None:
         """Read Redis's clock, so held notifications are released on it from the start."""
-        self.hold.observe_clock(await redis_time_ms(self.redis))
+        self.hold.clock.observe(await redis_time_ms(self.redis))
 
     async def recreate_group(self, shards: Iterable[int]) -> None:
         for shard in shards:
@@ -176,17 +176,19 @@ class Deliverer:
         just_read_pending: bool = False,
     ) -> None:
         """Handle what is due now; hold what the sweeper staged early until it is due."""
-        now = self.hold.now_ms()
+        now = self.hold.clock.now_ms()
         ready: list[Notification] = []
         for n in batch:
-            if n.due_at_ms > now or self.hold.holds(n):
+            if self.hold.holds(n):  # read again while held or being sent: sent once
+                continue
+            if n.due_at_ms > now:
                 self._hold(Held(n, retried, just_read_pending))
             else:
                 ready.append(n)
         await self.handle(ready, retried=retried, just_read_pending=just_read_pending)
 
-    def _hold(self, item: Held, *, again: bool = False) -> None:
-        self.hold.add(item, again=again)
+    def _hold(self, item: Held) -> None:
+        self.hold.add(item)
         if self.releaser is None:
             self.releaser = asyncio.create_task(self._release())
 
@@ -236,7 +238,7 @@ class Deliverer:
             return
         to_send, done, early = await self._recheck(batch)
         for n in early:  # this process's clock runs ahead of Redis's
-            self._hold(Held(n, retried, just_read_pending), again=True)
+            self._hold(Held(n, retried, just_read_pending))
         fired_at_ms = int(time.time() * 1000)
         fired_at = format_ms(fired_at_ms)
         outgoing = [n.outgoing(fired_at_ms, fired_at) for n in to_send]
@@ -307,7 +309,7 @@ class Deliverer:
         replies = await run_batch(self.redis, calls)
         for indices, reply in zip(by_shard.values(), replies, strict=True):
             *shard_codes, redis_now = reply
-            self.hold.observe_clock(int(redis_now))
+            self.hold.clock.observe(int(redis_now))
             for i, code in zip(indices, shard_codes, strict=True):
                 codes[i] = int(code)
         return codes
@@ -426,7 +428,7 @@ class Deliverer:
         """Deliver what is held (due within PREFETCH_MS), stop retrying, close the sinks."""
         self.closing = True
         if self.releaser is not None:
-            wait_s = max(0.0, (self.hold.latest_due_ms() - self.hold.now_ms()) / 1000) + 5.0
+            wait_s = max(0.0, (self.hold.latest_due_ms() - self.hold.clock.now_ms()) / 1000) + 5.0
             self.hold.wake()
             try:
                 await asyncio.wait_for(self.releaser, wait_s)

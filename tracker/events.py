@@ -62,8 +62,8 @@ class Notification(NamedTuple):
         n = cls(entry_id, shard, c, int(level), int(gen), agent, message, int(since), int(due))
         return n._replace(known_values=n.values_before_firing())
 
-    def entry_fields(self) -> dict[str, str]:
-        """The shard stream entry, as the sweep script writes it."""
+    def _entry_values(self) -> tuple[str, ...]:
+        """The shard stream entry's values, in READABLE order."""
         values = (
             self.conversation_id,
             self.level,
@@ -73,12 +73,15 @@ class Notification(NamedTuple):
             self.agent_id,
             self.message_id,
         )
-        return {PACKED: "|".join(str(v) for v in values)}
+        return tuple(str(v) for v in values)
+
+    def entry_fields(self) -> dict[str, str]:
+        """The shard stream entry, as the sweep script writes it."""
+        return {PACKED: "|".join(self._entry_values())}
 
     def readable_fields(self) -> dict[str, str]:
         """One field per value: what a dead letter holds, for operators to read."""
-        ((_, packed),) = self.entry_fields().items()
-        return dict(zip(READABLE, packed.split("|"), strict=True))
+        return dict(zip(READABLE, self._entry_values(), strict=True))
 
     @property
     def event_id(self) -> str:
@@ -119,17 +122,12 @@ class Outgoing(NamedTuple):
 
     @property
     def payload(self) -> dict[str, Any]:
-        n = self.notification
-        return {
-            "event_id": n.event_id,
-            "conversation_id": n.conversation_id,
-            "level": n.level,
-            "agent_id": n.agent_id,
-            "message_id": n.message_id,
-            "waiting_since": format_ms(n.waiting_since_ms),
-            "due_at": format_ms(n.due_at_ms),
-            "fired_at": self.fired_at,
-        }
+        """The event as JSON sends it: the outbound stream's fields, the level a number."""
+        payload: dict[str, Any] = dict(
+            zip(OUTBOUND, self.notification.outbound_values(self.fired_at), strict=True)
+        )
+        payload["level"] = self.notification.level
+        return payload
 
     def body(self) -> bytes:
         """The payload as JSON, for the sinks that send it whole (the stream sink does not)."""

@@ -6,6 +6,7 @@ touch one Redis Cluster slot.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ class ShardKeys:
     epoch: str
 
     @classmethod
+    @functools.cache  # built once a shard: every script call on the hot paths asks
     def of(cls, shard: int) -> ShardKeys:
         tag = f"{{{shard}}}"
         return cls(

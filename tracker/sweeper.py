@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from tracker import consumer, maintenance, metrics, progress
+from tracker.clock import RedisClock
 from tracker.connection import UNAVAILABLE, connect, pubsub_client
 from tracker.delivery import Deliverer
 from tracker.keys import WAKE_CHANNEL_PREFIX, ShardKeys
@@ -43,7 +44,7 @@ class Sweeper:
         self.layout = LiveLayout(redis, settings)
         self.next_due: dict[int, float] = {}  # shard -> due ms (Redis clock)
         self.last_sweep: dict[int, int] = {}
-        self.clock_offset_ms = 0.0  # Redis time minus local time
+        self.clock = RedisClock()  # deadlines are on Redis's clock
         self.servers: dict[int, str] = {}  # shard -> the Redis server that holds it
         self.failover_at: dict[int, float] = {}  # shard -> monotonic time its server changed
         self.hold_until: dict[int, float] = {}  # shard -> no sweep before this monotonic time
@@ -55,9 +56,6 @@ class Sweeper:
         # deadline left is half that away: each sweep then moves half a prefetch's worth,
         # not the few deadlines that entered the window since the last one.
         self.wake_ahead_ms = settings.prefetch_ms / 2
-
-    def redis_now_ms(self) -> float:
-        return time.time() * 1000 + self.clock_offset_ms
 
     async def rebalance(self) -> None:
         layout = await self.layout.refresh()
@@ -111,7 +109,7 @@ class Sweeper:
                 self.forget(shard)
                 return fired
             metrics.CHECK_DURATION.observe(time.perf_counter() - started)
-            self.clock_offset_ms = int(now) - time.time() * 1000
+            self.clock.observe(int(now))
             fired += int(n)
             if int(n):
                 log.debug("swept shard=%d fired=%s next_due=%s", shard, n, next_due)
@@ -122,7 +120,7 @@ class Sweeper:
                 return fired
 
     async def sweep_round(self, everything: bool) -> None:
-        now = self.redis_now_ms()
+        now = self.clock.now_ms()
         clock = time.monotonic()
         shards = [
             s
@@ -137,7 +135,7 @@ class Sweeper:
 
     def sleep_s(self) -> float:
         soonest = min(self.next_due.values(), default=float("inf")) - self.wake_ahead_ms
-        wait_ms = min(soonest - self.redis_now_ms(), self.settings.check_interval_ms)
+        wait_ms = min(soonest - self.clock.now_ms(), self.settings.check_interval_ms)
         return max(0.0, wait_ms / 1000)
 
     async def run(self, stop: asyncio.Event) -> None:

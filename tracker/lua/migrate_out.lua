@@ -14,15 +14,16 @@ for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then return {} end
 local records = redis.call('HMGET', KEYS[1], unpack(ids))
 local taken = redis.call('HMGET', KEYS[5], unpack(ids))
+local dues = redis.call('ZMSCORE', KEYS[2], unpack(ids))
+local levels = redis.call('HMGET', KEYS[3], unpack(ids))
+local retires = redis.call('ZMSCORE', KEYS[4], unpack(ids))
 local out, moving, gone = {}, writes(), writes()
 for k, id in ipairs(ids) do
   if taken[k] then
     out[#out + 1], out[#out + 2] = id, taken[k]
   elseif records[k] then
-    local due = redis.call('ZSCORE', KEYS[2], id) or ''
-    local level = redis.call('HGET', KEYS[3], id) or ''
-    local retire = redis.call('ZSCORE', KEYS[4], id) or ''
-    local payload = table.concat({records[k], due, level, retire}, '|')
+    local payload = table.concat(
+      {records[k], dues[k] or '', levels[k] or '', retires[k] or ''}, '|')
     put(moving, id, payload)
     put(gone, id, true)
     out[#out + 1], out[#out + 2] = id, payload

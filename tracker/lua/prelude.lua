@@ -21,6 +21,18 @@ end
 
 local RECORD_FIELDS = 10
 
+-- The events of a track or respond call: one ARGV each from `first` on, its '|'-separated
+-- values taken by `pattern`; returns them as tables, and their conversation ids (value 1).
+local function events_from(first, pattern)
+  local events, ids = {}, {}
+  for i = first, #ARGV do
+    local e = {string.match(ARGV[i], pattern)}
+    events[#events + 1] = e
+    ids[#ids + 1] = e[1]
+  end
+  return events, ids
+end
+
 local function join(r)
   return table.concat(r, '|', 1, RECORD_FIELDS)
 end

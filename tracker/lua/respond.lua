@@ -9,12 +9,7 @@
 --   status: answered | duplicate | stale | not_waiting
 --   or the error 'EPOCH ...' (nothing written) when the shard has seen a newer layout
 if not accept_epoch(KEYS[5], ARGV[1]) then return redis.error_reply(EPOCH_REFUSED) end
-local events, ids = {}, {}
-for i = 3, #ARGV do
-  local e = {string.match(ARGV[i], '^([^|]*)|([^|]*)|(-?%d+)$')}
-  events[#events + 1] = e
-  ids[#ids + 1] = e[1]
-end
+local events, ids = events_from(3, '^([^|]*)|([^|]*)|(-?%d+)$')
 local records = load_records(KEYS[1], ids)
 local saved, answered, retire_at = writes(), writes(), writes()
 local out, now = {}, nil

@@ -25,6 +25,10 @@ for j = 1, #due, 2 do ids[#ids + 1] = due[j] end
 local raws = #ids > 0 and call('HMGET', KEYS[3], unpack(ids)) or {}
 local FIELDS6 = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|'
 local fired_level, next_due, done, saved, retire_at, orphans = {}, {}, {}, {}, {}, {}
+local function due_of(level, a1, a2, a3)  -- no table per conversation
+  if level == 1 then return a1 elseif level == 2 then return a2 end
+  return a3
+end
 local fired, per_level = 0, {0, 0, 0}
 for k, id in ipairs(ids) do
   local raw, score = raws[k], tonumber(due[2 * k])
@@ -45,17 +49,15 @@ for k, id in ipairs(ids) do
     local level = last  -- the highest level actually due catches up...
     if a3 <= now then level = 3 elseif a2 <= now then level = 2 elseif a1 <= now then level = 1 end
     if level < last then level = last end
-    if level == last and last < 3 then  -- ...else the next one is staged, if within reach
-      local upcoming = last == 0 and a1 or (last == 1 and a2 or a3)
-      if upcoming <= horizon then level = last + 1 end
+    if level == last and last < 3 and due_of(last + 1, a1, a2, a3) <= horizon then
+      level = last + 1  -- ...else the next one is staged, if within reach
     end
-    local at = level == 1 and a1 or (level == 2 and a2 or a3)
     if level > last then
       -- one field (see tracker/events.py): conversation|level|generation|waiting since|
       -- due|agent|agent message, cheaper to write, read and parse than seven
       call('XADD', KEYS[5], '*', 'e',
-        id .. '|' .. level .. '|' .. gen .. '|' .. since_s .. '|' .. at .. '|' .. agent
-        .. '|' .. message)
+        id .. '|' .. level .. '|' .. gen .. '|' .. since_s .. '|' .. due_of(level, a1, a2, a3)
+        .. '|' .. agent .. '|' .. message)
       fired_level[#fired_level + 1] = id
       fired_level[#fired_level + 1] = level
       per_level[level] = per_level[level] + 1
@@ -68,7 +70,7 @@ for k, id in ipairs(ids) do
       retire_at[#retire_at + 1] = now + retention
       retire_at[#retire_at + 1] = id
     else
-      next_due[#next_due + 1] = level == 0 and a1 or (level == 1 and a2 or a3)
+      next_due[#next_due + 1] = due_of(level + 1, a1, a2, a3)
       next_due[#next_due + 1] = id
     end
   end

@@ -10,12 +10,7 @@
 --   status: started | restarted | duplicate | stale
 --   or the error 'EPOCH ...' (nothing written) when the shard has seen a newer layout
 if not accept_epoch(KEYS[5], ARGV[1]) then return redis.error_reply(EPOCH_REFUSED) end
-local events, ids = {}, {}
-for i = 4, #ARGV do
-  local e = {string.match(ARGV[i], '^([^|]*)|([^|]*)|([^|]*)|(-?%d+)|(%d+)$')}
-  events[#events + 1] = e
-  ids[#ids + 1] = e[1]
-end
+local events, ids = events_from(4, '^([^|]*)|([^|]*)|([^|]*)|(-?%d+)|(%d+)$')
 local records = load_records(KEYS[1], ids)
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local earliest = tonumber(head[2]) or math.huge
