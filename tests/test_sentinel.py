@@ -10,6 +10,7 @@ import pytest
 from tests.processes import Receiver, Role, post_events, role_env, wait_http, wait_until
 from tests.redis_cluster import SentinelSetup
 from tests.redis_server import free_port
+from tracker.keys import PODS
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +55,10 @@ async def test_the_tracker_carries_on_through_a_sentinel_failover(tmp_path: Path
             ],
         )
         setup.wait_replica_synced(setup.replica)
+        # Both sweepers have seen this master (a sweeper notes the server, then registers):
+        # the second cannot tell a failover from its own start otherwise.
+        master = setup.master.client()
+        assert await wait_until(lambda: master.zcard(PODS) == 2, timeout=30)
         old_port = setup.master.port
         # The master and the first sweeper die together; the second sweeper takes its shards
         # on the new master and must first let one lease TTL pass.
