@@ -127,16 +127,9 @@ async def test_an_answer_at_the_deadline_never_loses_to_the_sweeper(
             async with redis.pipeline(transaction=False) as pipe:
                 for c in r.ids:
                     r.trials[c] = Trial()
-                    scripts.track.queue(
-                        pipe,
-                        K.for_writes,
-                        [
-                            0,
-                            1,
-                            wake_channel(0),
-                            track_arg(c, "agent", f"m-{c}", due - INTERVAL, INTERVAL),
-                        ],
-                    )
+                    event = track_arg(c, "agent", f"m-{c}", due - INTERVAL, INTERVAL)
+                    args: list[Arg] = [0, 1, wake_channel(0), event]
+                    pipe.execute_command(*scripts.track.command(K.for_writes, args))
                 await pipe.execute()
             await asyncio.gather(
                 answer_all(redis, scripts, r, due), sweep_and_recheck(sweeper, scripts, r, lease)

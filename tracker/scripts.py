@@ -11,8 +11,9 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
+
+from tracker.lane import Lane
 
 Arg = str | int | float
 
@@ -40,13 +41,13 @@ class Script:
         except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
 
-    def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
-        # execute_command, not evalsha(): redis-py's cluster pipeline refuses the helper but
-        # routes a raw EVALSHA by its keys, and every call here keeps to one slot.
-        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-
-    def queue_source(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[Arg]) -> None:
-        pipe.eval(self.source, len(keys), *keys, *args)
+    def command(
+        self, keys: Sequence[str], args: Sequence[Arg], *, source: bool = False
+    ) -> list[Arg]:
+        """EVALSHA (or, with `source`, EVAL) of this script, as one command's arguments."""
+        if source:
+            return ["EVAL", self.source, len(keys), *keys, *args]
+        return ["EVALSHA", self.sha, len(keys), *keys, *args]
 
 
 class Scripts:
@@ -75,10 +76,11 @@ Call = tuple[Script, Sequence[str], Sequence[Arg]]
 
 
 async def run_batch(
-    client: Redis, calls: Sequence[Call], *, raise_on_error: bool = True
+    client: Redis | Lane, calls: Sequence[Call], *, raise_on_error: bool = True
 ) -> list[Any]:
-    """Run many script calls in one round trip; calls hit by NOSCRIPT are rerun with EVAL.
-    A call's error is raised, or with ``raise_on_error=False`` returned in its place."""
+    """Run many script calls in one round trip (a pipeline, or a lane's); calls hit by
+    NOSCRIPT are rerun with EVAL. A call's error is raised, or with ``raise_on_error=False``
+    returned in its place."""
     results = await _pipeline(client, calls)
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
     if missing:
@@ -92,11 +94,15 @@ async def run_batch(
     return results
 
 
-async def _pipeline(client: Redis, calls: Sequence[Call], *, source: bool = False) -> list[Any]:
+async def _pipeline(
+    client: Redis | Lane, calls: Sequence[Call], *, source: bool = False
+) -> list[Any]:
+    commands = [script.command(keys, args, source=source) for script, keys, args in calls]
+    if isinstance(client, Lane):
+        return await client.execute(commands)
     async with client.pipeline(transaction=False) as pipe:
-        for script, keys, args in calls:
-            if source:
-                script.queue_source(pipe, keys, args)
-            else:
-                script.queue(pipe, keys, args)
+        for command in commands:
+            # execute_command, not evalsha(): redis-py's cluster pipeline refuses the helper
+            # but routes a raw EVALSHA by its keys, and every call here keeps to one slot.
+            pipe.execute_command(*command)
         return await pipe.execute(raise_on_error=False)

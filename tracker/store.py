@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import TryAgainError
 
 from tracker.keys import ShardKeys, wake_channel
+from tracker.lane import Lane
 from tracker.layout import Layout, LiveLayout, is_refused
 from tracker.moves import move
 from tracker.scripts import Arg, Scripts, run_batch
@@ -107,8 +108,10 @@ class Store:
         settings: Settings,
         scripts: Scripts,
         layout: LiveLayout | None = None,
+        lane: Lane | None = None,
     ) -> None:
         self.redis = redis
+        self.lane = lane  # the event scripts' calls go by it when given
         self.settings = settings
         self.scripts = scripts
         self.layout = layout or LiveLayout(redis, settings)
@@ -193,7 +196,7 @@ class Store:
                 raise
         calls = self._plan(events, todo, layout)
         script_calls = [self._script_call(c, events, layout.epoch) for c in calls]
-        replies = await run_batch(self.redis, script_calls, raise_on_error=False)
+        replies = await run_batch(self.lane or self.redis, script_calls, raise_on_error=False)
         refused: list[int] = []
         for call, reply in zip(calls, replies, strict=True):
             if is_refused(reply):
