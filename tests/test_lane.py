@@ -120,6 +120,31 @@ async def test_a_restarted_redis_fails_the_batch_in_flight_then_serves_again(
         await client.aclose()
 
 
+async def test_batches_that_find_redis_down_share_one_attempt_to_connect(
+    own_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, lane = await lane_for(own_server, tmp_path)
+    made = 0
+    make = client.connection_pool.make_connection
+
+    def counted() -> object:
+        nonlocal made
+        made += 1
+        return make()  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(client.connection_pool, "make_connection", counted)
+    own_server.kill()
+    try:
+        results = await asyncio.gather(
+            *(lane.execute([("GET", "k")]) for _ in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(r, UNAVAILABLE) for r in results), results
+        assert made == 1
+    finally:
+        await lane.aclose()
+        await client.aclose()
+
+
 async def test_a_stalled_redis_times_out_and_a_new_connection_serves(
     own_server: RedisServer, tmp_path: Path
 ) -> None:

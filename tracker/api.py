@@ -1,4 +1,4 @@
-"""The HTTP API: aiohttp application, handlers, and the error middleware."""
+"""The HTTP API: aiohttp application, handlers, and the edge every request passes."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ TALLY = web.AppKey("tally", metrics.HttpTally)
 TALLY_FLUSH_S = 1.0
 
 MAX_BODY = 1024 * 1024
+ANY_PATH = "/{path:.*}"
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,32 +54,49 @@ def error_response(
     return json_response({"error": {"code": code, "message": message}}, status, headers)
 
 
-@web.middleware
-async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one middleware (each costs a frame per request): authorize, run the handler, turn
-    every failure into a JSON error (Redis away: 503 + Retry-After), count the request."""
-    started = time.perf_counter()
-    try:
-        authorize(request)
-        response = await handler(request)
-    except RequestError as exc:
-        response = error_response(exc.status, exc.code, exc.message, exc.headers)
-    except web.HTTPException as exc:
-        code = exc.reason.lower().replace(" ", "_")
-        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
-        response = error_response(exc.status, code, exc.reason, headers)
-    except UNAVAILABLE as exc:
-        log.warning("redis unavailable path=%s error=%s", request.path, exc)
-        response = error_response(503, "unavailable", "Redis is unavailable", {"Retry-After": "1"})
-    except RedisError:
-        log.exception("redis error path=%s", request.path)
-        response = error_response(
-            503, "unavailable", "Redis refused the request", {"Retry-After": "1"}
+def edge(handler: Handler, route: str) -> Handler:
+    """`handler` as registered for `route`: authorize, run the handler, turn every failure
+    into a JSON error (Redis away: 503 + Retry-After), count the request. A wrapper, not a
+    middleware: aiohttp runs a middleware through two more frames a request."""
+
+    async def at_the_edge(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            authorize(request)
+            response = await handler(request)
+        except RequestError as exc:
+            response = error_response(exc.status, exc.code, exc.message, exc.headers)
+        except web.HTTPException as exc:
+            code = exc.reason.lower().replace(" ", "_")
+            headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+            response = error_response(exc.status, code, exc.reason, headers)
+        except UNAVAILABLE as exc:
+            log.warning("redis unavailable path=%s error=%s", request.path, exc)
+            response = error_response(
+                503, "unavailable", "Redis is unavailable", {"Retry-After": "1"}
+            )
+        except RedisError:
+            log.exception("redis error path=%s", request.path)
+            response = error_response(
+                503, "unavailable", "Redis refused the request", {"Retry-After": "1"}
+            )
+        request.app[TALLY].add(
+            route, request.method, response.status, time.perf_counter() - started
         )
-    route = request.match_info.route.resource
-    name = route.canonical if route is not None else "unmatched"
-    request.app[TALLY].add(name, request.method, response.status, time.perf_counter() - started)
-    return response
+        return response
+
+    return at_the_edge
+
+
+async def unmatched(request: web.Request) -> web.StreamResponse:
+    """Every request no route takes: 405 with the methods the path allows, or 404."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:  # not this catch-all
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 def authorize(request: web.Request) -> None:
@@ -235,7 +253,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
     """The application; it opens its own Redis client unless one is given."""
-    app = web.Application(middlewares=[edge], client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     client = redis if redis is not None else connect(settings)
     app[REDIS] = client
@@ -245,14 +263,22 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
         app.on_cleanup.append(lambda _: lane.aclose())
     app[TALLY] = metrics.HttpTally()
     # Any id reaches its handler, so a malformed one gets a 422 that says why, not a 404.
-    app.router.add_post("/conversations/{id:[^/]+}/agent-message", agent_message)
-    app.router.add_post("/conversations/{id:[^/]+}/customer-response", customer_response)
-    app.router.add_get("/conversations/{id:[^/]+}", get_conversation)
-    app.router.add_post("/events", events)
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/openapi.json", openapi)
+    for method, path, handler in (
+        ("POST", "/conversations/{id:[^/]+}/agent-message", agent_message),
+        ("POST", "/conversations/{id:[^/]+}/customer-response", customer_response),
+        ("GET", "/conversations/{id:[^/]+}", get_conversation),
+        ("POST", "/events", events),
+        ("GET", "/health", health),
+        ("GET", "/ready", ready),
+        ("GET", "/metrics", metrics_handler),
+        ("GET", "/openapi.json", openapi),
+        ("*", ANY_PATH, unmatched),  # last: the others are matched first
+    ):
+        resource = app.router.add_resource(path)
+        wrapped = edge(handler, "unmatched" if handler is unmatched else resource.canonical)
+        resource.add_route(method, wrapped)
+        if method == "GET":
+            resource.add_route("HEAD", wrapped)  # as router.add_get does
     app.cleanup_ctx.append(_follow_layout)
     app.cleanup_ctx.append(_flush_tally)
     if redis is None:

@@ -34,6 +34,8 @@ READ_CHUNK = 1 << 16
 #: Bytes waiting in the socket's buffer above which a writer waits for it to drain.
 HIGH_WATER = 1 << 20
 DEFAULT_TIMEOUT_S = 5.0
+#: What a failed attempt to open the connection raises.
+UNAVAILABLE_ON_OPEN = (ConnectionError, RedisTimeoutError, OSError)
 
 
 @dataclass(slots=True)
@@ -52,7 +54,7 @@ class Lane:
         self._conn: AbstractConnection | None = None  # held: its __del__ would close it
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task[None] | None = None
-        self._opening = asyncio.Lock()
+        self._opening: asyncio.Task[asyncio.StreamWriter] | None = None
         self._waiting: deque[_Batch] = deque()
 
     @classmethod
@@ -85,16 +87,22 @@ class Lane:
             raise error from None
 
     async def _open(self) -> asyncio.StreamWriter:
-        async with self._opening:
-            if self._writer is None:
-                conn = self._pool.make_connection()  # type: ignore[no-untyped-call]
-                await conn.connect()
-                reader, writer = conn._reader, conn._writer  # private: see the module doc
-                if reader is None or writer is None:
-                    raise ConnectionError("the connection to Redis did not open")
-                self._conn, self._writer = conn, writer
-                self._reading = asyncio.create_task(self._read(reader, writer))
-            return self._writer
+        """The connection, opened once for every batch that asks meanwhile: while Redis is
+        away they all fail with the same attempt instead of queueing one attempt each."""
+        if self._opening is None or self._opening.done():
+            self._opening = asyncio.create_task(self._connect())
+            self._opening.add_done_callback(_retrieve)
+        return await asyncio.shield(self._opening)
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        await conn.connect()  # type: ignore[no-untyped-call]
+        reader, writer = conn._reader, conn._writer  # private: see the module doc
+        if reader is None or writer is None:
+            raise ConnectionError("the connection to Redis did not open")
+        self._conn, self._writer = conn, writer
+        self._reading = asyncio.create_task(self._read(reader, writer))
+        return writer
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         parser = hiredis.Reader(encoding="utf-8")
@@ -144,8 +152,18 @@ class Lane:
                 batch.future.set_exception(error)
 
     async def aclose(self) -> None:
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *UNAVAILABLE_ON_OPEN):
+                await self._opening
         reading = self._reading
         self._reset(ConnectionError("the lane is closed"))
         if reading is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await reading
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark an attempt's failure as seen (its waiters may all have been cancelled)."""
+    if not task.cancelled():
+        task.exception()
