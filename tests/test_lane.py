@@ -4,8 +4,9 @@ recovery from a restart, a stall and a demotion of its Redis."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,18 +31,23 @@ def own_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-async def lane_for(server: RedisServer, tmp_path: Path) -> tuple[Redis, Lane]:
+@contextlib.asynccontextmanager
+async def lane_for(server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[Redis, Lane]]:
+    """A client (0.5 s socket timeout) and the lane beside it, both closed afterwards."""
     client = connect(make_settings(server.url, tmp_path / "run"), socket_timeout=0.5)
     lane = Lane.of(client)
     assert lane is not None
-    return client, lane
+    try:
+        yield client, lane
+    finally:
+        await lane.aclose()
+        await client.aclose()
 
 
 async def test_concurrent_batches_get_their_own_replies_in_order(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
-    client, lane = await lane_for(redis_server, tmp_path)
-    try:
+    async with lane_for(redis_server, tmp_path) as (_, lane):
 
         async def batch(i: int) -> list[object]:
             return await lane.execute(
@@ -50,16 +56,12 @@ async def test_concurrent_batches_get_their_own_replies_in_order(
 
         replies = await asyncio.gather(*(batch(i) for i in range(200)))
         assert replies == [[i, f"batch {i}", i + 1] for i in range(200)]
-    finally:
-        await lane.aclose()
-        await client.aclose()
 
 
 async def test_an_error_reply_takes_its_commands_place(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
-    client, lane = await lane_for(redis_server, tmp_path)
-    try:
+    async with lane_for(redis_server, tmp_path) as (_, lane):
         replies = await lane.execute(
             [
                 ("SET", "lane:s", "x"),
@@ -73,9 +75,6 @@ async def test_an_error_reply_takes_its_commands_place(
         assert isinstance(replies[1], ResponseError)
         assert "WRONGTYPE" in str(replies[1])
         assert isinstance(replies[2], NoScriptError)
-    finally:
-        await lane.aclose()
-        await client.aclose()
 
 
 async def test_the_store_through_a_lane_reloads_flushed_scripts(
@@ -103,8 +102,7 @@ async def test_the_store_through_a_lane_reloads_flushed_scripts(
 async def test_a_restarted_redis_fails_the_batch_in_flight_then_serves_again(
     own_server: RedisServer, tmp_path: Path
 ) -> None:
-    client, lane = await lane_for(own_server, tmp_path)
-    try:
+    async with lane_for(own_server, tmp_path) as (_, lane):
         assert await lane.execute([("SET", "k", "1")]) == ["OK"]
         waiting = asyncio.ensure_future(lane.execute([("BLPOP", "nothing", 5)]))
         await asyncio.sleep(0.1)
@@ -115,42 +113,34 @@ async def test_a_restarted_redis_fails_the_batch_in_flight_then_serves_again(
             await lane.execute([("GET", "k")])  # down: the connection does not open
         own_server.start()
         assert await lane.execute([("SET", "k", "2"), ("GET", "k")]) == ["OK", "2"]
-    finally:
-        await lane.aclose()
-        await client.aclose()
 
 
 async def test_batches_that_find_redis_down_share_one_attempt_to_connect(
     own_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client, lane = await lane_for(own_server, tmp_path)
-    made = 0
-    make = client.connection_pool.make_connection
+    async with lane_for(own_server, tmp_path) as (client, lane):
+        made = 0
+        make = client.connection_pool.make_connection
 
-    def counted() -> object:
-        nonlocal made
-        made += 1
-        return make()  # type: ignore[no-untyped-call]
+        def counted() -> object:
+            nonlocal made
+            made += 1
+            return make()  # type: ignore[no-untyped-call]
 
-    monkeypatch.setattr(client.connection_pool, "make_connection", counted)
-    own_server.kill()
-    try:
+        monkeypatch.setattr(client.connection_pool, "make_connection", counted)
+        own_server.kill()
         results = await asyncio.gather(
             *(lane.execute([("GET", "k")]) for _ in range(20)), return_exceptions=True
         )
         assert all(isinstance(r, UNAVAILABLE) for r in results), results
         assert made == 1
-    finally:
-        await lane.aclose()
-        await client.aclose()
 
 
 async def test_a_stalled_redis_times_out_and_a_new_connection_serves(
     own_server: RedisServer, tmp_path: Path
 ) -> None:
-    client, lane = await lane_for(own_server, tmp_path)
     assert own_server.proc is not None
-    try:
+    async with lane_for(own_server, tmp_path) as (_, lane):
         first_id = (await lane.execute([("CLIENT", "ID")]))[0]
         own_server.proc.send_signal(signal.SIGSTOP)
         try:
@@ -162,9 +152,6 @@ async def test_a_stalled_redis_times_out_and_a_new_connection_serves(
         echo, new_id = await lane.execute([("ECHO", "fresh"), ("CLIENT", "ID")])
         assert echo == "fresh"
         assert new_id != first_id
-    finally:
-        await lane.aclose()
-        await client.aclose()
 
 
 async def test_a_demoted_master_is_left_for_a_new_connection(
@@ -172,9 +159,8 @@ async def test_a_demoted_master_is_left_for_a_new_connection(
 ) -> None:
     """Sentinel's failover turns the master into a replica: writes answer READONLY, and the
     lane drops the connection so that the next one asks for the master again."""
-    client, lane = await lane_for(own_server, tmp_path)
     admin = own_server.client()
-    try:
+    async with lane_for(own_server, tmp_path) as (_, lane):
         first_id = (await lane.execute([("CLIENT", "ID")]))[0]
         admin.replicaof("127.0.0.1", free_port())
         (refused,) = await lane.execute([("SET", "k", "1")])
@@ -183,21 +169,15 @@ async def test_a_demoted_master_is_left_for_a_new_connection(
         await asyncio.sleep(0)  # the reset runs in the turn after the reply
         assert (await lane.execute([("CLIENT", "ID")]))[0] != first_id
         assert await lane.execute([("SET", "k", "1")]) == ["OK"]
-    finally:
-        admin.close()
-        await lane.aclose()
-        await client.aclose()
+    admin.close()
 
 
 async def test_closing_fails_what_is_in_flight(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
-    client, lane = await lane_for(redis_server, tmp_path)
-    try:
+    async with lane_for(redis_server, tmp_path) as (_, lane):
         waiting = asyncio.ensure_future(lane.execute([("BLPOP", "lane:nothing", 5)]))
         await asyncio.sleep(0.1)
         await lane.aclose()
         with pytest.raises(UNAVAILABLE):
             await waiting
-    finally:
-        await client.aclose()
