@@ -113,7 +113,7 @@ def program_states(pod: Pod) -> dict[str, str]:
     return states
 
 
-POD_PROGRAMS = ("api", "sweeper", "consumer:consumer-0", "consumer:consumer-1")
+POD_PROGRAMS = ("api:api-0", "sweeper", "consumer:consumer-0", "consumer:consumer-1")
 
 
 def program_pids(pod: Pod, programs: tuple[str, ...] = POD_PROGRAMS) -> dict[str, int]:

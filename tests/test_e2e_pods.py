@@ -83,7 +83,7 @@ async def test_two_pods_share_shards_and_deliver_every_level(
         assert await wait_until(lambda p=pod: "STARTING" not in p.ctl("status"), timeout=20)
         status = pod.ctl("status")
         for program in (
-            "api",
+            "api:api-0",
             "sweeper",
             "consumer:consumer-0",
             "consumer:consumer-1",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import time
@@ -38,7 +39,7 @@ async def test_a_fatal_program_stops_the_whole_pod(
         finally:
             pod.stop()
     output = pod.role.output()
-    assert "gave up: api entered FATAL state" in output
+    assert "gave up: api-0 entered FATAL state" in output
     assert "program FATAL, stopping supervisord" in output
     print(f"\npod exited with {code} {time.monotonic() - pod_started:.1f} s after start")
 
@@ -94,9 +95,62 @@ async def test_metric_files_of_exited_processes_are_folded_into_an_archive(
         assert await wait_until(lambda: (metrics_dir / "counter_archive.db").exists(), timeout=10)
         pids = {p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("*.db")}
         live = {str(pod.pid_of(f"consumer:consumer-{i}")) for i in range(2)}
-        live |= {str(pod.pid_of(p)) for p in ("api", "sweeper")}
+        live |= {str(pod.pid_of(p)) for p in ("api:api-0", "sweeper")}
         # Only live processes (and the archive) keep files: restarts do not pile them up.
         assert pids <= live | {"archive"}, pids - live
         assert await pod.metric_sum("http_requests_total") >= before
+    finally:
+        pod.stop()
+
+
+def connections_served_by(pid: int, port: int) -> int:
+    """Established TCP connections on `port` whose socket `pid` holds (from /proc)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    inodes = set()
+    for fd in fd_dir.iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+            count += 1
+    return count
+
+
+async def test_api_processes_share_the_port_and_stand_in_for_each_other(
+    redis_server: RedisServer, redis_sync: object, tmp_path: Path
+) -> None:
+    """API_PROCESSES=2: both API processes take connections on the one port (SO_REUSEPORT),
+    and with one stopped the other answers every request."""
+    pod = Pod("two-apis", redis_server.url, tmp_path, API_PROCESSES="2", CONSUMER_PROCESSES="1")
+    connections = 32
+    try:
+        await wait_http(f"{pod.base}/ready", timeout=30)
+        assert await wait_until(lambda: "STARTING" not in pod.ctl("status"), timeout=20)
+        pids = [pod.pid_of(f"api:api-{i}") for i in range(2)]
+        connector = aiohttp.TCPConnector(limit=connections)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def health() -> int:
+                async with session.get(f"{pod.base}/health") as resp:
+                    await asyncio.sleep(0.2)  # keep every connection busy: all open at once
+                    return resp.status
+
+            assert await asyncio.gather(*(health() for _ in range(connections))) == [200] * connections
+            served = [connections_served_by(pid, pod.port) for pid in pids]
+        assert sum(served) == connections
+        assert min(served) > 0, served  # the kernel spread them over both
+
+        assert "stopped" in pod.ctl("stop", "api:api-0")
+        for i in range(20):  # new connections each: every one reaches api-1
+            async with aiohttp.ClientSession() as session:
+                url = f"{pod.base}/conversations/two-apis-{i}/agent-message"
+                body = {"agent_id": "a", "message_id": f"m-{i}"}
+                async with session.post(url, json=body) as resp:
+                    assert resp.status == 200, await resp.text()
+        assert "started" in pod.ctl("start", "api:api-0")
     finally:
         pod.stop()

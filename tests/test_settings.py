@@ -120,6 +120,8 @@ BAD = [
     ("LEADER_ELECTION_TTL", {"LEADER_ELECTION_TTL": "nan"}),
     ("CHECK_INTERVAL_MS", {"CHECK_INTERVAL_MS": "1e3"}),
     ("CONSUMER_PROCESSES", {"CONSUMER_PROCESSES": "0"}),
+    ("API_PROCESSES", {"API_PROCESSES": "0"}),
+    ("API_PROCESSES", {"API_PROCESSES": "two"}),
     ("MAX_DELIVERIES", {"MAX_DELIVERIES": "-5"}),
     ("MODE", {"MODE": "phase3"}),
     ("REDIS_MODE", {"REDIS_MODE": "replica"}),

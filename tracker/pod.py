@@ -36,6 +36,7 @@ def pod_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str
         PROMETHEUS_MULTIPROC_DIR=str(settings.metrics_dir.resolve()),
         TRACKER_PYTHON=sys.executable,
         CONSUMER_PROCESSES=str(settings.consumer_processes),
+        API_PROCESSES=str(settings.api_processes),
         CONSUMER_AUTOSTART="true" if settings.mode == "phase2" else "false",
         REDIS_AUTOSTART="true" if embedded else "false",
         REDIS_URL=settings.redis_url,

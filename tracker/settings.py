@@ -42,6 +42,7 @@ class Settings:
     prefetch_ms: int
     shard_count: int
     consumer_processes: int
+    api_processes: int
     sweep_batch: int
     notify_sinks: tuple[str, ...]
     notify_stream: str
@@ -98,6 +99,7 @@ class Settings:
             prefetch_ms=r.integer("PREFETCH_MS", min(3000, delivery_timeout // 4), 0, 60_000),
             shard_count=r.integer("SHARD_COUNT", 16, 1, MAX_SHARDS),
             consumer_processes=r.integer("CONSUMER_PROCESSES", 2, 1, 256),
+            api_processes=r.integer("API_PROCESSES", 1, 1, 256),
             sweep_batch=r.integer("SWEEP_BATCH", 500, 1, 1000),  # bounded: Lua unpack()
             notify_sinks=sinks,
             notify_stream=r.token("NOTIFY_STREAM", "timeout_notifications"),
