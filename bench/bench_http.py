@@ -1,5 +1,6 @@
 """HTTP ingest into one real API process: single events under wrk against a bare
-aiohttp+uvloop handler measured the same way, and bulk POST /events."""
+aiohttp+uvloop handler measured the same way, and bulk POST /events; and single events into
+two API processes sharing one port (API_PROCESSES=2) against one."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ import uvloop
 
 from bench import harness
 from bench.report import Report
-from tests.processes import running_api, wait_http
+from tests.processes import Role, role_env, running_api, wait_http
 from tests.redis_server import RedisServer, free_port
 
 WRK_SECONDS = 4
+#: Connections for the two-process figure: enough to keep both processes busy.
+WRK_CONNECTIONS_TWO = 128
 WRK_ROUNDS = 3
 CONVERSATIONS = 100_000
 ROUNDS = 3
@@ -47,6 +50,60 @@ def bare() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def two_apis(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Two API processes on one port (SO_REUSEPORT), as a pod with API_PROCESSES=2 runs them."""
+    workdir = tmp_path_factory.mktemp("two-apis")
+    port = free_port()
+    env = role_env(
+        redis_server.url, workdir / "run", PORT=str(port), POD_ID="bench2", LOG_LEVEL="WARNING"
+    )
+    roles = [Role(["api"], env, workdir / f"api-{i}.log") for i in range(2)]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        uvloop.run(wait_http(f"{base}/health"))
+        yield base
+    finally:
+        for role in roles:
+            role.stop()
+
+
+def test_http_single_event_two_processes(
+    benchmark: Any, api: str, two_apis: str, redis_sync: sync_redis.Redis, report: Report
+) -> None:
+    """One API process and two on one port in turn, under the same wrk (more connections, so
+    that two processes have work): medians and the median of the pairwise ratios."""
+    c = WRK_CONNECTIONS_TWO
+    harness.wrk(two_apis, 1, "warm2", connections=c)
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def target() -> None:
+        n = len(pairs)
+        pairs.append(
+            (
+                harness.wrk(api, WRK_SECONDS, f"one{n}", connections=c),
+                harness.wrk(two_apis, WRK_SECONDS, f"two{n}", connections=c),
+            )
+        )
+
+    benchmark.pedantic(target, rounds=WRK_ROUNDS)
+    assert all(o["non_2xx"] == 0 and t["non_2xx"] == 0 for o, t in pairs), pairs
+    one_rate = statistics.median(o["rate"] for o, _ in pairs)
+    two_rate = statistics.median(t["rate"] for _, t in pairs)
+    ratio = statistics.median(t["rate"] / o["rate"] for o, t in pairs)
+    benchmark.extra_info.update(one_per_s=one_rate, two_per_s=two_rate, ratio=ratio)
+    common = {"connections": c, "seconds": WRK_SECONDS}
+    report.add("http_single_one_c128", one_rate, rounds=[o["rate"] for o, _ in pairs], **common)
+    report.add(
+        "http_single_two",
+        two_rate,
+        ratio=ratio,
+        rounds=[t["rate"] for _, t in pairs],
+        latency_p99_ms=[t["latency_p99_ms"] for _, t in pairs],
+        **common,
+    )
 
 
 def test_http_single_event_vs_bare(
@@ -81,7 +138,7 @@ def test_http_single_event_vs_bare(
     report.add(
         "http_single",
         api_rate,
-        ratio_to_bare=ratio,
+        ratio=ratio,
         rounds=[a["rate"] for _, a in pairs],
         latency_p99_ms=[a["latency_p99_ms"] for _, a in pairs],
         **common,

@@ -109,6 +109,12 @@ ROWS = (
         target=0.6,
         ceiling="ceiling_bare_http",
     ),
+    Row(
+        "http_single_two",
+        "HTTP single event, 2 API processes on one port (API_PROCESSES=2), wrk -c128",
+        "req/s",
+        ceiling="http_single_one_c128",
+    ),
     *(
         Row(f"sweep_masters_{m}", f"sweep throughput, Redis Cluster, {m} master(s)", "fired/s")
         for m in (1, 2, 3)
@@ -133,6 +139,7 @@ CEILINGS = (
         "events/s",
     ),
     Row("ceiling_bare_http", "ceiling: bare aiohttp+uvloop handler, wrk", "req/s"),
+    Row("http_single_one_c128", "baseline: 1 API process, wrk -c128", "req/s"),
 )
 
 
@@ -150,7 +157,7 @@ class Report:
         self.details[key] = detail
 
     def ratio(self, row: Row) -> float | None:
-        measured = self.details.get(row.key, {}).get("ratio_to_bare")
+        measured = self.details.get(row.key, {}).get("ratio")
         if measured is not None:  # the median of pairwise ratios, measured back to back
             return float(measured)
         if row.ceiling is None or row.ceiling not in self.values or row.key not in self.values:
