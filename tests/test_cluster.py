@@ -7,17 +7,26 @@ import contextlib
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
+import aiohttp
 import pytest
+import redis as sync_redis
+from redis.asyncio import Redis
+from redis.asyncio import RedisCluster as AsyncRedisCluster
 from redis.crc import key_slot
 
+from tests.conftest import make_settings
 from tests.processes import Receiver, Role, percentile, post_events, role_env, wait_http, wait_until
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import free_port
+from tracker.connection import connect
 from tracker.keys import ShardKeys, shard_of
+from tracker.lane import ClusterLane, lane_for
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +98,27 @@ async def roles_on(cluster: RedisCluster, tmp_path: Path, **extra: str) -> Async
         assert "Traceback" not in role.output(), role.output()[-3000:]
 
 
+async def all_accepted(base: str, prefix: str) -> bool:
+    """Whether a batch of new conversations is accepted whole (503s while Redis recovers)."""
+    ids = [f"{prefix}-{time.monotonic_ns()}-{i}" for i in range(50)]
+    items = messages(ids, "agent_message")
+    async with aiohttp.ClientSession() as session, session.post(f"{base}/events", json=items) as r:
+        if r.status != 200:
+            return False
+        return all(item["status"] == "ok" for item in (await r.json())["results"])
+
+
+async def wait_until_async(
+    predicate: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.5
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(interval)
+    return False
+
+
 def messages(ids: list[str], kind: str) -> list[dict[str, str]]:
     if kind == "agent_message":
         return [
@@ -122,6 +152,50 @@ async def test_phase2_flow_runs_on_redis_cluster(cluster: RedisCluster, tmp_path
             f"\ncluster: {len(run.receiver.events)} notifications, keys on {len(holding)} masters,"
             f" lateness p50={percentile(late, 0.5)} ms p99={percentile(late, 0.99)} ms"
         )
+
+
+INCR_SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+async def test_the_cluster_lane_sends_each_call_to_its_master_and_follows_moved(
+    cluster: RedisCluster, tmp_path: Path
+) -> None:
+    """Calls on keys of every master, one batch: each runs on its slot's master, replies in
+    order; a call sent by a stale map of slots (answered MOVED) is run where it belongs."""
+    cluster.client().flushall()
+    settings = make_settings(cluster.url, tmp_path / "run", REDIS_MODE="cluster")
+    client = cast(AsyncRedisCluster, connect(settings))
+    lane = lane_for(cast(Redis, client))
+    assert isinstance(lane, ClusterLane)
+    keys = [f"lane:{{{i}}}" for i in range(30)]
+    try:
+        replies = await lane.execute([("EVAL", INCR_SCRIPT, 1, k, i) for i, k in enumerate(keys)])
+        assert replies == list(range(30))
+        manager = client.nodes_manager
+        owners = {manager.get_node_from_slot(client.keyslot(k)).name for k in keys}
+        assert len(owners) == 3, "the keys should spread over every master"
+        for master in cluster.masters():  # each key is on its own master, not elsewhere
+            node = master.client()
+            mine = [k for k in keys if client.keyslot(k) in _slots_of(node)]
+            assert [int(node.get(k) or -1) for k in mine] == [keys.index(k) for k in mine]
+
+        slot = client.keyslot(keys[0])
+        right = manager.get_node_from_slot(slot)
+        wrong = next(n for n in client.get_primaries() if n.name != right.name)
+        manager.slots_cache[slot] = [wrong]  # a map gone stale: the slot moved
+        assert await lane.execute([("EVAL", INCR_SCRIPT, 1, keys[0], 100)]) == [100]
+        assert manager.get_node_from_slot(slot).name == right.name  # the map was mended
+    finally:
+        await lane.aclose()
+        await client.aclose()
+
+
+def _slots_of(node: sync_redis.Redis) -> set[int]:
+    myself = next(n for n in node.cluster("nodes").values() if "myself" in n["flags"])
+    slots: set[int] = set()
+    for first, last in (r for r in myself["slots"]):
+        slots.update(range(int(first), int(last) + 1))
+    return slots
 
 
 # Before the failover test: it leaves a master dead.
@@ -180,6 +254,8 @@ async def test_a_killed_master_fails_over_and_nothing_is_lost(
             return {(r.event["conversation_id"], r.event["level"]) for r in run.receiver.events}
 
         await wait_until(lambda: arrived() >= expected, timeout=45)
+        # The API recovers by itself: its lanes read the new map of slots after the failure.
+        assert await wait_until_async(lambda: all_accepted(run.base, "after"), timeout=30)
         got = arrived()
         lost = expected - got
         level1 = sum(1 for _, level in got if level == 1)

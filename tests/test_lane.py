@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer, free_port
 from tracker.connection import UNAVAILABLE, connect
-from tracker.lane import Lane
+from tracker.lane import Lane, lane_for
 from tracker.scripts import Scripts
 from tracker.store import AgentMessage, Store, TrackResult
 
@@ -32,11 +32,11 @@ def own_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @contextlib.asynccontextmanager
-async def lane_for(server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[Redis, Lane]]:
+async def lane_on(server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[Redis, Lane]]:
     """A client (0.5 s socket timeout) and the lane beside it, both closed afterwards."""
     client = connect(make_settings(server.url, tmp_path / "run"), socket_timeout=0.5)
-    lane = Lane.of(client)
-    assert lane is not None
+    lane = lane_for(client)
+    assert isinstance(lane, Lane)
     try:
         yield client, lane
     finally:
@@ -47,7 +47,7 @@ async def lane_for(server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[R
 async def test_concurrent_batches_get_their_own_replies_in_order(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
-    async with lane_for(redis_server, tmp_path) as (_, lane):
+    async with lane_on(redis_server, tmp_path) as (_, lane):
 
         async def batch(i: int) -> list[object]:
             return await lane.execute(
@@ -61,7 +61,7 @@ async def test_concurrent_batches_get_their_own_replies_in_order(
 async def test_an_error_reply_takes_its_commands_place(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
-    async with lane_for(redis_server, tmp_path) as (_, lane):
+    async with lane_on(redis_server, tmp_path) as (_, lane):
         replies = await lane.execute(
             [
                 ("SET", "lane:s", "x"),
@@ -82,7 +82,7 @@ async def test_the_store_through_a_lane_reloads_flushed_scripts(
 ) -> None:
     settings = make_settings(redis_server.url, tmp_path / "run")
     client = connect(settings)
-    lane = Lane.of(client)
+    lane = lane_for(client)
     store = Store(client, settings, Scripts(), lane=lane)
     try:
         await redis.script_flush()
@@ -94,7 +94,6 @@ async def test_the_store_through_a_lane_reloads_flushed_scripts(
         assert isinstance(again, TrackResult)
         assert (first.status, again.status) == ("started", "duplicate")
     finally:
-        assert lane is not None
         await lane.aclose()
         await client.aclose()
 
@@ -102,7 +101,7 @@ async def test_the_store_through_a_lane_reloads_flushed_scripts(
 async def test_a_restarted_redis_fails_the_batch_in_flight_then_serves_again(
     own_server: RedisServer, tmp_path: Path
 ) -> None:
-    async with lane_for(own_server, tmp_path) as (_, lane):
+    async with lane_on(own_server, tmp_path) as (_, lane):
         assert await lane.execute([("SET", "k", "1")]) == ["OK"]
         waiting = asyncio.ensure_future(lane.execute([("BLPOP", "nothing", 5)]))
         await asyncio.sleep(0.1)
@@ -118,29 +117,34 @@ async def test_a_restarted_redis_fails_the_batch_in_flight_then_serves_again(
 async def test_batches_that_find_redis_down_share_one_attempt_to_connect(
     own_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with lane_for(own_server, tmp_path) as (client, lane):
-        made = 0
-        make = client.connection_pool.make_connection
+    client = connect(make_settings(own_server.url, tmp_path / "run"), socket_timeout=0.5)
+    made = 0
+    make = client.connection_pool.make_connection
 
-        def counted() -> object:
-            nonlocal made
-            made += 1
-            return make()  # type: ignore[no-untyped-call]
+    def counted() -> object:
+        nonlocal made
+        made += 1
+        return make()  # type: ignore[no-untyped-call]
 
-        monkeypatch.setattr(client.connection_pool, "make_connection", counted)
-        own_server.kill()
+    monkeypatch.setattr(client.connection_pool, "make_connection", counted)
+    lane = lane_for(client)
+    own_server.kill()
+    try:
         results = await asyncio.gather(
             *(lane.execute([("GET", "k")]) for _ in range(20)), return_exceptions=True
         )
         assert all(isinstance(r, UNAVAILABLE) for r in results), results
         assert made == 1
+    finally:
+        await lane.aclose()
+        await client.aclose()
 
 
 async def test_a_stalled_redis_times_out_and_a_new_connection_serves(
     own_server: RedisServer, tmp_path: Path
 ) -> None:
     assert own_server.proc is not None
-    async with lane_for(own_server, tmp_path) as (_, lane):
+    async with lane_on(own_server, tmp_path) as (_, lane):
         first_id = (await lane.execute([("CLIENT", "ID")]))[0]
         own_server.proc.send_signal(signal.SIGSTOP)
         try:
@@ -160,7 +164,7 @@ async def test_a_demoted_master_is_left_for_a_new_connection(
     """Sentinel's failover turns the master into a replica: writes answer READONLY, and the
     lane drops the connection so that the next one asks for the master again."""
     admin = own_server.client()
-    async with lane_for(own_server, tmp_path) as (_, lane):
+    async with lane_on(own_server, tmp_path) as (_, lane):
         first_id = (await lane.execute([("CLIENT", "ID")]))[0]
         admin.replicaof("127.0.0.1", free_port())
         (refused,) = await lane.execute([("SET", "k", "1")])
@@ -175,7 +179,7 @@ async def test_a_demoted_master_is_left_for_a_new_connection(
 async def test_closing_fails_what_is_in_flight(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
-    async with lane_for(redis_server, tmp_path) as (_, lane):
+    async with lane_on(redis_server, tmp_path) as (_, lane):
         waiting = asyncio.ensure_future(lane.execute([("BLPOP", "lane:nothing", 5)]))
         await asyncio.sleep(0.1)
         await lane.aclose()

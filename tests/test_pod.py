@@ -139,7 +139,9 @@ async def test_api_processes_share_the_port_and_stand_in_for_each_other(
                     await asyncio.sleep(0.2)  # keep every connection busy: all open at once
                     return resp.status
 
-            assert await asyncio.gather(*(health() for _ in range(connections))) == [200] * connections
+            assert (
+                await asyncio.gather(*(health() for _ in range(connections))) == [200] * connections
+            )
             served = [connections_served_by(pid, pod.port) for pid in pids]
         assert sum(served) == connections
         assert min(served) > 0, served  # the kernel spread them over both

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from tracker import metrics, progress, validation
 from tracker.connection import UNAVAILABLE, connect
 from tracker.errors import RequestError
-from tracker.lane import Lane
+from tracker.lane import lane_for
 from tracker.openapi import document
 from tracker.scripts import Scripts
 from tracker.settings import Settings
@@ -257,10 +257,9 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app[SETTINGS] = settings
     client = redis if redis is not None else connect(settings)
     app[REDIS] = client
-    lane = Lane.of(client)
+    lane = lane_for(client)
     app[STORE] = Store(client, settings, Scripts(), lane=lane)
-    if lane is not None:
-        app.on_cleanup.append(lambda _: lane.aclose())
+    app.on_cleanup.append(lambda _: lane.aclose())
     app[TALLY] = metrics.HttpTally()
     # Any id reaches its handler, so a malformed one gets a 422 that says why, not a 404.
     for method, path, handler in (

@@ -5,10 +5,13 @@ replies are matched in order, parsed by hiredis straight from the socket. redis-
 pipeline pays a pool checkout, a retry wrapper, a shielded task and a timeout per batch
 (about 90 µs of CPU for a one-event batch); here a batch costs a write and a future.
 
-The connection is made by the client's own pool (so AUTH, TLS, SELECT, client name and
+The connection is made as the client's own are (so AUTH, TLS, SELECT, client name and
 Sentinel's master lookup are redis-py's), then read and written directly. Any failure fails
 every batch in flight (their replies can no longer be matched) and the next batch opens a
 new connection: the caller sees one of `connection.UNAVAILABLE` and answers 503.
+
+On a Redis Cluster, `ClusterLane` keeps a lane to each master and sends each script call to
+the one that serves its keys' slot.
 """
 
 from __future__ import annotations
@@ -23,8 +26,15 @@ from typing import Any, cast
 import hiredis
 from redis._parsers import BaseParser
 from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.exceptions import ConnectionError, ReadOnlyError
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import (
+    AskError,
+    ConnectionError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = Sequence[str | int | float]
@@ -48,23 +58,14 @@ class _Batch:
 class Lane:
     """One connection, many batches in flight, replies in order."""
 
-    def __init__(self, pool: ConnectionPool, timeout_s: float) -> None:
-        self._pool = pool
+    def __init__(self, make: Callable[[], AbstractConnection], timeout_s: float) -> None:
+        self._make = make  # a new, unconnected connection
         self._timeout_s = timeout_s
         self._conn: AbstractConnection | None = None  # held: its __del__ would close it
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task[None] | None = None
         self._opening: asyncio.Task[asyncio.StreamWriter] | None = None
         self._waiting: deque[_Batch] = deque()
-
-    @classmethod
-    def of(cls, client: Redis) -> Lane | None:
-        """A lane beside `client`'s pool, with its socket timeout; None for a Cluster
-        (batches span nodes there)."""
-        if isinstance(client, RedisCluster):
-            return None
-        pool = client.connection_pool
-        return cls(pool, pool.connection_kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_S)
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """Each command's reply, in order; an error reply is returned in its place."""
@@ -95,7 +96,7 @@ class Lane:
         return await asyncio.shield(self._opening)
 
     async def _connect(self) -> asyncio.StreamWriter:
-        conn: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        conn = self._make()
         await conn.connect()  # type: ignore[no-untyped-call]
         reader, writer = conn._reader, conn._writer  # private: see the module doc
         if reader is None or writer is None:
@@ -167,3 +168,96 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
     """Mark an attempt's failure as seen (its waiters may all have been cancelled)."""
     if not task.cancelled():
         task.exception()
+
+
+#: Replies that mean "ask another node": the cluster client follows them.
+REDIRECTED = (AskError, TryAgainError)  # MovedError is an AskError
+
+
+class ClusterLane:
+    """A lane to each master of a Redis Cluster. A batch's script calls go to the lane of
+    the node serving their slot (a call's keys share one: the shard's hash tag) and their
+    replies come back in the batch's order. A call answered MOVED, ASK or TRYAGAIN (slots on
+    the move) ran nowhere: it is run again by the cluster client, which follows the
+    redirection and updates its map of slots. A node that cannot be reached fails its calls
+    (503), and the map is read again before the next batch (a replica may have taken over).
+    """
+
+    def __init__(self, cluster: RedisCluster, timeout_s: float) -> None:
+        self._cluster = cluster
+        self._timeout_s = timeout_s
+        self._lanes: dict[str, Lane] = {}
+        self._stale = False
+
+    async def execute(self, commands: Sequence[Command]) -> list[Any]:
+        """Each script call's reply, in order; an error reply is returned in its place."""
+        await self._current()
+        groups: dict[str, tuple[Lane, list[int]]] = {}
+        for index, command in enumerate(commands):
+            node = self._cluster.nodes_manager.get_node_from_slot(self._slot(command))
+            if node.name not in groups:
+                groups[node.name] = (self._lane(node), [])
+            groups[node.name][1].append(index)
+        outcomes = await asyncio.gather(
+            *(lane.execute([commands[i] for i in indices]) for lane, indices in groups.values()),
+            return_exceptions=True,
+        )
+        results: list[Any] = [None] * len(commands)
+        for (_, indices), outcome in zip(groups.values(), outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, UNAVAILABLE_ON_OPEN):
+                    self._stale = True
+                raise outcome
+            for index, reply in zip(indices, outcome, strict=True):
+                results[index] = reply
+        for index, reply in enumerate(results):
+            if isinstance(reply, REDIRECTED):
+                try:
+                    results[index] = await self._cluster.execute_command(*commands[index])
+                except ResponseError as exc:
+                    results[index] = exc
+        return results
+
+    def _slot(self, command: Command) -> int:
+        if str(command[0]).upper() not in ("EVAL", "EVALSHA") or not int(command[2]):
+            raise ValueError("a cluster lane routes script calls by their first key")
+        return self._cluster.keyslot(str(command[3]))
+
+    def _lane(self, node: ClusterNode) -> Lane:
+        lane = self._lanes.get(node.name)
+        if lane is None:
+            kwargs = dict(node.connection_kwargs)
+            lane = Lane(lambda: node.connection_class(**kwargs), self._timeout_s)
+            self._lanes[node.name] = lane
+        return lane
+
+    async def _current(self) -> None:
+        """Read the cluster's map of slots again after a node failed; close the lanes of
+        nodes that are no longer masters."""
+        await self._cluster.initialize()  # the first time; again once redis-py saw a failure
+        if not self._stale:
+            return
+        await self._cluster.nodes_manager.initialize()
+        self._stale = False
+        masters = {node.name for node in self._cluster.get_primaries()}
+        for name in [n for n in self._lanes if n not in masters]:
+            await self._lanes.pop(name).aclose()
+
+    async def aclose(self) -> None:
+        for lane in self._lanes.values():
+            await lane.aclose()
+        self._lanes.clear()
+
+
+AnyLane = Lane | ClusterLane
+
+
+def lane_for(client: Redis) -> AnyLane:
+    """The lane beside `client`, with its socket timeout: one connection to a standalone
+    server or Sentinel's master, one to each master of a Cluster."""
+    if isinstance(client, RedisCluster):
+        timeout = client.nodes_manager.connection_kwargs.get("socket_timeout")
+        return ClusterLane(client, timeout or DEFAULT_TIMEOUT_S)
+    pool = client.connection_pool
+    make = cast(Callable[[], AbstractConnection], pool.make_connection)
+    return Lane(make, pool.connection_kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_S)

@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from tracker.lane import Lane
+from tracker.lane import AnyLane, ClusterLane, Lane
 
 Arg = str | int | float
 
@@ -76,7 +76,7 @@ Call = tuple[Script, Sequence[str], Sequence[Arg]]
 
 
 async def run_batch(
-    client: Redis | Lane, calls: Sequence[Call], *, raise_on_error: bool = True
+    client: Redis | AnyLane, calls: Sequence[Call], *, raise_on_error: bool = True
 ) -> list[Any]:
     """Run many script calls in one round trip (a pipeline, or a lane's); calls hit by
     NOSCRIPT are rerun with EVAL. A call's error is raised, or with ``raise_on_error=False``
@@ -95,10 +95,10 @@ async def run_batch(
 
 
 async def _pipeline(
-    client: Redis | Lane, calls: Sequence[Call], *, source: bool = False
+    client: Redis | AnyLane, calls: Sequence[Call], *, source: bool = False
 ) -> list[Any]:
     commands = [script.command(keys, args, source=source) for script, keys, args in calls]
-    if isinstance(client, Lane):
+    if isinstance(client, Lane | ClusterLane):
         return await client.execute(commands)
     async with client.pipeline(transaction=False) as pipe:
         for command in commands:

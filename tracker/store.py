@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from redis.exceptions import TryAgainError
 
 from tracker.keys import ShardKeys, wake_channel
-from tracker.lane import Lane
+from tracker.lane import AnyLane
 from tracker.layout import Layout, LiveLayout, is_refused
 from tracker.moves import move
 from tracker.scripts import Arg, Scripts, run_batch
@@ -108,7 +108,7 @@ class Store:
         settings: Settings,
         scripts: Scripts,
         layout: LiveLayout | None = None,
-        lane: Lane | None = None,
+        lane: AnyLane | None = None,
     ) -> None:
         self.redis = redis
         self.lane = lane  # the event scripts' calls go by it when given
