@@ -97,7 +97,11 @@ class Lane:
 
     async def _connect(self) -> asyncio.StreamWriter:
         conn = self._make()
-        await conn.connect()  # type: ignore[no-untyped-call]
+        try:
+            await conn.connect()  # type: ignore[no-untyped-call]
+        except BaseException:
+            conn._close()  # type: ignore[no-untyped-call]  # a socket half set up
+            raise
         reader, writer = conn._reader, conn._writer  # private: see the module doc
         if reader is None or writer is None:
             raise ConnectionError("the connection to Redis did not open")
@@ -237,8 +241,12 @@ class ClusterLane:
         await self._cluster.initialize()  # the first time; again once redis-py saw a failure
         if not self._stale:
             return
-        await self._cluster.nodes_manager.initialize()
-        self._stale = False
+        self._stale = False  # one batch reads the map; the others go on meanwhile
+        try:
+            await self._cluster.nodes_manager.initialize()
+        except BaseException:
+            self._stale = True
+            raise
         masters = {node.name for node in self._cluster.get_primaries()}
         for name in [n for n in self._lanes if n not in masters]:
             await self._lanes.pop(name).aclose()
