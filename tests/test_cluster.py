@@ -18,13 +18,14 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 from redis.asyncio import RedisCluster as AsyncRedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
 from tests.conftest import make_settings
 from tests.processes import Receiver, Role, percentile, post_events, role_env, wait_http, wait_until
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import free_port
-from tracker.connection import connect
+from tracker.connection import UNAVAILABLE, connect
 from tracker.keys import ShardKeys, shard_of
 from tracker.lane import ClusterLane, lane_for
 
@@ -157,11 +158,12 @@ async def test_phase2_flow_runs_on_redis_cluster(cluster: RedisCluster, tmp_path
 INCR_SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
 
 
-async def test_the_cluster_lane_sends_each_call_to_its_master_and_follows_moved(
+async def test_the_cluster_lane_routes_by_slot_and_mends_a_stale_map(
     cluster: RedisCluster, tmp_path: Path
 ) -> None:
     """Calls on keys of every master, one batch: each runs on its slot's master, replies in
-    order; a call sent by a stale map of slots (answered MOVED) is run where it belongs."""
+    order; a call sent by a stale map of slots (answered MOVED) is run where it belongs; a
+    map that names a dead master fails one batch (503) and is read again for the next."""
     cluster.client().flushall()
     settings = make_settings(cluster.url, tmp_path / "run", REDIS_MODE="cluster")
     client = cast(AsyncRedisCluster, connect(settings))
@@ -185,6 +187,14 @@ async def test_the_cluster_lane_sends_each_call_to_its_master_and_follows_moved(
         manager.slots_cache[slot] = [wrong]  # a map gone stale: the slot moved
         assert await lane.execute([("EVAL", INCR_SCRIPT, 1, keys[0], 100)]) == [100]
         assert manager.get_node_from_slot(slot).name == right.name  # the map was mended
+
+        kwargs = {k: v for k, v in right.connection_kwargs.items() if k not in ("host", "port")}
+        gone = ClusterNode("127.0.0.1", free_port(), "primary", **kwargs)
+        manager.slots_cache[slot] = [gone]  # its master died: nobody listens there
+        with pytest.raises(UNAVAILABLE):
+            await lane.execute([("EVAL", INCR_SCRIPT, 1, keys[0], 1)])
+        # the failure made the lane read the map again: the next batch finds the master
+        assert await lane.execute([("EVAL", INCR_SCRIPT, 1, keys[0], 1)]) == [101]
     finally:
         await lane.aclose()
         await client.aclose()
