@@ -70,79 +70,71 @@ def two_apis(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
             role.stop()
 
 
-def test_http_single_event_two_processes(
-    benchmark: Any, api: str, two_apis: str, redis_sync: sync_redis.Redis, report: Report
-) -> None:
-    """One API process and two on one port in turn, under the same wrk (more connections, so
-    that two processes have work): medians and the median of the pairwise ratios."""
-    c = WRK_CONNECTIONS_TWO
-    harness.wrk(two_apis, 1, "warm2", connections=c)
-    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
+Run = dict[str, Any]
+
+
+def wrk_in_turn(
+    benchmark: Any, first: str, second: str, tags: tuple[str, str], connections: int = 64
+) -> tuple[list[Run], list[Run], float]:
+    """wrk on `first` and `second` in turn, WRK_ROUNDS times (the machine is shared, so
+    neighbours cancel out): the runs of each, and the median of the pairwise ratios
+    second / first."""
+    pairs: list[tuple[Run, Run]] = []
 
     def target() -> None:
         n = len(pairs)
         pairs.append(
             (
-                harness.wrk(api, WRK_SECONDS, f"one{n}", connections=c),
-                harness.wrk(two_apis, WRK_SECONDS, f"two{n}", connections=c),
+                harness.wrk(first, WRK_SECONDS, f"{tags[0]}{n}", connections),
+                harness.wrk(second, WRK_SECONDS, f"{tags[1]}{n}", connections),
             )
         )
 
     benchmark.pedantic(target, rounds=WRK_ROUNDS)
-    assert all(o["non_2xx"] == 0 and t["non_2xx"] == 0 for o, t in pairs), pairs
-    one_rate = statistics.median(o["rate"] for o, _ in pairs)
-    two_rate = statistics.median(t["rate"] for _, t in pairs)
-    ratio = statistics.median(t["rate"] / o["rate"] for o, t in pairs)
-    benchmark.extra_info.update(one_per_s=one_rate, two_per_s=two_rate, ratio=ratio)
-    common = {"connections": c, "seconds": WRK_SECONDS}
-    report.add("http_single_one_c128", one_rate, rounds=[o["rate"] for o, _ in pairs], **common)
-    report.add(
-        "http_single_two",
-        two_rate,
-        ratio=ratio,
-        rounds=[t["rate"] for _, t in pairs],
-        latency_p99_ms=[t["latency_p99_ms"] for _, t in pairs],
-        **common,
-    )
+    ratio = statistics.median(b["rate"] / a["rate"] for a, b in pairs)
+    return [a for a, _ in pairs], [b for _, b in pairs], ratio
+
+
+def median_rate(runs: list[Run]) -> float:
+    return float(statistics.median(r["rate"] for r in runs))
+
+
+def rounds_of(runs: list[Run]) -> dict[str, Any]:
+    """What the report keeps of a figure's runs."""
+    return {
+        "rounds": [r["rate"] for r in runs],
+        "latency_p99_ms": [r["latency_p99_ms"] for r in runs],
+        "connections": runs[0]["connections"],
+        "seconds": WRK_SECONDS,
+    }
+
+
+def test_http_single_event_two_processes(
+    benchmark: Any, api: str, two_apis: str, redis_sync: sync_redis.Redis, report: Report
+) -> None:
+    """One API process and two on one port in turn, under the same wrk (more connections, so
+    that two processes have work)."""
+    harness.wrk(two_apis, 1, "warm2", connections=WRK_CONNECTIONS_TWO)
+    one, two, ratio = wrk_in_turn(benchmark, api, two_apis, ("one", "two"), WRK_CONNECTIONS_TWO)
+    assert all(r["non_2xx"] == 0 for r in one + two), one + two
+    benchmark.extra_info.update(one_per_s=median_rate(one), two_per_s=median_rate(two), ratio=ratio)
+    report.add("http_single_one_c128", median_rate(one), **rounds_of(one))
+    report.add("http_single_two", median_rate(two), ratio=ratio, **rounds_of(two))
 
 
 def test_http_single_event_vs_bare(
     benchmark: Any, api: str, bare: str, redis_sync: sync_redis.Redis, report: Report
 ) -> None:
-    """wrk on the bare handler and on the API in turn, WRK_ROUNDS times: medians and the
-    median of the pairwise ratios (the machine is shared, so neighbours cancel out)."""
+    """wrk on the bare handler and on the API in turn: medians and the median of the
+    pairwise ratios."""
     harness.wrk(bare, 1, "warm")
     harness.wrk(api, 1, "warm")
-    pairs: list[tuple[dict[str, Any], dict[str, Any]]] = []
-
-    def target() -> None:
-        n = len(pairs)
-        pairs.append(
-            (harness.wrk(bare, WRK_SECONDS, f"b{n}"), harness.wrk(api, WRK_SECONDS, f"a{n}"))
-        )
-
-    benchmark.pedantic(target, rounds=WRK_ROUNDS)
-    assert all(a["non_2xx"] == 0 for _, a in pairs), pairs
-    bare_rate = statistics.median(b["rate"] for b, _ in pairs)
-    api_rate = statistics.median(a["rate"] for _, a in pairs)
-    ratio = statistics.median(a["rate"] / b["rate"] for b, a in pairs)
+    bare_runs, api_runs, ratio = wrk_in_turn(benchmark, bare, api, ("b", "a"))
+    assert all(r["non_2xx"] == 0 for r in api_runs), api_runs
+    bare_rate, api_rate = median_rate(bare_runs), median_rate(api_runs)
     benchmark.extra_info.update(bare_per_s=bare_rate, api_per_s=api_rate, ratio=ratio)
-    common = {"connections": pairs[0][0]["connections"], "seconds": WRK_SECONDS}
-    report.add(
-        "ceiling_bare_http",
-        bare_rate,
-        rounds=[b["rate"] for b, _ in pairs],
-        latency_p99_ms=[b["latency_p99_ms"] for b, _ in pairs],
-        **common,
-    )
-    report.add(
-        "http_single",
-        api_rate,
-        ratio=ratio,
-        rounds=[a["rate"] for _, a in pairs],
-        latency_p99_ms=[a["latency_p99_ms"] for _, a in pairs],
-        **common,
-    )
+    report.add("ceiling_bare_http", bare_rate, **rounds_of(bare_runs))
+    report.add("http_single", api_rate, ratio=ratio, **rounds_of(api_runs))
 
 
 def bodies(items: list[dict[str, Any]]) -> list[bytes]:

@@ -291,6 +291,20 @@ async def test_health(client: Client) -> None:
     assert await get(client, "/health") == (200, {"status": "ok"})
 
 
+async def test_the_routes_answer_head_and_name_their_methods_on_405(client: Client) -> None:
+    """Every GET route answers HEAD too; a path known under another method answers 405
+    naming the methods it takes (the catch-all route works them out)."""
+    async with client.head("/health") as resp:
+        assert resp.status == 200
+    async with client.get("/conversations/c1/agent-message") as resp:
+        assert resp.status == 405
+        assert resp.headers["Allow"] == "POST"
+        assert_error(await resp.json(), "method_not_allowed")
+    async with client.delete("/conversations/c1") as resp:
+        assert resp.status == 405
+        assert set(resp.headers["Allow"].split(",")) == {"GET", "HEAD"}
+
+
 async def test_ready_when_redis_is_reachable(client: Client) -> None:
     assert await get(client, "/ready") == (200, {"status": "ready"})
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -80,11 +81,10 @@ async def test_an_error_reply_takes_its_commands_place(
 async def test_the_store_through_a_lane_reloads_flushed_scripts(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
-    settings = make_settings(redis_server.url, tmp_path / "run")
-    client = connect(settings)
-    lane = lane_for(client)
-    store = Store(client, settings, Scripts(), lane=lane)
-    try:
+    async with lane_on(redis_server, tmp_path) as (client, lane):
+        store = Store(
+            client, make_settings(redis_server.url, tmp_path / "run"), Scripts(), lane=lane
+        )
         await redis.script_flush()
         first, again = await asyncio.gather(
             store.apply(AgentMessage("lane-c1", "agent", "m1", 0)),
@@ -93,9 +93,6 @@ async def test_the_store_through_a_lane_reloads_flushed_scripts(
         assert isinstance(first, TrackResult)
         assert isinstance(again, TrackResult)
         assert (first.status, again.status) == ("started", "duplicate")
-    finally:
-        await lane.aclose()
-        await client.aclose()
 
 
 async def test_a_restarted_redis_fails_the_batch_in_flight_then_serves_again(
@@ -117,27 +114,23 @@ async def test_a_restarted_redis_fails_the_batch_in_flight_then_serves_again(
 async def test_batches_that_find_redis_down_share_one_attempt_to_connect(
     own_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = connect(make_settings(own_server.url, tmp_path / "run"), socket_timeout=0.5)
-    made = 0
-    make = client.connection_pool.make_connection
+    async with lane_on(own_server, tmp_path) as (client, lane):
+        attempts = 0
+        connection_class = client.connection_pool.connection_class
+        connect_once = connection_class.connect
 
-    def counted() -> object:
-        nonlocal made
-        made += 1
-        return make()  # type: ignore[no-untyped-call]
+        async def counted(self: Connection) -> None:
+            nonlocal attempts
+            attempts += 1
+            await connect_once(self)  # type: ignore[no-untyped-call]
 
-    monkeypatch.setattr(client.connection_pool, "make_connection", counted)
-    lane = lane_for(client)
-    own_server.kill()
-    try:
+        monkeypatch.setattr(connection_class, "connect", counted)
+        own_server.kill()
         results = await asyncio.gather(
             *(lane.execute([("GET", "k")]) for _ in range(20)), return_exceptions=True
         )
         assert all(isinstance(r, UNAVAILABLE) for r in results), results
-        assert made == 1
-    finally:
-        await lane.aclose()
-        await client.aclose()
+        assert attempts == 1
 
 
 async def test_a_stalled_redis_times_out_and_a_new_connection_serves(

@@ -36,21 +36,28 @@ UNAVAILABLE = (
 )
 
 
-class _HiredisPacking:
-    """Commands packed by hiredis (C) instead of redis-py's asyncio packer (Python): the same
-    bytes for about an eighth of the CPU, which matters for script calls with hundreds of
-    arguments. redis-py's sync client does the same when hiredis is installed."""
+_SERIALIZER = HiredisRespSerializer()  # the general case: memoryviews, errors
 
-    _packer = HiredisRespSerializer()  # the general case: memoryviews, errors
+
+def pack_command(args: tuple[Any, ...]) -> list[bytes]:
+    """One command in RESP, packed by hiredis (C) instead of redis-py's asyncio packer
+    (Python): the same bytes for about an eighth of the CPU, which matters for script calls
+    with hundreds of arguments. redis-py's sync client does the same when hiredis is
+    installed."""
+    command = args[0]
+    if isinstance(command, str) and " " not in command:
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            pass
+    return cast(list[bytes], _SERIALIZER.pack(*args))
+
+
+class _HiredisPacking:
+    """A connection whose commands `pack_command` packs."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        command = args[0]
-        if isinstance(command, str) and " " not in command:
-            try:
-                return [hiredis.pack_command(args)]
-            except TypeError:
-                pass
-        return cast(list[bytes], self._packer.pack(*args))
+        return pack_command(args)
 
 
 _PACKED: dict[type[Any], type[Any]] = {}

@@ -37,15 +37,13 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tracker.connection import UNAVAILABLE, pack_command
+
 Command = Sequence[str | int | float]
-#: hiredis's packer (its stub types the argument as a 1-tuple).
-_pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
 READ_CHUNK = 1 << 16
 #: Bytes waiting in the socket's buffer above which a writer waits for it to drain.
 HIGH_WATER = 1 << 20
 DEFAULT_TIMEOUT_S = 5.0
-#: What a failed attempt to open the connection raises.
-UNAVAILABLE_ON_OPEN = (ConnectionError, RedisTimeoutError, OSError)
 
 
 @dataclass(slots=True)
@@ -69,7 +67,7 @@ class Lane:
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """Each command's reply, in order; an error reply is returned in its place."""
-        data = b"".join([_pack(tuple(c)) for c in commands])
+        data = b"".join([part for c in commands for part in pack_command(tuple(c))])
         writer = self._writer if self._writer is not None else await self._open()
         batch = _Batch(len(commands), asyncio.get_running_loop().create_future())
         self._waiting.append(batch)
@@ -159,7 +157,7 @@ class Lane:
     async def aclose(self) -> None:
         if self._opening is not None and not self._opening.done():
             self._opening.cancel()
-            with contextlib.suppress(asyncio.CancelledError, *UNAVAILABLE_ON_OPEN):
+            with contextlib.suppress(asyncio.CancelledError, *UNAVAILABLE):
                 await self._opening
         reading = self._reading
         self._reset(ConnectionError("the lane is closed"))
@@ -209,7 +207,7 @@ class ClusterLane:
         results: list[Any] = [None] * len(commands)
         for (_, indices), outcome in zip(groups.values(), outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                if isinstance(outcome, UNAVAILABLE_ON_OPEN):
+                if isinstance(outcome, UNAVAILABLE):
                     self._stale = True
                 raise outcome
             for index, reply in zip(indices, outcome, strict=True):

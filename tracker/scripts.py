@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from tracker.lane import AnyLane, ClusterLane, Lane
+from tracker.lane import AnyLane
 
 Arg = str | int | float
 
@@ -98,7 +98,7 @@ async def _pipeline(
     client: Redis | AnyLane, calls: Sequence[Call], *, source: bool = False
 ) -> list[Any]:
     commands = [script.command(keys, args, source=source) for script, keys, args in calls]
-    if isinstance(client, Lane | ClusterLane):
+    if isinstance(client, AnyLane):
         return await client.execute(commands)
     async with client.pipeline(transaction=False) as pipe:
         for command in commands:
