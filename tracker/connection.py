@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
@@ -16,6 +17,8 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
     ConnectionError,
+    RedisError,
+    ResponseError,
     TimeoutError,
     TryAgainError,
 )
@@ -35,6 +38,51 @@ UNAVAILABLE = (
     OSError,
 )
 
+#: Error replies that mean "not now": a full, busy, loading or read-only server, a cluster
+#: or a failover in progress, a lost script cache. Like UNAVAILABLE they are backed off and
+#: retried by the role loops and answered 503 by the API; any other error reply is a bug.
+OUTAGE_REPLIES = (
+    "OOM",
+    "BUSY",
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "MISCONF",
+    "NOSCRIPT",
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Redis cannot serve this now, but will (UNAVAILABLE, or an OUTAGE_REPLIES reply)."""
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(OUTAGE_REPLIES)
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short name for a Redis error, for metrics and logs: ``connection``, ``timeout``,
+    an OUTAGE_REPLIES prefix in lower case (``oom``, ``readonly``, ...), or ``other``."""
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionError | OSError):
+        return "connection"
+    if isinstance(exc, RedisError):
+        prefix = str(exc).split(" ", 1)[0]
+        if prefix in OUTAGE_REPLIES:
+            return prefix.lower()
+        if isinstance(exc, BusyLoadingError):
+            return "loading"
+        if isinstance(exc, ClusterDownError):
+            return "clusterdown"
+        if isinstance(exc, TryAgainError):
+            return "tryagain"
+    return "other"
+
+
+#: Every value `error_kind` gives, for metrics exported at 0 from the start.
+ERROR_KINDS = ("connection", "timeout", *(p.lower() for p in OUTAGE_REPLIES), "other")
 
 _SERIALIZER = HiredisRespSerializer()  # the general case: memoryviews, errors
 

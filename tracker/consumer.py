@@ -12,7 +12,7 @@ from collections.abc import Callable
 from redis.exceptions import ResponseError
 
 from tracker import metrics
-from tracker.connection import UNAVAILABLE, connect, is_cluster
+from tracker.connection import UNAVAILABLE, connect, error_kind, is_cluster
 from tracker.delivery import Deliverer, is_nogroup
 from tracker.layout import REFRESH_S, LiveLayout
 from tracker.scripts import Scripts
@@ -61,7 +61,7 @@ async def serve(
                 await deliverer.claim(current, claim_idle_ms)
                 next_claim = time.monotonic() + claim_idle_ms / 4000
         except UNAVAILABLE as exc:  # first: ClusterDownError is also a ResponseError
-            metrics.REDIS_ERRORS.labels(role).inc()
+            metrics.REDIS_ERRORS.labels(role, error_kind(exc)).inc()
             log.warning("redis unavailable, backing off role=%s error=%s", role, exc)
             await asyncio.sleep(1.0)
         except ResponseError as exc:

@@ -18,7 +18,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 from tracker import metrics
-from tracker.connection import UNAVAILABLE, is_cluster, redis_time_ms
+from tracker.connection import UNAVAILABLE, error_kind, is_cluster, redis_time_ms
 from tracker.errors import DeliveryError
 from tracker.events import Notification, Outgoing
 from tracker.hold import Held, Hold
@@ -205,7 +205,7 @@ class Deliverer:
                 for (retried, pending), batch in groups.items():
                     await self.handle(batch, retried=retried, just_read_pending=pending)
             except UNAVAILABLE as exc:
-                metrics.REDIS_ERRORS.labels(self.role).inc()
+                metrics.REDIS_ERRORS.labels(self.role, error_kind(exc)).inc()
                 log.warning("redis unavailable, held batch left pending error=%s", exc)
             except ResponseError as exc:
                 if not is_nogroup(exc):

@@ -101,7 +101,10 @@ STREAM_RECREATED = Counter(
     "timeout_stream_group_recreated", "Consumer groups recreated after their stream vanished"
 )
 REDIS_ERRORS = Counter(
-    "timeout_redis_errors", "Redis unavailable errors seen by a role loop", ["role"]
+    "timeout_redis_errors",
+    "Redis errors a role loop backed off from, by role and kind (connection, timeout, oom,"
+    " readonly, loading, ...)",
+    ["role", "kind"],
 )
 HTTP_REQUESTS = Counter(
     "http_requests", "HTTP requests by route, method and status", ["route", "method", "status"]

@@ -20,7 +20,7 @@ from redis.exceptions import ResponseError
 
 from tracker import consumer, maintenance, metrics, progress
 from tracker.clock import RedisClock
-from tracker.connection import UNAVAILABLE, connect, pubsub_client
+from tracker.connection import UNAVAILABLE, connect, error_kind, pubsub_client
 from tracker.delivery import Deliverer
 from tracker.keys import WAKE_CHANNEL_PREFIX, ShardKeys
 from tracker.layout import LiveLayout
@@ -156,7 +156,7 @@ class Sweeper:
                     next_maintenance = clock + MAINTENANCE_EVERY_S
                 timeout = min(self.sleep_s(), max(0.0, next_renew - time.monotonic()))
             except UNAVAILABLE as exc:
-                metrics.REDIS_ERRORS.labels("sweeper").inc()
+                metrics.REDIS_ERRORS.labels("sweeper", error_kind(exc)).inc()
                 log.warning("redis unavailable, backing off error=%s", exc)
                 timeout = 1.0
             self.wake.clear()
