@@ -48,6 +48,7 @@ class ShardKeys:
     dead_letters: str
     moving: str
     epoch: str
+    history: str
 
     @classmethod
     @functools.cache  # built once a shard: every script call on the hot paths asks
@@ -67,12 +68,13 @@ class ShardKeys:
             dead_letters=f"dead_letters:{tag}",
             moving=f"moving_conversations:{tag}",
             epoch=f"timeout:epoch:{tag}",
+            history=f"history:{tag}",
         )
 
     @property
-    def for_writes(self) -> list[str]:
-        """KEYS of the track and respond scripts."""
-        return [self.records, self.waiting, self.states, self.retired, self.epoch]
+    def for_apply(self) -> list[str]:
+        """KEYS of the apply script."""
+        return [self.records, self.waiting, self.states, self.retired, self.epoch, self.history]
 
     @property
     def for_recheck(self) -> list[str]:
@@ -90,6 +92,7 @@ class ShardKeys:
             self.events,
             self.leader,
             self.counters,
+            self.history,
         ]
 
     @property

@@ -54,8 +54,7 @@ class Scripts:
     """Every script of the tracker, by name."""
 
     def __init__(self) -> None:
-        self.track = Script.load("track")
-        self.respond = Script.load("respond")
+        self.apply = Script.load("apply")
         self.sweep = Script.load("sweep")
         self.recheck = Script.load("recheck")
         self.ack = Script.load("ack")

@@ -50,7 +50,7 @@ class Sweeper:
         self.hold_until: dict[int, float] = {}  # shard -> no sweep before this monotonic time
         self.next_progress_write = 0.0  # monotonic time of the next progress-file write
         self.wake = asyncio.Event()
-        args = [*settings.level_multipliers, settings.answered_retention_ms, settings.prefetch_ms]
+        args = [*settings.level_multipliers, settings.finished_retention_ms, settings.prefetch_ms]
         self.sweep_args = [settings.sweep_batch, *args]
         # A sweep stages what is due within PREFETCH_MS; the next one comes when the earliest
         # deadline left is half that away: each sweep then moves half a prefetch's worth,
