@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
 from tracker.connection import connect
-from tracker.keys import ShardKeys
+from tracker.keys import LAYOUT, ShardKeys
 from tracker.lane import lane_for
 from tracker.scripts import Scripts
 from tracker.store import CALL_SIZE, AgentMessage, CustomerResponse, Event, Store
@@ -83,3 +83,37 @@ async def test_a_batch_over_many_conversations_keeps_each_ones_order_after_a_flu
                 if e.conversation_id == f"c{n}"
             ]
             assert mine == ["started", "answered", "started", "answered", "started"]
+
+
+async def test_writers_converge_after_redis_loses_a_resharded_layout(
+    redis_server: RedisServer, redis: Redis, tmp_path: Path
+) -> None:
+    """The issue's repro: a layout at epoch 1 (a reshard to 5 shards), then FLUSHDB while
+    writers that loaded it keep writing. The layout is seeded again at epoch 0 while those
+    writers raise their shards to epoch 1; a writer that loads the new layout is refused by
+    those shards, raises the layout above them and fences every shard, and the old writers,
+    refused in turn, follow it. Every write succeeds; before, 5 of 16 shards refused every
+    write of the new layout for good."""
+    await redis.hset(LAYOUT, mapping={"count": 5, "epoch": 1})
+    async with (
+        store_on(redis_server, tmp_path / "a", lane=True) as old,
+        store_on(redis_server, tmp_path / "b", lane=True) as new,
+    ):
+        assert (await old.layout.get()).epoch == 1
+        await redis.flushdb()  # Redis loses its data (or restarts without persistence)
+        for n in range(50):
+            result = await old.apply(AgentMessage(f"old-{n}", "a", "m", 0))
+            assert result.status == "started"
+        raised = {s for s in range(5) if await redis.get(ShardKeys.of(s).epoch) == "1"}
+        assert raised  # the old writer raised shards above the seeded layout
+        for n in range(200):
+            result = await new.apply(AgentMessage(f"new-{n}", "a", "m", 0))
+            assert result.status == "started"
+        layout = await new.layout.get()
+        assert layout.epoch == 2
+        assert layout.count == 16  # SHARD_COUNT seeded it again
+        for n in range(50, 100):
+            assert (await old.apply(AgentMessage(f"old-{n}", "a", "m", 0))).status == "started"
+        assert (await old.layout.get()) == layout
+        for shard in range(16):
+            assert await redis.get(ShardKeys.of(shard).epoch) == "2"
