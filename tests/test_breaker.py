@@ -117,7 +117,7 @@ async def test_a_refused_event_stays_pending_and_keeps_its_attempts(
 ) -> None:
     d = await fired_notification(redis, tmp_path, redis_server.url, "c1", MAX_DELIVERIES="1")
     d.sinks = [RefusingSink(), FailingSink()]  # a real failure elsewhere outranks the refusal
-    assert await d.read([0], block_ms=None, own=False) == 1
+    assert await d.read([0], block_ms=None) == 1
     k = ShardKeys.of(0)
     assert await redis.xlen(k.dead_letters) == 1  # MAX_DELIVERIES=1: one real attempt
     await d.close()
@@ -125,7 +125,7 @@ async def test_a_refused_event_stays_pending_and_keeps_its_attempts(
     d = await fired_notification(redis, tmp_path, redis_server.url, "c2", MAX_DELIVERIES="1")
     await redis.delete(k.dead_letters)
     d.sinks = [RefusingSink(), RefusingSink()]
-    assert await d.read([0], block_ms=None, own=False) == 1
+    assert await d.read([0], block_ms=None) == 1
     assert await redis.hlen(k.attempts) == 0
     assert await redis.xlen(k.dead_letters) == 0
     info = await redis.xpending(k.events, CONSUMER_GROUP)

@@ -91,7 +91,7 @@ async def test_delivers_and_acknowledges(redis: Redis, settings: Settings) -> No
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "c1", "c2")
-    assert await d.read([0], block_ms=None, own=False) == 2
+    assert await d.read([0], block_ms=None) == 2
     assert sorted(o.notification.conversation_id for o in sink.sent) == ["c1", "c2"]
     assert await pending(redis) == 0
 
@@ -103,7 +103,7 @@ async def test_an_answer_that_reached_redis_first_suppresses_the_send(
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "answered", "waiting")
     await Store(redis, settings, d.scripts).apply(CustomerResponse("answered", "cust", "r1", 0))
-    await d.read([0], block_ms=None, own=False)
+    await d.read([0], block_ms=None)
     assert [o.notification.conversation_id for o in sink.sent] == ["waiting"]
     assert await pending(redis) == 0  # the suppressed entry is acknowledged too
 
@@ -132,7 +132,7 @@ async def test_retries_then_dead_letters_after_max_deliveries(
     sink = RecordingSink(DeliveryError("HTTP 500"))
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "c1")
-    await d.read([0], block_ms=None, own=False)
+    await d.read([0], block_ms=None)
     for _ in range(100):
         if await redis.xlen(ShardKeys.of(0).dead_letters) or not d.retries:
             break
@@ -151,7 +151,7 @@ async def test_a_permanent_failure_dead_letters_at_once(redis: Redis, settings: 
     sink = RecordingSink(DeliveryError("HTTP 410", permanent=True))
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "c1")
-    await d.read([0], block_ms=None, own=False)
+    await d.read([0], block_ms=None)
     dead = await xrange(redis, ShardKeys.of(0).dead_letters)
     assert len(dead) == 1
     assert dead[0][1]["attempts"] == "1"
@@ -179,7 +179,7 @@ async def test_trim_keeps_unacknowledged_entries(redis: Redis, settings: Setting
     d = await deliverer(redis, settings, sink)
     scripts = d.scripts
     await fire(redis, settings, scripts, "a1", "a2")
-    await d.read([0], block_ms=None, own=False)  # a1, a2 delivered and acknowledged
+    await d.read([0], block_ms=None)  # a1, a2 delivered and acknowledged
     k = ShardKeys.of(0)
     store = Store(redis, settings, scripts)
     since = await redis_time_ms(redis) - INTERVAL - 20
@@ -202,9 +202,9 @@ async def test_a_deleted_stream_gets_its_group_back(redis: Redis, settings: Sett
     d = await deliverer(redis, settings, RecordingSink())
     await redis.delete(ShardKeys.of(0).events)
     with pytest.raises(Exception, match="NOGROUP"):
-        await d.read([0], block_ms=None, own=False)
+        await d.read([0], block_ms=None)
     await d.recreate_group([0])
-    assert await d.read([0], block_ms=None, own=False) == 0
+    assert await d.read([0], block_ms=None) == 0
 
 
 def test_shard_of_is_stable() -> None:
@@ -212,11 +212,12 @@ def test_shard_of_is_stable() -> None:
     assert {shard_of(f"c{i}", 16) for i in range(200)} == set(range(16))
 
 
-async def test_a_lower_level_redelivered_after_a_higher_one_is_still_sent(
+async def test_a_lower_level_redelivered_after_a_higher_one_is_superseded(
     redis: Redis, settings: Settings
 ) -> None:
     """Consumer A dies holding level 1; consumer B delivers level 2 first; A's level 1,
-    claimed later, must still go out: delivery marks are per level, not a high-water mark."""
+    claimed later, is not sent after it (guarantee 7): superseded, acknowledged, counted,
+    and noted in the conversation's history."""
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "c1")  # level 1 in the stream
@@ -227,9 +228,12 @@ async def test_a_lower_level_redelivered_after_a_higher_one_is_still_sent(
     lease = str(await redis.get(k.leader))
     keys = k.for_sweep
     await d.scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000])  # level 2
-    await d.read([0], block_ms=None, own=False)  # B delivers level 2
+    await d.read([0], block_ms=None)  # B delivers level 2
     await d.handle([Notification.from_entry(0, level1[0], level1[1])], retried=True)
-    assert [o.notification.level for o in sink.sent] == [2, 1]
+    assert [o.notification.level for o in sink.sent] == [2]
+    assert await pending(redis) == 0
+    history = str(await redis.hget(k.history, "c1")).split("\n")
+    assert [h.split("|")[0] + h.split("|")[3] for h in history] == ["D2", "P1"]
 
 
 async def test_the_stream_sink_writes_one_entry_per_event_with_its_fields(

@@ -101,7 +101,8 @@ async def sweep_and_recheck(client: Redis, scripts: Scripts, r: Round, lease: st
             n = Notification.from_entry(0, entry_id, fields)
             c = n.conversation_id
             r.trials[c].fired_seq = seq
-            rseq, codes = await committed(client, scripts.recheck, K.for_recheck, [n.recheck_arg])
+            args: list[Arg] = [1, 2, 3, n.recheck_arg]
+            rseq, codes = await committed(client, scripts.recheck, K.for_recheck, args)
             r.trials[c].recheck_seq, r.trials[c].recheck_code = rseq, int(codes[0])
         if r.replies_done and not int(fired) and not int(more):
             r.last_entry = last_id

@@ -229,7 +229,7 @@ async def test_a_notification_from_the_old_shard_is_checked_where_the_record_wen
     shards = sorted({shard_of(c, 8) for c in (current, answered)})
     for s in shards:
         await d.ensure_group(s)
-    assert await d.read(shards, block_ms=None, own=False) == 2
+    assert await d.read(shards, block_ms=None) == 2
     assert [o.notification.conversation_id for o in sent] == [current]
 
 

@@ -609,16 +609,19 @@ async def test_lease_release_drops_only_the_held_lease(redis: Redis) -> None:
 # --- recheck -------------------------------------------------------------------------------
 
 
-async def recheck(r: Redis, *asks: tuple[str, int], due_ms: int = 0) -> list[int]:
+async def recheck(r: Redis, *asks: tuple[str, int], due_ms: int = 0, level: int = 1) -> list[int]:
     """The codes (the reply's last value, Redis's clock, is checked and left out)."""
-    args = [f"{conversation}|{generation}|{due_ms}" for conversation, generation in asks]
+    args: list[Arg] = [*MULTIPLIERS]
+    args += [f"{conversation}|{generation}|{due_ms}|{level}" for conversation, generation in asks]
     *codes, now = await SCRIPTS.recheck.run(r, K.for_recheck, args)
     assert abs(int(now) - await redis_now(r)) < 1000
     return [int(v) for v in codes]
 
 
-async def ack(r: Redis, *entry_ids: str, forget_attempts: bool = True) -> int:
-    args: list[str | int] = [CONSUMER_GROUP, int(forget_attempts), *entry_ids]
+async def ack(r: Redis, *entry_ids: str, forget_attempts: bool = True, outcome: str = "D") -> int:
+    """Acknowledge entries of conversation c1's level 1, generation 1."""
+    args: list[Arg] = [CONSUMER_GROUP, int(forget_attempts)]
+    args += [f"{e}|c1|1|1|{outcome}|webhook" for e in entry_ids]
     return int(await SCRIPTS.ack.run(r, K.for_ack, args))
 
 
@@ -661,19 +664,43 @@ async def test_recheck_reads_a_record_a_reshard_is_moving(redis: Redis) -> None:
     assert await recheck(redis, ("c1", 1), ("c1", 2)) == [1, 0]
 
 
+async def test_recheck_supersedes_a_level_below_one_staged_and_due(redis: Redis) -> None:
+    """Level 2 staged: level 1 is still sent while level 2 is not due yet, superseded (4)
+    once it is (guarantee 7: a lower level never follows a higher one)."""
+    ts = await redis_now(redis)
+    await track(redis, "c1", "m1", ts - T - 200, interval=T)
+    value = await lease(redis)
+    await sweep(redis, value, prefetch=2 * T)  # level 1, due
+    await sweep(redis, value, prefetch=2 * T)  # level 2, staged: due in 800 ms
+    assert await fired_level(redis, "c1") == 2
+    assert await recheck(redis, ("c1", 1), due_ms=ts - 200, level=1) == [1]
+    await asyncio.sleep((ts - 200 + T - await redis_now(redis)) / 1000 + 0.01)
+    assert await recheck(redis, ("c1", 1), due_ms=ts - 200, level=1) == [4]
+    assert await recheck(redis, ("c1", 1), due_ms=ts - 200 + T, level=2) == [1]
+
+
 # --- ack -----------------------------------------------------------------------------------
 
 
-async def test_ack_acknowledges_and_clears_attempts(redis: Redis) -> None:
+async def test_ack_acknowledges_clears_attempts_and_notes_the_delivery(redis: Redis) -> None:
     entry_id, _ = await fire_level_one(redis, "c1")
-    await redis.hset(K.attempts, mapping={entry_id: 2, "other-entry": 1})
+    await redis.hset(K.attempts, mapping={entry_id: 2, f"{entry_id}:last": "x", "other": 1})
     assert await pending_ids(redis) == [entry_id]
     before = await redis.hget(K.records, "c1")
 
     assert await ack(redis, entry_id) == 1
     assert await pending_ids(redis) == []
-    assert await redis.hgetall(K.attempts) == {"other-entry": "1"}
+    assert await redis.hgetall(K.attempts) == {"other": "1"}
     assert await redis.hget(K.records, "c1") == before  # the record is not written
+    kind, at, gen, level, sinks, staged = str(await redis.hget(K.history, "c1")).split("|")
+    assert (kind, gen, level, sinks, staged) == ("D", "1", "1", "webhook", entry_id.split("-")[0])
+    assert abs(int(at) - await redis_now(redis)) < 1000
+
+
+async def test_ack_notes_a_suppressed_notification(redis: Redis) -> None:
+    entry_id, _ = await fire_level_one(redis, "c1")
+    await ack(redis, entry_id, outcome="U")
+    assert str(await redis.hget(K.history, "c1")).split("|")[0::2] == ["U", "1"]
 
 
 async def test_ack_keeps_attempts_unless_told_and_counts_what_it_acknowledged(
@@ -684,7 +711,24 @@ async def test_ack_keeps_attempts_unless_told_and_counts_what_it_acknowledged(
     assert await ack(redis, entry_id, "0-1", forget_attempts=False) == 1  # 0-1: not pending
     assert await redis.hgetall(K.attempts) == {entry_id: "1"}
     assert await ack(redis, entry_id) == 0  # already acknowledged
-    assert await ack(redis) == 0
+
+
+# --- attempt_failed ------------------------------------------------------------------------
+
+
+async def test_attempt_failed_counts_keeps_the_error_and_notes_it(redis: Redis) -> None:
+    entry_id, _ = await fire_level_one(redis, "c1")
+    for n in (1, 2):
+        args: list[Arg] = [entry_id, "c1", 1, 1, "webhook", f"webhook: HTTP 50{n}"]
+        assert await SCRIPTS.attempt_failed.run(redis, K.for_attempt_failed, args) == n
+    _, sink, error = str(await redis.hget(K.attempts, f"{entry_id}:last")).split("|")
+    assert (sink, error) == ("webhook", "webhook: HTTP 502")
+    history = str(await redis.hget(K.history, "c1")).split("\n")
+    assert [h.split("|", 4)[4] for h in history] == [
+        "webhook|webhook: HTTP 501",
+        "webhook|webhook: HTTP 502",
+    ]
+    assert await pending_ids(redis) == [entry_id]  # still to deliver
 
 
 # --- dead_letter ---------------------------------------------------------------------------
@@ -692,10 +736,10 @@ async def test_ack_keeps_attempts_unless_told_and_counts_what_it_acknowledged(
 
 async def test_dead_letter_moves_the_entry_with_its_reason_and_acks(redis: Redis) -> None:
     entry_id, fields = await fire_level_one(redis, "c1")
-    await redis.hset(K.attempts, entry_id, 5)
+    await redis.hset(K.attempts, mapping={entry_id: 5, f"{entry_id}:last": "1|webhook|x"})
     keys = K.for_dead_letter
     flat = [v for pair in fields.items() for v in pair]
-    args: list[Arg] = [CONSUMER_GROUP, entry_id, "webhook 410 Gone", 5, *flat]
+    args: list[Arg] = [CONSUMER_GROUP, entry_id, "webhook 410 Gone", 5, "c1|1|1", *flat]
     dl_id = await SCRIPTS.dead_letter.run(redis, keys, args)
 
     (dead,) = await xrange(redis, K.dead_letters)
@@ -707,7 +751,29 @@ async def test_dead_letter_moves_the_entry_with_its_reason_and_acks(redis: Redis
         **fields,
     }
     assert await pending_ids(redis) == []
-    assert await redis.hexists(K.attempts, entry_id) == 0
+    assert await redis.hgetall(K.attempts) == {}
+    kind, _, gen, level, reason = str(await redis.hget(K.history, "c1")).split("|")
+    assert (kind, gen, level, reason) == ("X", "1", "1", "webhook 410 Gone")
+
+
+async def test_dead_letter_of_an_unreadable_entry_keeps_its_fields(redis: Redis) -> None:
+    await redis.xgroup_create(K.events, CONSUMER_GROUP, id="0", mkstream=True)
+    entry_id = str(await redis.xadd(K.events, {"e": "not|a|valid|entry"}))
+    await read_group(redis)
+    args: list[Arg] = [
+        CONSUMER_GROUP,
+        entry_id,
+        "malformed: 4 values",
+        1,
+        "",
+        "e",
+        "not|a|valid|entry",
+    ]
+    await SCRIPTS.dead_letter.run(redis, K.for_dead_letter, args)
+    ((_, fields),) = await xrange(redis, K.dead_letters)
+    assert fields["e"] == "not|a|valid|entry"
+    assert await pending_ids(redis) == []
+    assert await redis.exists(K.history) == 0
 
 
 # --- trim ----------------------------------------------------------------------------------

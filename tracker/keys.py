@@ -79,7 +79,7 @@ class ShardKeys:
     @property
     def for_recheck(self) -> list[str]:
         """KEYS of the recheck script."""
-        return [self.records, self.moving]
+        return [self.records, self.moving, self.states]
 
     @property
     def for_sweep(self) -> list[str]:
@@ -113,12 +113,17 @@ class ShardKeys:
     @property
     def for_ack(self) -> list[str]:
         """KEYS of the ack script."""
-        return [self.events, self.attempts]
+        return [self.events, self.attempts, self.history]
+
+    @property
+    def for_attempt_failed(self) -> list[str]:
+        """KEYS of the attempt_failed script."""
+        return [self.attempts, self.history]
 
     @property
     def for_dead_letter(self) -> list[str]:
         """KEYS of the dead_letter script."""
-        return [self.events, self.dead_letters, self.attempts]
+        return [self.events, self.dead_letters, self.attempts, self.history]
 
 
 def all_shards(shard_count: int) -> list[ShardKeys]:

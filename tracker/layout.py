@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-from tracker.connection import UNAVAILABLE
 from tracker.keys import LAYOUT, ShardKeys, shard_of
 from tracker.scripts import Call, Scripts, run_batch
 from tracker.settings import Settings
@@ -169,7 +168,7 @@ class LiveLayout:
             await asyncio.sleep(REFRESH_S)
             try:
                 await self.refresh()
-            except UNAVAILABLE as exc:
+            except RedisError as exc:
                 log.debug("layout refresh failed error=%s", exc)
             # redis-py can absorb a cancellation that lands while it connects: honour it
             if task is not None and task.cancelling():
@@ -180,6 +179,6 @@ class LiveLayout:
         while not self.loaded and not stop.is_set():
             try:
                 await self.refresh()
-            except UNAVAILABLE as exc:
+            except RedisError as exc:
                 log.warning("shard layout not loaded yet, retrying error=%s", exc)
                 await asyncio.sleep(REFRESH_S)

@@ -58,6 +58,7 @@ class Scripts:
         self.sweep = Script.load("sweep")
         self.recheck = Script.load("recheck")
         self.ack = Script.load("ack")
+        self.attempt_failed = Script.load("attempt_failed")
         self.dead_letter = Script.load("dead_letter")
         self.lease_acquire = Script.load("lease_acquire")
         self.lease_renew = Script.load("lease_renew")
