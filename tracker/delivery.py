@@ -150,8 +150,8 @@ class Deliverer:
         self, keys: ShardKeys, entry_id: str, fields: dict[str, str], exc: MalformedEntry
     ) -> None:
         args: list[Arg] = [CONSUMER_GROUP, entry_id, f"malformed: {exc}", 1, ""]
-        for field, value in fields.items():
-            args += [field, value]
+        for field, value in fields.items():  # as they were, bytes that are not UTF-8 too
+            args += [_raw(field), _raw(value)]
         await self.scripts.dead_letter.run(self.redis, keys.for_dead_letter, args)
         metrics.DEAD_LETTERED.labels("malformed").inc()
         log.warning(
@@ -542,6 +542,11 @@ class Deliverer:
         await asyncio.gather(*self.retries, return_exceptions=True)
         for sink in self.sinks:
             await sink.close()
+
+
+def _raw(text: str) -> bytes:
+    """A value as Redis held it (read with surrogateescape)."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _ack_arg(n: Notification, outcome: str, sinks: str = "") -> str:

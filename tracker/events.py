@@ -69,8 +69,8 @@ class Notification(NamedTuple):
         if len(values) != len(READABLE):
             raise MalformedEntry(f"{len(values)} values, not {len(READABLE)}")
         c, level, gen, since, due, agent, message = values
-        if not c or not agent or not message:
-            raise MalformedEntry("an empty conversation, agent or message id")
+        if not all(v and v.isascii() and v.isprintable() for v in (c, agent, message)):
+            raise MalformedEntry("a conversation, agent or message id that is not printable")
         if level not in ("1", "2", "3"):
             raise MalformedEntry(f"level {level[:20]!r} is not 1, 2 or 3")
         if not (gen.isdigit() and since.isdigit() and due.isdigit()):

@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError
 
 from tracker.lane import AnyLane
 
-Arg = str | int | float
+Arg = str | int | float | bytes
 
 
 def _source(name: str) -> str:
