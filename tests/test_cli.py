@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-import json
 import sys
 from pathlib import Path
 from typing import Any

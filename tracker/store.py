@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 from redis.asyncio import Redis
@@ -22,6 +22,8 @@ from tracker.scripts import Call as ScriptCall
 from tracker.settings import Settings
 
 STATES = {"W": "waiting", "E": "escalated", "A": "answered"}
+#: Fields of a conversation record (tracker/lua/prelude.lua names them).
+RECORD_FIELDS = 10
 
 
 class AgentMessage(NamedTuple):
@@ -85,7 +87,7 @@ class Conversation:
     answered_at_ms: int | None = None
     answer_message_id: str | None = None
     history: tuple[Entry, ...] = ()
-    now_ms: int = 0  # Redis's clock when it was read
+    now_ms: int = field(default=0, compare=False)  # Redis's clock when it was read
 
     @property
     def period(self) -> Period:
@@ -285,8 +287,11 @@ class Store:
             pipe.time()
             raw, fired, due, moving, history, (seconds, micros) = await pipe.execute()
         if raw is None and moving is not None:  # taken out by a move in progress
-            raw, due_s, fired, _ = moving.rsplit("|", 3)
+            parts = moving.split("|", RECORD_FIELDS + 3)  # record|due|level|retire|history
+            raw = "|".join(parts[:RECORD_FIELDS])
+            due_s, fired = parts[RECORD_FIELDS], parts[RECORD_FIELDS + 1]
             due = float(due_s) if due_s else None
+            history = parts[RECORD_FIELDS + 3] if len(parts) > RECORD_FIELDS + 3 else None
         if raw is None:
             return None
         view = _conversation(conversation_id, raw, fired or None, due)
