@@ -119,8 +119,16 @@ def packed(connection_class: type[C]) -> type[C]:
     return _PACKED[connection_class]
 
 
+def _tls(settings: Settings) -> dict[str, Any]:
+    """REDIS_TLS_CA_FILE, for every TLS connection (settings allow it with rediss:// only)."""
+    if settings.redis_tls_ca_file is None:
+        return {}
+    return {"ssl_ca_certs": str(settings.redis_tls_ca_file)}
+
+
 def _common(settings: Settings, socket_timeout: float) -> dict[str, Any]:
     return {
+        **_tls(settings),
         "decode_responses": True,
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": 2.0,
@@ -176,7 +184,12 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections:
         ssl = creds.pop("ssl")
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             sentinel_hosts(settings.redis_url),
-            sentinel_kwargs={"socket_timeout": 2.0, "decode_responses": True, "ssl": ssl},
+            sentinel_kwargs={
+                "socket_timeout": 2.0,
+                "decode_responses": True,
+                "ssl": ssl,
+                **_tls(settings),
+            },
             ssl=ssl,
             **common,
         )
@@ -223,4 +236,5 @@ async def pubsub_client(settings: Settings, client: Redis) -> Redis:
         ssl=creds["ssl"],
         decode_responses=True,
         socket_connect_timeout=2.0,
+        **_tls(settings),
     )
