@@ -21,7 +21,8 @@ from redis.asyncio import Redis
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer, free_port
 from tracker import progress
-from tracker.api import MAX_BODY, create_app
+from tracker.api import create_app
+from tracker.edge import MAX_BODY
 from tracker.keys import LAYOUT
 from tracker.settings import Settings
 from tracker.timefmt import format_ms
