@@ -22,117 +22,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from aiohttp import web
-from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
 
-from tests.conftest import make_settings
+from tests.rawhttp import (
+    AGENT,
+    CUSTOMER,
+    GOOD,
+    TOKENS,
+    Api,
+    agent,
+    api_settings,
+    customer,
+    exchange,
+    http,
+    js,
+    read_reply,
+    start_api,
+)
 from tests.redis_server import RedisServer, free_port
-from tracker import edge
-from tracker.api import TALLY, create_app
+from tracker.api import create_app
 from tracker.edge import EDGE, MAX_BODY
 from tracker.errors import ConfigError
 from tracker.server import start
 from tracker.settings import Settings
 from tracker.timefmt import format_ms
 
-TOKENS = ("token-a", "token-b")
-AGENT = "/conversations/c1/agent-message"
-CUSTOMER = "/conversations/c1/customer-response"
-BODY_TIMEOUT_MS = 500
 DAY_MS = 86_400_000
-
-
-# --- a raw HTTP/1.1 client ------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]  # names in lower case
-    body: bytes
-    interim: list[int] = field(default_factory=list)  # 1xx answers before the final one
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-async def read_reply(reader: asyncio.StreamReader) -> Reply:
-    interim: list[int] = []
-    while True:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        if 100 <= status < 200:
-            interim.append(status)
-            continue
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        return Reply(status, headers, body, interim)
-
-
-async def exchange(port: int, raw: bytes, timeout: float = 10.0) -> Reply:
-    """Send `raw` on a new connection and read one answer."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        return await asyncio.wait_for(read_reply(reader), timeout)
-    finally:
-        writer.close()
-
-
-def http(
-    method: str = "POST",
-    path: str = AGENT,
-    body: bytes = b"",
-    *,
-    token: str | None = TOKENS[1],
-    auth: str | None = None,
-    content_type: str | None = "application/json",
-    headers: dict[str, str] | None = None,
-    length: int | None = None,
-    chunked: bool = False,
-) -> bytes:
-    """A request as bytes; `length` overrides the Content-Length of `body`; `chunked` sends
-    `body` (chunks already) with Transfer-Encoding instead."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: tracker.test"]
-    if auth is not None:
-        lines.append(f"Authorization: {auth}")
-    elif token is not None:
-        lines.append(f"Authorization: Bearer {token}")
-    if content_type is not None:
-        lines.append(f"Content-Type: {content_type}")
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    if chunked:
-        lines.append("Transfer-Encoding: chunked")
-    elif body or length is not None or method in ("POST", "PUT"):
-        lines.append(f"Content-Length: {len(body) if length is None else length}")
-    return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + body
-
-
-def js(value: Any) -> bytes:
-    return orjson.dumps(value)
-
-
-def agent(**fields: Any) -> bytes:
-    """A valid agent message body with `fields` changed (None deletes a field)."""
-    body: dict[str, Any] = {"agent_id": "agent-1", "message_id": "m1"}
-    body.update(fields)
-    return js({k: v for k, v in body.items() if v is not None})
-
-
-def customer(**fields: Any) -> bytes:
-    body: dict[str, Any] = {"customer_id": "customer-1", "message_id": "r1"}
-    body.update(fields)
-    return js({k: v for k, v in body.items() if v is not None})
 
 
 def stamp(offset_ms: int) -> str:
@@ -155,7 +73,6 @@ class Bad:
 
 
 ITEM = {"type": "agent_message", "conversation_id": "c1", "agent_id": "a", "message_id": "m"}
-GOOD = agent()
 BIG_CHUNKED = b"".join(b"%x\r\n%s\r\n" % (65536, b"x" * 65536) for _ in range(17)) + b"0\r\n\r\n"
 EXPECT = {"Expect": "100-continue"}
 EXPECT_200 = {"Expect": "200-ok"}
@@ -353,38 +270,6 @@ REQUESTS = [
 ]  # fmt: skip
 
 
-@dataclass
-class Api:
-    port: int
-    app: web.Application
-
-    def counted(self, status: int) -> float:
-        """http_requests_total summed over routes and methods, for `status`."""
-        self.app[TALLY].flush()
-        total = 0.0
-        for metric in REGISTRY.collect():
-            for sample in metric.samples:
-                if sample.name == "http_requests_total" and sample.labels["status"] == str(status):
-                    total += sample.value
-        return total
-
-
-async def start_api(settings: Settings, redis: Redis) -> tuple[Api, web.AppRunner]:
-    app = create_app(settings, redis)
-    runner = await start(app, settings)
-    return Api(settings.port, app), runner
-
-
-def api_settings(redis_url: str, run_dir: Path, **env: str) -> Settings:
-    defaults = {
-        "HOST": "127.0.0.1",
-        "PORT": str(free_port()),
-        "API_TOKEN": ",".join(TOKENS),
-        "HTTP_BODY_TIMEOUT_MS": str(BODY_TIMEOUT_MS),
-    }
-    return make_settings(redis_url, run_dir, **{**defaults, **env})
-
-
 @pytest.fixture
 async def api(redis_server: RedisServer, redis: Redis, tmp_path: Path) -> AsyncIterator[Api]:
     served, runner = await start_api(api_settings(redis_server.url, tmp_path / "run"), redis)
@@ -394,11 +279,11 @@ async def api(redis_server: RedisServer, redis: Redis, tmp_path: Path) -> AsyncI
 
 async def snapshot(redis: Redis) -> dict[str, Any]:
     """Every key with its type and value."""
-    return {key: await value_of(redis, key) for key in sorted(await redis.keys("*"))}
+    return {str(key): await value_of(redis, str(key)) for key in sorted(await redis.keys("*"))}
 
 
 async def value_of(redis: Redis, key: str) -> tuple[str, Any]:
-    kind = await redis.type(key)
+    kind = str(await redis.type(key))
     if kind == "string":
         return kind, await redis.get(key)
     if kind == "hash":
@@ -572,7 +457,7 @@ async def test_13_2_tokens_are_compared_in_constant_time(
         calls.append((len(a), len(b)))
         return compare(a, b)
 
-    monkeypatch.setattr(edge.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     presented = [TOKENS[0], TOKENS[1], "token-c", TOKENS[0][:-1], "", "x" * 5000, TOKENS[0] + "x"]
     for token in presented:
         calls.clear()
@@ -620,7 +505,7 @@ async def test_13_5_a_redis_reply_error_that_is_not_an_outage_is_a_500_not_a_503
 ) -> None:
     """A user that may not run scripts gets NOPERM for every write: retrying cannot help,
     so it is a 500 (a 503 would tell clients to retry a bug), and Redis is unchanged."""
-    await redis.execute_command(
+    await redis.execute_command(  # type: ignore[no-untyped-call]
         "ACL", "SETUSER", "noscripts", "on", ">pw", "~*", "&*", "+@all", "-evalsha", "-eval"
     )
     try:
@@ -638,7 +523,7 @@ async def test_13_5_a_redis_reply_error_that_is_not_an_outage_is_a_500_not_a_503
             await runner.cleanup()
             await limited.aclose()
     finally:
-        await redis.execute_command("ACL", "DELUSER", "noscripts")
+        await redis.execute_command("ACL", "DELUSER", "noscripts")  # type: ignore[no-untyped-call]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1
     assert errors[0].exc_info is not None
