@@ -16,6 +16,7 @@ from tracker import metrics, progress, validation
 from tracker.connection import UNAVAILABLE, connect
 from tracker.edge import EDGE, MAX_BODY, Edge, error_response, json_response, read_json
 from tracker.errors import RequestError
+from tracker.history import Level
 from tracker.lane import lane_for
 from tracker.openapi import document
 from tracker.scripts import Scripts
@@ -116,14 +117,32 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def get_conversation(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    conversation = await _conversation(request)
+    return json_response(conversation_json(conversation, store.levels(conversation)))
+
+
+async def get_history(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    conversation = await _conversation(request)
+    return json_response(
+        {
+            "conversation_id": conversation.conversation_id,
+            "history": store.timeline(conversation),
+        }
+    )
+
+
+async def _conversation(request: web.Request) -> Conversation:
     conversation_id = validation.check_id(request.match_info["id"], "conversation_id")
     conversation = await request.app[STORE].get(conversation_id)
     if conversation is None:
         raise RequestError(404, "not_found", "no such conversation")
-    return json_response(conversation_json(conversation))
+    return conversation
 
 
-def conversation_json(c: Conversation) -> dict[str, Any]:
+def conversation_json(c: Conversation, levels: list[Level]) -> dict[str, Any]:
+    delivered = [v.level for v in levels if v.status == "delivered"]
     return {
         "conversation_id": c.conversation_id,
         "state": c.state,
@@ -133,8 +152,10 @@ def conversation_json(c: Conversation) -> dict[str, Any]:
         "waiting_since": format_ms(c.waiting_since_ms),
         "timeout_ms": c.timeout_ms,
         "level_fired": c.level_fired,
+        "level_delivered": max(delivered, default=0),
         "next_due_at": format_ms(c.next_due_ms) if c.next_due_ms is not None else None,
         "response_time_ms": c.response_time_ms,
+        "levels": [v.json() for v in levels],
     }
 
 
@@ -181,6 +202,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
         ("POST", "/conversations/{id:[^/]+}/agent-message", agent_message),
         ("POST", "/conversations/{id:[^/]+}/customer-response", customer_response),
         ("GET", "/conversations/{id:[^/]+}", get_conversation),
+        ("GET", "/conversations/{id:[^/]+}/history", get_history),
         ("POST", "/events", events),
         ("GET", "/health", health),
         ("GET", "/ready", ready),
@@ -207,7 +229,7 @@ LAYOUT_AT_START_S = 2.0  # Redis away at start: do not wait for it, the follower
 async def _follow_layout(app: web.Application) -> AsyncIterator[None]:
     """Keep the store's shard layout current (a reshard changes it); when Redis answers at
     start, the layout is loaded before the first request."""
-    with contextlib.suppress(TimeoutError, *UNAVAILABLE):
+    with contextlib.suppress(TimeoutError, RedisError):  # the follower loads it later
         await asyncio.wait_for(app[STORE].layout.refresh(), LAYOUT_AT_START_S)
     task = asyncio.create_task(app[STORE].layout.follow())
     yield

@@ -5,21 +5,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import TryAgainError
 
+from tracker.history import Entry, Level, Period, levels, timeline
+from tracker.history import parse as parse_history
 from tracker.keys import ShardKeys, wake_channel
 from tracker.lane import AnyLane
-from tracker.layout import Layout, LiveLayout, is_refused
+from tracker.layout import Layout, LiveLayout, refused_epoch
 from tracker.moves import move
 from tracker.scripts import Arg, Scripts, run_batch
 from tracker.scripts import Call as ScriptCall
 from tracker.settings import Settings
 
 STATES = {"W": "waiting", "E": "escalated", "A": "answered"}
+#: Fields of a conversation record (tracker/lua/prelude.lua names them).
+RECORD_FIELDS = 10
 
 
 class AgentMessage(NamedTuple):
@@ -56,6 +60,15 @@ class RespondResult(NamedTuple):
 Result = TrackResult | RespondResult
 
 
+@dataclass(slots=True)
+class Refused:
+    """Events a shard refused for the layout epoch they were routed by, and the highest
+    epoch the refusing shards named."""
+
+    indices: list[int]
+    epoch: int
+
+
 @dataclass(frozen=True, slots=True)
 class Conversation:
     """What one conversation looks like now (the GET view)."""
@@ -67,21 +80,30 @@ class Conversation:
     timeout_ms: int
     agent_id: str
     message_id: str
-    level_fired: int
+    level_fired: int  # the highest level whose due time has come and that was fired
     next_due_ms: int | None
     response_time_ms: int | None
+    staged: int = 0  # the highest level fired or staged (PREFETCH_MS) in this period
+    answered_at_ms: int | None = None
+    answer_message_id: str | None = None
+    history: tuple[Entry, ...] = ()
+    now_ms: int = field(default=0, compare=False)  # Redis's clock when it was read
+
+    @property
+    def period(self) -> Period:
+        return Period(
+            self.generation, self.waiting_since_ms, self.timeout_ms, self.agent_id, self.message_id
+        )
 
 
-def track_arg(
-    conversation_id: str, agent_id: str, message_id: str, ts_ms: int, interval_ms: int
-) -> str:
-    """One agent message as the track script takes it (ids never hold '|': validation)."""
-    return f"{conversation_id}|{agent_id}|{message_id}|{ts_ms}|{interval_ms}"
-
-
-def respond_arg(conversation_id: str, message_id: str, ts_ms: int) -> str:
-    """One customer response as the respond script takes it."""
-    return f"{conversation_id}|{message_id}|{ts_ms}"
+def apply_arg(event: Event, interval_ms: int) -> str:
+    """One event as the apply script takes it (ids never hold '|': validation)."""
+    if isinstance(event, AgentMessage):
+        return (
+            f"a|{event.conversation_id}|{event.agent_id}|{event.message_id}"
+            f"|{event.timestamp_ms}|{event.timeout_ms or interval_ms}"
+        )
+    return f"c|{event.conversation_id}|{event.message_id}|{event.timestamp_ms}"
 
 
 #: Events per script call: bounded so a call's arguments stay small and Redis stays responsive.
@@ -92,15 +114,31 @@ REROUTES = 5
 
 @dataclass(slots=True)
 class _Call:
-    """One planned script call: a run of one kind of event for one shard."""
+    """One planned script call: events of one shard, in arrival order."""
 
     shard: int
-    agent: bool
     indices: list[int]
 
 
+def plan(events: Sequence[Event], indices: Sequence[int], layout: Layout) -> list[list[_Call]]:
+    """Group events into script calls: per shard, in arrival order, CALL_SIZE a call; then
+    into rounds of at most one call per shard. A round is one round trip, and a shard's next
+    call waits for the round before: a call that must be run again (NOSCRIPT, a redirection)
+    is, before any later event of its shard runs."""
+    by_shard: dict[int, list[int]] = {}
+    for index in indices:
+        by_shard.setdefault(layout.shard(events[index].conversation_id), []).append(index)
+    rounds: list[list[_Call]] = []
+    for shard, members in by_shard.items():
+        for n, start in enumerate(range(0, len(members), CALL_SIZE)):
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(_Call(shard, members[start : start + CALL_SIZE]))
+    return rounds
+
+
 class Store:
-    """Applies agent messages and customer responses, one atomic script each."""
+    """Applies agent messages and customer responses, one atomic script call per shard."""
 
     def __init__(
         self,
@@ -118,47 +156,19 @@ class Store:
         self.pending: list[tuple[Event, asyncio.Future[Result]]] = []
         self.flushing: set[asyncio.Task[None]] = set()
 
-    @staticmethod
-    def _plan(events: Sequence[Event], indices: Sequence[int], layout: Layout) -> list[_Call]:
-        """Group events into script calls: per shard, runs of one kind, in arrival order.
-
-        A shard's calls run in the order planned, so its events apply in order.
-        """
-        calls: list[_Call] = []
-        last: dict[int, _Call] = {}
-        for index in indices:
-            event = events[index]
-            shard = layout.shard(event.conversation_id)
-            agent = isinstance(event, AgentMessage)
-            call = last.get(shard)
-            if call is None or call.agent != agent or len(call.indices) >= CALL_SIZE:
-                call = _Call(shard, agent, [])
-                calls.append(call)
-                last[shard] = call
-            call.indices.append(index)
-        return calls
-
     def _script_call(self, call: _Call, events: Sequence[Event], epoch: int) -> ScriptCall:
-        k = ShardKeys.of(call.shard)
-        keys = k.for_writes
         s = self.settings
-        if call.agent:
-            args: list[Arg] = [epoch, s.level_multipliers[0], wake_channel(call.shard)]
-            for i in call.indices:
-                e = cast(AgentMessage, events[i])
-                interval = e.timeout_ms or s.timeout_interval_ms
-                args.append(
-                    track_arg(e.conversation_id, e.agent_id, e.message_id, e.timestamp_ms, interval)
-                )
-            return self.scripts.track, keys, args
-        args = [epoch, s.answered_retention_ms]
-        for i in call.indices:
-            r = cast(CustomerResponse, events[i])
-            args.append(respond_arg(r.conversation_id, r.message_id, r.timestamp_ms))
-        return self.scripts.respond, keys, args
+        args: list[Arg] = [
+            epoch,
+            s.level_multipliers[0],
+            wake_channel(call.shard),
+            s.finished_retention_ms,
+        ]
+        args += [apply_arg(events[i], s.timeout_interval_ms) for i in call.indices]
+        return self.scripts.apply, ShardKeys.of(call.shard).for_apply, args
 
     async def apply_many(self, events: Sequence[Event]) -> list[Result]:
-        """Apply a batch in one round trip: one script call per shard and kind, in order.
+        """Apply a batch: one script call per shard (CALL_SIZE events a call), in order.
 
         While a reshard runs, the batch's conversations still in their old shard move first.
         A call a shard refuses for its layout epoch changed nothing: its events are routed
@@ -173,8 +183,8 @@ class Store:
             refused = await self._apply(events, todo, layout, results)
             if refused is None:
                 return cast(list[Result], results)
-            todo = refused
-            await self.layout.refresh()
+            todo = refused.indices
+            await self.layout.catch_up(refused.epoch)
         raise TryAgainError("the shard layout kept changing while applying a batch")
 
     async def _apply(
@@ -183,29 +193,42 @@ class Store:
         todo: Sequence[int],
         layout: Layout,
         results: list[Result | None],
-    ) -> list[int] | None:
-        """Apply events[todo] by `layout` into `results`; the indices refused, or None."""
+    ) -> Refused | None:
+        """Apply events[todo] by `layout` into `results`; what was refused, or None."""
         if layout.previous is not None:
             try:
                 await move(
                     self.redis, self.scripts, layout, {events[i].conversation_id for i in todo}
                 )
             except Exception as exc:
-                if is_refused(exc):
-                    return list(todo)
+                epoch = refused_epoch(exc)
+                if epoch is not None:
+                    return Refused(list(todo), epoch)
                 raise
-        calls = self._plan(events, todo, layout)
-        script_calls = [self._script_call(c, events, layout.epoch) for c in calls]
-        replies = await run_batch(self.lane or self.redis, script_calls, raise_on_error=False)
-        refused: list[int] = []
-        for call, reply in zip(calls, replies, strict=True):
-            if is_refused(reply):
-                refused += call.indices
+        refused = Refused([], 0)
+        closed: set[int] = set()  # shards that refused: their later calls are not sent
+        for calls in plan(events, todo, layout):
+            live: list[_Call] = []
+            for call in calls:
+                if call.shard in closed:
+                    refused.indices += call.indices
+                else:
+                    live.append(call)
+            if not live:
                 continue
-            if isinstance(reply, Exception):
-                raise reply
-            _results(call, reply, results)
-        return sorted(refused) if refused else None
+            script_calls = [self._script_call(c, events, layout.epoch) for c in live]
+            replies = await run_batch(self.lane or self.redis, script_calls, raise_on_error=False)
+            for call, reply in zip(live, replies, strict=True):
+                epoch = refused_epoch(reply)
+                if epoch is not None:
+                    closed.add(call.shard)
+                    refused.indices += call.indices
+                    refused.epoch = max(refused.epoch, epoch)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    _results(call, events, reply, results)
+        return Refused(sorted(refused.indices), refused.epoch) if closed else None
 
     async def apply(self, event: Event) -> Result:
         """Apply one event. Events that arrive in the same event-loop turn (concurrent
@@ -260,46 +283,79 @@ class Store:
             pipe.hget(k.states, conversation_id)
             pipe.zscore(k.waiting, conversation_id)
             pipe.hget(k.moving, conversation_id)
+            pipe.hget(k.history, conversation_id)
             pipe.time()
-            raw, fired, due, moving, (seconds, micros) = await pipe.execute()
+            raw, fired, due, moving, history, (seconds, micros) = await pipe.execute()
         if raw is None and moving is not None:  # taken out by a move in progress
-            raw, due_s, fired, _ = moving.rsplit("|", 3)
+            parts = moving.split("|", RECORD_FIELDS + 3)  # record|due|level|retire|history
+            raw = "|".join(parts[:RECORD_FIELDS])
+            due_s, fired = parts[RECORD_FIELDS], parts[RECORD_FIELDS + 1]
             due = float(due_s) if due_s else None
+            history = parts[RECORD_FIELDS + 3] if len(parts) > RECORD_FIELDS + 3 else None
         if raw is None:
             return None
         view = _conversation(conversation_id, raw, fired or None, due)
-        return self._as_delivered(view, seconds * 1000 + micros // 1000)
+        view = dataclasses.replace(
+            view, history=tuple(parse_history(history)), now_ms=seconds * 1000 + micros // 1000
+        )
+        return self._as_delivered(view, view.now_ms)
 
     def _as_delivered(self, view: Conversation, now_ms: int) -> Conversation:
         """The view as the receivers see it: a level the sweeper staged early (PREFETCH_MS)
         is not fired until its due time comes."""
-        if not view.level_fired or view.state == "answered":
+        if not view.level_fired:
             return view
         offsets = self.settings.level_offsets_ms(view.timeout_ms)
         staged_due = view.waiting_since_ms + offsets[view.level_fired - 1]
         if staged_due <= now_ms:
             return view
+        if view.state == "answered":  # answered before it was due: it never fires
+            return dataclasses.replace(view, level_fired=view.level_fired - 1)
         return dataclasses.replace(
             view, state="waiting", level_fired=view.level_fired - 1, next_due_ms=staged_due
         )
 
+    def levels(self, view: Conversation) -> list[Level]:
+        """Each level of the current period: due, staged, delivered or pending, ..."""
+        offsets = self.settings.level_offsets_ms(view.timeout_ms)
+        answered = view.state == "answered"
+        return levels(
+            view.conversation_id,
+            view.period,
+            offsets,
+            view.staged,
+            answered,
+            view.history,
+            view.now_ms,
+        )
 
-def _results(call: _Call, reply: list[Any], results: list[Result | None]) -> None:
-    """A script's flat reply (4 values an agent message, 3 a response) into results."""
-    if call.agent:
-        for j, index in enumerate(call.indices):
-            status, gen, since, due = reply[4 * j : 4 * j + 4]
-            results[index] = TrackResult(status, int(gen), int(since), due if due >= 0 else None)
-        return
+    def timeline(self, view: Conversation) -> list[dict[str, Any]]:
+        """The conversation's history as JSON items, oldest first."""
+        answer = None
+        if view.answered_at_ms is not None:
+            answer = (view.answered_at_ms, view.response_time_ms or 0, view.answer_message_id or "")
+        return timeline(
+            view.conversation_id, view.period, answer, view.history, self.settings.level_offsets_ms
+        )
+
+
+def _results(
+    call: _Call, events: Sequence[Event], reply: list[Any], results: list[Result | None]
+) -> None:
+    """A script's flat reply (4 values an event) into results."""
     for j, index in enumerate(call.indices):
-        status, response, gen = reply[3 * j : 3 * j + 3]
-        results[index] = RespondResult(status, response if response >= 0 else None, int(gen))
+        status, gen, a, b = reply[4 * j : 4 * j + 4]
+        if isinstance(events[index], AgentMessage):
+            results[index] = TrackResult(status, int(gen), int(a), b if b >= 0 else None)
+        else:
+            results[index] = RespondResult(status, a if a >= 0 else None, int(gen))
 
 
 def _conversation(
     conversation_id: str, raw: str, fired: str | None, due: float | None
 ) -> Conversation:
     r = raw.split("|")
+    answered = r[0] == "A"
     return Conversation(
         conversation_id=conversation_id,
         state=STATES[r[0]],
@@ -311,4 +367,7 @@ def _conversation(
         level_fired=int(fired or 0),
         next_due_ms=int(due) if due is not None else None,
         response_time_ms=int(r[9]) if r[9] else None,
+        staged=int(fired or 0),
+        answered_at_ms=int(r[6]) if answered else None,
+        answer_message_id=r[8] if answered else None,
     )
