@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tracker import metrics, progress, validation
-from tracker.connection import UNAVAILABLE, connect
+from tracker.connection import UNAVAILABLE, close, connect
 from tracker.edge import EDGE, MAX_BODY, Edge, error_response, json_response, read_json
 from tracker.errors import RequestError
 from tracker.history import Level
@@ -255,4 +255,4 @@ async def _flush_tally(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_redis(app: web.Application) -> None:
-    await app[REDIS].aclose()
+    await close(app[REDIS])

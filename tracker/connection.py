@@ -218,6 +218,16 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections:
     return Redis.from_pool(pool)
 
 
+async def close(client: Redis) -> None:
+    """Close `client` and, in sentinel mode, its connections to the sentinels (redis-py's
+    `aclose` leaves those open)."""
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)  # a RedisCluster has none
+    sentinels = getattr(pool, "sentinel_manager", None)
+    for sentinel in sentinels.sentinels if sentinels is not None else ():
+        await sentinel.aclose()
+
+
 async def redis_time_ms(client: Redis) -> int:
     """Redis's clock (TIME), in milliseconds: the one clock every pod agrees on."""
     seconds, micros = await client.time()

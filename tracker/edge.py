@@ -9,6 +9,7 @@ status, and counts the request. `read_json` is the one way a handler reads its b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -136,7 +137,8 @@ class Edge:
                 response.force_close()  # the body, if the client sends it anyway, is unread
                 return self.finish(request, route, response, request_id, started)
             if request.version == HttpVersion11:
-                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                with contextlib.suppress(OSError):  # gone: reading the body will tell (499)
+                    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 request.writer.output_size = 0  # as aiohttp's own: the answer is still to come
             return None
 
