@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 COMPOSE ?= docker compose -f docker/compose.yaml
 
 .PHONY: run run-phase1 run-phase2 ctl status test test-fast test-coverage bench load-test \
-        demo-multi docker-up docker-down docker-logs docker-constraints fmt lint clean redis-server \
+        demo-multi docker-up docker-down docker-logs docker-constraints fmt lint clean redis-server openapi \
         promtool wrk
 
 $(STAMP): pyproject.toml
@@ -40,15 +40,15 @@ promtool:
 
 ## run: the whole pod under supervisord in the foreground (embedded Redis unless REDIS_URL)
 run: $(STAMP)
-	@[ -n "$$REDIS_URL" ] || $(MAKE) -s redis-server
+	@[ -n "$$REDIS_URL$$REDIS_URL_FILE" ] || $(MAKE) -s redis-server
 	exec $(VENV)/bin/tracker pod
 
 run-phase1: $(STAMP)
-	@[ -n "$$REDIS_URL" ] || $(MAKE) -s redis-server
+	@[ -n "$$REDIS_URL$$REDIS_URL_FILE" ] || $(MAKE) -s redis-server
 	MODE=phase1 exec $(VENV)/bin/tracker pod
 
 run-phase2: $(STAMP)
-	@[ -n "$$REDIS_URL" ] || $(MAKE) -s redis-server
+	@[ -n "$$REDIS_URL$$REDIS_URL_FILE" ] || $(MAKE) -s redis-server
 	MODE=phase2 exec $(VENV)/bin/tracker pod
 
 ## ctl: supervisorctl for the pod of this RUN_DIR, e.g. make ctl ARGS="restart consumer:*"
@@ -108,6 +108,10 @@ docker-logs:
 ## docker-constraints: re-pin the image's dependencies to the versions in the venv
 docker-constraints: $(STAMP)
 	$(PY) docker/constraints.py > docker/constraints.txt
+
+## openapi: write docs/openapi.json (a test checks it equals what the API serves)
+openapi: $(STAMP)
+	$(PY) -m tracker.openapi > docs/openapi.json
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format tracker tests bench

@@ -156,14 +156,18 @@ async def test_webhook_signatures_verify_with_the_standard_webhooks_library_duri
 
 
 @contextlib.contextmanager
-def redis_process(workdir: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A redis-server with extra arguments, stopped by its pid at the end."""
+def redis_process(
+    workdir: Path, *args: str, config: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A redis-server with extra arguments (after its `config` file, if any), stopped by its
+    pid at the end."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is not installed"
     workdir.mkdir(parents=True, exist_ok=True)
+    first = [str(config)] if config is not None else []
     with (workdir / "stderr.log").open("wb") as stderr:
         proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
+            [binary, *first, "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
              "--logfile", str(workdir / "redis.log"), *args],
             stdout=stderr,
             stderr=stderr,
@@ -313,7 +317,7 @@ def tls_unsupported(workdir: Path) -> bool:
 
 async def test_rediss_tls_connections_work(tmp_path: Path) -> None:
     """A redis-server serving only TLS (self-signed CA): the API and a sweeper reach it with
-    REDIS_URL=rediss://...?ssl_ca_certs=..., notifications flow; a client that does not
+    REDIS_URL=rediss://... and REDIS_TLS_CA_FILE, notifications flow; a client that does not
     trust the CA is refused, and there is no plain-text port."""
     if shutil.which("openssl") is None:
         pytest.skip("the openssl CLI is not installed (it makes the test certificate)")
@@ -325,10 +329,12 @@ async def test_rediss_tls_connections_work(tmp_path: Path) -> None:
         "--tls-key-file", str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.crt"),
         "--tls-auth-clients", "no",
     ]  # fmt: skip
-    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={certs / 'ca.crt'}"
+    url = f"rediss://127.0.0.1:{port}/0"
     workdir = tmp_path / "redis"
     with redis_process(workdir, *tls) as proc:
-        client = sync_redis.Redis.from_url(url, decode_responses=True)
+        client = sync_redis.Redis.from_url(
+            url, decode_responses=True, ssl_ca_certs=str(certs / "ca.crt")
+        )
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=0.5)
         if proc.poll() is not None and tls_unsupported(workdir):
@@ -353,6 +359,7 @@ async def test_rediss_tls_connections_work(tmp_path: Path) -> None:
             NOTIFY_SINK="webhook",
             NOTIFY_WEBHOOK_URL=receiver.url,
             NOTIFY_WEBHOOK_SECRET=receiver.secret,
+            REDIS_TLS_CA_FILE=str(certs / "ca.crt"),
         )
         roles = [Role(["api"], env, tmp_path / "api.log")]
         roles.append(Role(["sweeper"], env, tmp_path / "sweeper.log"))
@@ -373,3 +380,123 @@ async def test_rediss_tls_connections_work(tmp_path: Path) -> None:
             client.close()
         for role in roles:
             assert "Traceback" not in role.output(), role.output()[-3000:]
+
+
+# -- TLS with REDIS_TLS_CA_FILE in cluster and sentinel modes --------------------------------
+
+
+def tls_args(certs: Path, port: int) -> list[str]:
+    return [
+        "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(certs / "server.crt"),
+        "--tls-key-file", str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.crt"),
+        "--tls-auth-clients", "no", "--tls-replication", "yes",
+    ]  # fmt: skip
+
+
+def tls_client(port: int, certs: Path) -> sync_redis.Redis:
+    return sync_redis.Redis(
+        port=port, ssl=True, ssl_ca_certs=str(certs / "ca.crt"), decode_responses=True
+    )
+
+
+async def events_go_through(settings_env: dict[str, str], tmp_path: Path) -> list[int]:
+    """The API, on the tracker's own client for these settings, takes an agent message for
+    conversations on many shards: their statuses."""
+    from tests.rawhttp import exchange, http
+    from tracker.api import create_app
+    from tracker.server import start
+    from tracker.settings import Settings
+
+    env = {"RUN_DIR": str(tmp_path / "run"), "POD_ID": "tls", "HOST": "127.0.0.1"}
+    settings = Settings.from_env({**env, "PORT": str(free_port()), **settings_env})
+    runner = await start(create_app(settings), settings)
+    statuses = []
+    try:
+        for n in range(8):
+            path = f"/conversations/tls-{n}/agent-message"
+            body = b'{"agent_id":"a","message_id":"m"}'
+            statuses.append((await exchange(settings.port, http(path=path, body=body))).status)
+    finally:
+        await runner.cleanup()
+    return statuses
+
+
+def needs_tls(tmp_path: Path) -> Path:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl CLI is not installed (it makes the test certificate)")
+    certs = tmp_path / "certs"
+    make_certificates(certs)
+    return certs
+
+
+async def test_rediss_cluster_with_redis_tls_ca_file(tmp_path: Path) -> None:
+    """Three TLS-only cluster masters (the cluster bus on TLS too): the tracker's cluster
+    client, trusting the CA through REDIS_TLS_CA_FILE, writes and reads on every node."""
+    certs = needs_tls(tmp_path)
+    ports = [free_port(cluster_bus=True) for _ in range(3)]
+    cluster = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+               "--tls-cluster", "yes", "--cluster-node-timeout", "2000"]  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        for i, port in enumerate(ports):
+            workdir = tmp_path / f"node{i}"
+            proc = stack.enter_context(redis_process(workdir, *tls_args(certs, port), *cluster))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.3)
+            if proc.poll() is not None and tls_unsupported(workdir):
+                pytest.skip("this redis-server was built without TLS support (BUILD_TLS=no)")
+            wait_for(tls_client(port, certs), proc, workdir / "redis.log")
+        for i, port in enumerate(ports):
+            first, last = i * 16384 // 3, (i + 1) * 16384 // 3 - 1
+            tls_client(port, certs).execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)  # type: ignore[no-untyped-call]
+        for port in ports[1:]:
+            tls_client(ports[0], certs).cluster("meet", "127.0.0.1", port)
+
+        def cluster_ok() -> bool:
+            return all(tls_client(p, certs).cluster("info")["cluster_state"] == "ok" for p in ports)
+
+        assert await wait_until(cluster_ok, timeout=30)
+        statuses = await events_go_through(
+            {
+                "REDIS_MODE": "cluster",
+                "REDIS_URL": f"rediss://127.0.0.1:{ports[0]}/0",
+                "REDIS_TLS_CA_FILE": str(certs / "ca.crt"),
+                "SHARD_COUNT": "8",
+            },
+            tmp_path,
+        )
+        assert statuses == [200] * 8
+        keys = [tls_client(p, certs).dbsize() for p in ports]
+        assert all(keys), keys  # the shards spread over every master
+
+
+async def test_rediss_sentinel_with_redis_tls_ca_file(tmp_path: Path) -> None:
+    """A TLS-only master and a TLS-only sentinel: the tracker asks the sentinel for the
+    master and talks to both over TLS, trusting the CA through REDIS_TLS_CA_FILE."""
+    certs = needs_tls(tmp_path)
+    master_port, sentinel_port = free_port(), free_port()
+    with redis_process(tmp_path / "master", *tls_args(certs, master_port)) as master:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            master.wait(timeout=0.3)
+        if master.poll() is not None and tls_unsupported(tmp_path / "master"):
+            pytest.skip("this redis-server was built without TLS support (BUILD_TLS=no)")
+        wait_for(tls_client(master_port, certs), master, tmp_path / "master" / "redis.log")
+        conf = tmp_path / "sentinel" / "sentinel.conf"
+        conf.parent.mkdir()
+        conf.write_text(
+            f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
+            "sentinel down-after-milliseconds mymaster 2000\n"
+        )
+        sentinel_dir = tmp_path / "sentinel"
+        args = ("--sentinel", *tls_args(certs, sentinel_port))
+        with redis_process(sentinel_dir, *args, config=conf) as sentinel:
+            wait_for(tls_client(sentinel_port, certs), sentinel, sentinel_dir / "redis.log")
+            statuses = await events_go_through(
+                {
+                    "REDIS_MODE": "sentinel",
+                    "REDIS_URL": f"rediss://127.0.0.1:{sentinel_port}/0",
+                    "REDIS_TLS_CA_FILE": str(certs / "ca.crt"),
+                },
+                tmp_path,
+            )
+            assert statuses == [200] * 8
+            assert tls_client(master_port, certs).dbsize() > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,60 @@ def test_bad_setting_exits_2_with_one_line(tmp_path: Path) -> None:
     assert "zero" in lines[0]
     assert done.stdout == ""
     assert not (tmp_path / "run").exists()
+
+
+# -- secrets from files, TLS CA, HTTP timeouts ---------------------------------------------
+
+
+def test_secrets_can_come_from_files(tmp_path: Path) -> None:
+    """API_TOKEN_FILE, REDIS_URL_FILE, NOTIFY_WEBHOOK_SECRET_FILE, as Kubernetes and Docker
+    mount secrets: the file's text, white space around it dropped (a trailing newline)."""
+    (tmp_path / "token").write_text("token-a,token-b\n")
+    (tmp_path / "url").write_text("redis://user:pw@redis.example.test:6380/2\n")
+    (tmp_path / "secret").write_text(f"{SECRET}\n")
+    s = settings(
+        API_TOKEN_FILE=str(tmp_path / "token"),
+        REDIS_URL_FILE=str(tmp_path / "url"),
+        NOTIFY_WEBHOOK_SECRET_FILE=str(tmp_path / "secret"),
+        NOTIFY_SINK="webhook",
+        NOTIFY_WEBHOOK_URL=WEBHOOK["NOTIFY_WEBHOOK_URL"],
+    )
+    assert s.api_tokens == ("token-a", "token-b")
+    assert s.redis_url == "redis://user:pw@redis.example.test:6380/2"
+    assert not s.redis_embedded
+    assert s.webhook_secrets == (SECRET,)
+
+
+def test_the_pod_passes_a_redis_url_file_on_and_starts_no_redis(tmp_path: Path) -> None:
+    """With REDIS_URL_FILE the roles read the file themselves: the pod puts no REDIS_URL
+    (the secret, and a second way of giving it) in their environment."""
+    from tracker.pod import pod_environment
+
+    (tmp_path / "url").write_text("redis://redis.example.test:6379/0")
+    env = {"POD_ID": "p", "RUN_DIR": str(tmp_path / "run"), "REDIS_URL_FILE": str(tmp_path / "url")}
+    out = pod_environment(Settings.from_env(env), env)
+    assert "REDIS_URL" not in out
+    assert out["REDIS_AUTOSTART"] == "false"
+    Settings.from_env(out)  # what each role reads back is valid
+
+
+def test_unset_api_token_means_no_auth_and_a_blank_redis_url_the_embedded_one() -> None:
+    assert settings().api_tokens == ()
+    assert settings(REDIS_URL=" ").redis_embedded
+
+
+def test_http_timeouts_and_access_log() -> None:
+    s = settings(HTTP_IDLE_TIMEOUT_MS="5000", HTTP_BODY_TIMEOUT_MS="2000", ACCESS_LOG="yes")
+    assert (s.http_idle_timeout_ms, s.http_body_timeout_ms, s.access_log) == (5000, 2000, True)
+    assert not settings(ACCESS_LOG="0").access_log
+    assert not settings().access_log
+
+
+def test_redis_tls_ca_file_takes_a_pem_bundle_with_rediss(tmp_path: Path) -> None:
+    from tests.test_security import make_certificates
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl CLI is not installed (it makes the test certificate)")
+    make_certificates(tmp_path)
+    s = settings(REDIS_URL="rediss://127.0.0.1:6380/0", REDIS_TLS_CA_FILE=str(tmp_path / "ca.crt"))
+    assert s.redis_tls_ca_file == tmp_path / "ca.crt"

@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import uvloop
@@ -141,6 +142,16 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     return run_cli(handlers[command], settings)
 
 
+def role_name(args: argparse.Namespace, env: Mapping[str, str]) -> str:
+    """This process's name in its log lines: supervisord's name for it (``consumer-1``,
+    ``api-0``, ``metrics-listener``; it sets SUPERVISOR_PROCESS_NAME), else the command."""
+    if env.get("SUPERVISOR_PROCESS_NAME"):
+        return env["SUPERVISOR_PROCESS_NAME"]
+    if args.command == "consumer":
+        return f"consumer-{args.index}"
+    return str(args.command)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -148,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         from tracker.logs import configure
 
         stream = sys.stderr if args.command == "listener" else sys.stdout
-        configure(settings.log_level, settings.log_format, args.command, stream)
+        role = role_name(args, os.environ)
+        configure(settings.log_level, settings.log_format, role, settings.pod_id, stream)
         return dispatch(args, settings)
     except ConfigError as exc:
         print(f"tracker: configuration error: {exc}", file=sys.stderr)

@@ -1,23 +1,20 @@
-"""The HTTP API: aiohttp application, handlers, and the edge every request passes."""
+"""The HTTP API: the aiohttp application, its routes and handlers (each wrapped by the edge)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tracker import metrics, progress, validation
-from tracker.connection import UNAVAILABLE, connect, is_outage
+from tracker.connection import UNAVAILABLE, close, connect
+from tracker.edge import EDGE, MAX_BODY, Edge, error_response, json_response, read_json
 from tracker.errors import RequestError
 from tracker.history import Level
 from tracker.lane import lane_for
@@ -35,61 +32,7 @@ STORE = web.AppKey("store", Store)
 TALLY = web.AppKey("tally", metrics.HttpTally)
 TALLY_FLUSH_S = 1.0
 
-MAX_BODY = 1024 * 1024
 ANY_PATH = "/{path:.*}"
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/openapi.json"})
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return json_response({"error": {"code": code, "message": message}}, status, headers)
-
-
-def edge(handler: Handler, route: str) -> Handler:
-    """`handler` as registered for `route`: authorize, run the handler, turn every failure
-    into a JSON error (Redis away: 503 + Retry-After), count the request. A wrapper, not a
-    middleware: aiohttp runs a middleware through two more frames a request."""
-
-    async def at_the_edge(request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        try:
-            authorize(request)
-            response = await handler(request)
-        except RequestError as exc:
-            response = error_response(exc.status, exc.code, exc.message, exc.headers)
-        except web.HTTPException as exc:
-            code = exc.reason.lower().replace(" ", "_")
-            headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
-            response = error_response(exc.status, code, exc.reason, headers)
-        except UNAVAILABLE as exc:
-            log.warning("redis unavailable path=%s error=%s", request.path, exc)
-            response = error_response(
-                503, "unavailable", "Redis is unavailable", {"Retry-After": "1"}
-            )
-        except RedisError as exc:
-            if is_outage(exc):  # full, loading, read-only...: it will answer again
-                log.warning("redis refused path=%s error=%s", request.path, exc)
-            else:
-                log.exception("redis error path=%s", request.path)
-            response = error_response(
-                503, "unavailable", "Redis refused the request", {"Retry-After": "1"}
-            )
-        request.app[TALLY].add(
-            route, request.method, response.status, time.perf_counter() - started
-        )
-        return response
-
-    return at_the_edge
 
 
 async def unmatched(request: web.Request) -> web.StreamResponse:
@@ -101,38 +44,6 @@ async def unmatched(request: web.Request) -> web.StreamResponse:
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
     raise web.HTTPNotFound()
-
-
-def authorize(request: web.Request) -> None:
-    """Bearer tokens (API_TOKEN, comma-separated for rotation), compared in constant time."""
-    tokens = request.app[SETTINGS].api_tokens
-    if not tokens or request.path in OPEN_PATHS:
-        return
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    ok = False
-    for expected in tokens:
-        ok |= hmac.compare_digest(token.encode(), expected.encode())
-    if scheme.lower() != "bearer" or not ok:
-        raise RequestError(
-            401,
-            "unauthorized",
-            "a valid bearer token is required",
-            {"WWW-Authenticate": 'Bearer realm="tracker"'},
-        )
-
-
-async def read_json(request: web.Request) -> Any:
-    if request.content_type != "application/json":
-        raise RequestError(415, "unsupported_media_type", "Content-Type must be application/json")
-    body = await request.read()
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
-    try:  # orjson refuses integers beyond 64 bits, which are valid JSON: validation decides
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise RequestError(400, "invalid_json", "the body is not valid JSON") from None
 
 
 def result_json(conversation_id: str, result: Result) -> dict[str, Any]:
@@ -285,6 +196,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app[STORE] = Store(client, settings, Scripts(), lane=lane)
     app.on_cleanup.append(lambda _: lane.aclose())
     app[TALLY] = metrics.HttpTally()
+    app[EDGE] = edge = Edge(settings, app[TALLY])
     # Any id reaches its handler, so a malformed one gets a 422 that says why, not a 404.
     for method, path, handler in (
         ("POST", "/conversations/{id:[^/]+}/agent-message", agent_message),
@@ -299,10 +211,11 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
         ("*", ANY_PATH, unmatched),  # last: the others are matched first
     ):
         resource = app.router.add_resource(path)
-        wrapped = edge(handler, "unmatched" if handler is unmatched else resource.canonical)
-        resource.add_route(method, wrapped)
+        route = "unmatched" if handler is unmatched else resource.canonical
+        wrapped, expect = edge.wrap(handler, route), edge.expect(route)
+        resource.add_route(method, wrapped, expect_handler=expect)
         if method == "GET":
-            resource.add_route("HEAD", wrapped)  # as router.add_get does
+            resource.add_route("HEAD", wrapped, expect_handler=expect)  # as router.add_get does
     app.cleanup_ctx.append(_follow_layout)
     app.cleanup_ctx.append(_flush_tally)
     if redis is None:
@@ -342,4 +255,4 @@ async def _flush_tally(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_redis(app: web.Application) -> None:
-    await app[REDIS].aclose()
+    await close(app[REDIS])

@@ -124,8 +124,16 @@ def packed(connection_class: type[C]) -> type[C]:
     return _PACKED[connection_class]
 
 
+def _tls(settings: Settings) -> dict[str, Any]:
+    """REDIS_TLS_CA_FILE, for every TLS connection (settings allow it with rediss:// only)."""
+    if settings.redis_tls_ca_file is None:
+        return {}
+    return {"ssl_ca_certs": str(settings.redis_tls_ca_file)}
+
+
 def _common(settings: Settings, socket_timeout: float) -> dict[str, Any]:
     return {
+        **_tls(settings),
         "decode_responses": True,
         # A value that is not UTF-8 (a stream entry some other client wrote) reads as
         # surrogates instead of failing the whole reply, and writes back as the same bytes.
@@ -184,7 +192,12 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections:
         ssl = creds.pop("ssl")
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             sentinel_hosts(settings.redis_url),
-            sentinel_kwargs={"socket_timeout": 2.0, "decode_responses": True, "ssl": ssl},
+            sentinel_kwargs={
+                "socket_timeout": 2.0,
+                "decode_responses": True,
+                "ssl": ssl,
+                **_tls(settings),
+            },
             ssl=ssl,
             **common,
         )
@@ -203,6 +216,16 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections:
     )
     pool.connection_class = packed(pool.connection_class)
     return Redis.from_pool(pool)
+
+
+async def close(client: Redis) -> None:
+    """Close `client` and, in sentinel mode, its connections to the sentinels (redis-py's
+    `aclose` leaves those open)."""
+    await client.aclose()
+    pool = getattr(client, "connection_pool", None)  # a RedisCluster has none
+    sentinels = getattr(pool, "sentinel_manager", None)
+    for sentinel in sentinels.sentinels if sentinels is not None else ():
+        await sentinel.aclose()
 
 
 async def redis_time_ms(client: Redis) -> int:
@@ -231,4 +254,5 @@ async def pubsub_client(settings: Settings, client: Redis) -> Redis:
         ssl=creds["ssl"],
         decode_responses=True,
         socket_connect_timeout=2.0,
+        **_tls(settings),
     )

@@ -1,9 +1,16 @@
-"""The OpenAPI 3.1 document of the HTTP API, built from the validation constants."""
+"""The OpenAPI 3.1 document of the HTTP API and of the webhook it calls, built from the
+validation constants. ``python -m tracker.openapi`` prints the published copy
+(docs/openapi.json: the default settings with API_TOKEN set; `make openapi` writes it)."""
 
 from __future__ import annotations
 
+import sys
+from importlib.metadata import version
 from typing import Any
 
+import orjson
+
+from tracker.edge import MAX_BODY, REQUEST_ID_HEADER
 from tracker.settings import Settings
 from tracker.validation import ID_PATTERN, MAX_BATCH
 
@@ -23,17 +30,32 @@ def _error_ref() -> dict[str, Any]:
     return {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+ERRORS = {
+    400: "Malformed request or body: invalid_json, invalid_body, or a code of the HTTP parser"
+    " (bad_method, bad_url, line_too_long, bad_request)",
+    401: "Missing or wrong bearer token (unauthorized)",
+    404: "Unknown conversation or path (not_found)",
+    405: "The path does not take this method (method_not_allowed; Allow lists those it takes)",
+    408: "The body did not arrive within HTTP_BODY_TIMEOUT_MS (body_timeout)",
+    413: f"Body over {MAX_BODY} bytes (body_too_large) or batch over {MAX_BATCH}"
+    " items (batch_too_large)",
+    415: "Content-Type is not application/json (unsupported_media_type) or"
+    " Content-Encoding is not gzip, deflate or identity (unsupported_encoding)",
+    417: "An Expect other than 100-continue (expectation_failed)",
+    422: "A field is invalid (invalid_field); the message names it",
+    500: "A bug, or a Redis reply that retrying cannot help (internal); logged with the request id",
+    503: "Redis is unavailable (unavailable); retry after Retry-After seconds",
+}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
-    text = {
-        400: "Malformed body",
-        401: "Missing or wrong bearer token",
-        404: "Unknown conversation",
-        413: "Body or batch too large",
-        415: "Content-Type is not application/json",
-        422: "A field is invalid",
-        503: "Redis is unavailable; retry after Retry-After seconds",
-    }
-    return {str(s): {"description": text[s], **_error_ref()} for s in statuses}
+    out = {}
+    for status in (*statuses, 500):
+        response: dict[str, Any] = {"description": ERRORS[status], **_error_ref()}
+        if status == 503:
+            response["headers"] = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+        out[str(status)] = response
+    return out
 
 
 def _json(schema_name: str) -> dict[str, Any]:
@@ -225,29 +247,130 @@ def _typed(kind: str) -> dict[str, Any]:
     }
 
 
-def _post(summary: str, body: str, result: str) -> dict[str, Any]:
-    return {
-        "summary": summary,
-        "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
-        "requestBody": {"required": True, **_json(body)},
-        "responses": {
+def _operation(operation_id: str, tag: str, summary: str, **fields: Any) -> dict[str, Any]:
+    return {"operationId": operation_id, "tags": [tag], "summary": summary, **fields}
+
+
+def _post(operation_id: str, summary: str, body: str, result: str) -> dict[str, Any]:
+    return _operation(
+        operation_id,
+        "events",
+        summary,
+        parameters=[{"$ref": "#/components/parameters/ConversationId"}],
+        requestBody={"required": True, **_json(body)},
+        responses={
             "200": {"description": "Applied (or ignored as a replay)", **_json(result)},
-            **_errors(400, 401, 413, 415, 422, 503),
+            **_errors(400, 401, 408, 413, 415, 417, 422, 503),
+        },
+    )
+
+
+def _open(operation_id: str, summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+    """An operation that needs no token."""
+    return _operation(operation_id, "operations", summary, security=[], responses=responses)
+
+
+def notification_schema() -> dict[str, Any]:
+    time = {"type": "string", "format": "date-time"}
+    return {
+        "type": "object",
+        "required": [
+            "event_id",
+            "conversation_id",
+            "level",
+            "agent_id",
+            "message_id",
+            "waiting_since",
+            "due_at",
+            "fired_at",
+        ],
+        "properties": {
+            "event_id": {
+                "type": "string",
+                "description": "The same for the same conversation, waiting-since and level:"
+                " dedupe by it (it is also the webhook-id header)",
+            },
+            "conversation_id": _id("The conversation left unanswered"),
+            "level": {"type": "integer", "minimum": 1, "maximum": 3},
+            "agent_id": _id("The agent who wrote last"),
+            "message_id": _id("The agent message the clock started from"),
+            "waiting_since": {**time, "description": "The agent message's time (UTC, ms)"},
+            "due_at": {**time, "description": "When this level fell due (UTC, ms)"},
+            "fired_at": {**time, "description": "When the tracker sent it (UTC, ms)"},
         },
     }
 
 
+def webhooks() -> dict[str, Any]:
+    """The notification the webhook sink POSTs, signed as Standard Webhooks says."""
+
+    def header(name: str, description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "header",
+            "required": True,
+            "description": description,
+            "schema": {"type": "string"},
+        }
+
+    return {
+        "timeoutNotification": {
+            "post": {
+                "operationId": "receiveTimeoutNotification",
+                "tags": ["notifications"],
+                "summary": "A conversation reached an escalation level (NOTIFY_WEBHOOK_URL)",
+                "description": "Verify the signature with a Standard Webhooks library and the"
+                " NOTIFY_WEBHOOK_SECRET (whsec_...), then dedupe by webhook-id: a notification"
+                " may come more than once.",
+                "security": [],
+                "parameters": [
+                    header("webhook-id", "The event_id"),
+                    header("webhook-timestamp", "Unix seconds of this attempt"),
+                    header(
+                        "webhook-signature",
+                        "v1,<base64 HMAC-SHA256 of id.timestamp.body>; one per secret,"
+                        " space-separated, while secrets rotate",
+                    ),
+                ],
+                "requestBody": {
+                    "required": True,
+                    **_json("Notification"),
+                },
+                "responses": {
+                    "2XX": {"description": "Received: not sent again"},
+                    "4XX": {
+                        "description": "Refused for good (no retry; after MAX_DELIVERIES"
+                        " tries it is a dead letter), except 408 and 429, which are retried"
+                    },
+                    "5XX": {"description": "Retried with backoff and jitter"},
+                },
+            }
+        }
+    }
+
+
 def document(settings: Settings) -> dict[str, Any]:
-    simple = {"200": {"description": "OK"}, **_errors(503)}
+    ready = {
+        "200": {"description": "Ready"},
+        "503": {"description": "Not ready (unavailable, not_sweeping)", **_error_ref()},
+    }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "tracker",
-            "version": "1.0.0",
-            "description": "Conversation timeout tracker with progressive escalation",
+            "version": version("tracker"),
+            "description": "Conversation timeout tracker with progressive escalation. Every"
+            ' error is {"error": {"code", "message"}}; every response carries'
+            f" {REQUEST_ID_HEADER} (the client's, if valid, else a new one).",
         },
+        "tags": [
+            {"name": "events", "description": "Agent messages and customer responses"},
+            {"name": "conversations", "description": "Where a conversation stands"},
+            {"name": "operations", "description": "Probes, metrics and this document"},
+            {"name": "notifications", "description": "What the tracker sends (webhooks)"},
+        ],
         "components": {
-            "schemas": schemas(settings),
+            "schemas": {**schemas(settings), "Notification": notification_schema()},
             "parameters": {
                 "ConversationId": {
                     "name": "id",
@@ -256,40 +379,56 @@ def document(settings: Settings) -> dict[str, Any]:
                     "schema": _id("The conversation"),
                 },
             },
+            "headers": {
+                "RetryAfter": {
+                    "description": "Seconds to wait before retrying",
+                    "schema": {"type": "string"},
+                }
+            },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}] if settings.api_tokens else [],
         "paths": {
             "/conversations/{id}/agent-message": {
-                "post": _post("Start or restart the clock", "AgentMessage", "TrackResult")
+                "post": _post(
+                    "postAgentMessage", "Start or restart the clock", "AgentMessage", "TrackResult"
+                )
             },
             "/conversations/{id}/customer-response": {
-                "post": _post("Stop the clock", "CustomerResponse", "RespondResult")
+                "post": _post(
+                    "postCustomerResponse", "Stop the clock", "CustomerResponse", "RespondResult"
+                )
             },
             "/conversations/{id}": {
-                "get": {
-                    "summary": "One conversation's state",
-                    "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
-                    "responses": {
+                "get": _operation(
+                    "getConversation",
+                    "conversations",
+                    "One conversation's state",
+                    parameters=[{"$ref": "#/components/parameters/ConversationId"}],
+                    responses={
                         "200": {"description": "The state", **_json("Conversation")},
                         **_errors(401, 404, 422, 503),
                     },
-                }
+                )
             },
             "/conversations/{id}/history": {
-                "get": {
-                    "summary": "One conversation's history: periods, deliveries, attempts",
-                    "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
-                    "responses": {
+                "get": _operation(
+                    "getConversationHistory",
+                    "conversations",
+                    "One conversation's history: periods, deliveries, attempts",
+                    parameters=[{"$ref": "#/components/parameters/ConversationId"}],
+                    responses={
                         "200": {"description": "The history", **_json("History")},
                         **_errors(401, 404, 422, 503),
                     },
-                }
+                )
             },
             "/events": {
-                "post": {
-                    "summary": f"Bulk ingest, at most {MAX_BATCH} events; one result per item",
-                    "requestBody": {
+                "post": _operation(
+                    "postEvents",
+                    "events",
+                    f"Bulk ingest, at most {MAX_BATCH} events; one result per item",
+                    requestBody={
                         "required": True,
                         "content": {
                             "application/json": {
@@ -301,39 +440,35 @@ def document(settings: Settings) -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": {
+                    responses={
                         "200": {"description": "Per-item results", **_json("BatchResult")},
-                        **_errors(400, 401, 413, 415, 503),
+                        **_errors(400, 401, 408, 413, 415, 417, 503),
                     },
-                }
+                )
             },
-            "/health": {
-                "get": {
-                    "summary": "Liveness",
-                    "security": [],
-                    "responses": {"200": {"description": "Alive"}},
-                }
-            },
+            "/health": {"get": _open("getHealth", "Liveness", {"200": {"description": "Alive"}})},
             "/ready": {
-                "get": {
-                    "summary": "Redis reachable and led shards swept recently",
-                    "security": [],
-                    "responses": simple,
-                }
+                "get": _open("getReady", "Redis reachable and led shards swept recently", ready)
             },
             "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics of every process of the pod",
-                    "security": [],
-                    "responses": {"200": {"description": "Metrics"}},
-                }
+                "get": _open(
+                    "getMetrics",
+                    "Prometheus metrics of every process of the pod",
+                    {"200": {"description": "Metrics"}},
+                )
             },
             "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "security": [],
-                    "responses": {"200": {"description": "OpenAPI"}},
-                }
+                "get": _open("getOpenApi", "This document", {"200": {"description": "OpenAPI"}})
             },
         },
+        "webhooks": webhooks(),
     }
+
+
+def published() -> dict[str, Any]:
+    """The document as docs/openapi.json holds it: the default settings, with API_TOKEN."""
+    return document(Settings.from_env({"API_TOKEN": "any"}))
+
+
+if __name__ == "__main__":
+    sys.stdout.write(orjson.dumps(published(), option=orjson.OPT_INDENT_2).decode() + "\n")

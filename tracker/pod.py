@@ -29,7 +29,7 @@ def _bin(name: str) -> str:
 def pod_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
     """Every variable supervisord.conf expands, derived from the validated settings."""
     run_dir = settings.run_dir.resolve()
-    embedded = not env.get("REDIS_URL", "").strip()
+    embedded = settings.redis_embedded
     out = dict(env)
     out.update(
         RUN_DIR=str(run_dir),
@@ -39,10 +39,11 @@ def pod_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str
         API_PROCESSES=str(settings.api_processes),
         CONSUMER_AUTOSTART="true" if settings.mode == "phase2" else "false",
         REDIS_AUTOSTART="true" if embedded else "false",
-        REDIS_URL=settings.redis_url,
         REDIS_DATA_DIR=str(Path(env.get("REDIS_DATA_DIR") or run_dir.parent / "redis").resolve()),
         REDIS_SERVER=shutil.which("redis-server") or "redis-server",
     )
+    if "REDIS_URL_FILE" not in env:  # else the roles read the file themselves
+        out["REDIS_URL"] = settings.redis_url
     if embedded and shutil.which("redis-server") is None:
         raise ConfigError(
             "redis-server: not on PATH; install it (apt-get install redis-server) or set REDIS_URL"
@@ -76,7 +77,24 @@ def run_pod(settings: Settings, env: Mapping[str, str]) -> None:
     if pod_env["REDIS_AUTOSTART"] == "true":
         Path(pod_env["REDIS_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     supervisord = _bin("supervisord")
-    os.execve(supervisord, [supervisord, "--nodaemon", "-c", conf], pod_env)
+    os.execve(supervisord, [supervisord, "--nodaemon", "-c", conf, *_own_log(settings)], pod_env)
+
+
+def _own_log(settings: Settings) -> list[str]:
+    """supervisord's own lines are plain text: with LOG_FORMAT=json they go to a file in
+    RUN_DIR instead of the pod's JSON stream (which shows each exit through the listener)."""
+    if settings.log_format != "json":
+        return []
+    log = settings.run_dir.resolve() / "supervisord.log"
+    return [
+        "--silent",
+        "--logfile",
+        str(log),
+        "--logfile_maxbytes",
+        "10MB",
+        "--logfile_backups",
+        "1",
+    ]
 
 
 def run_ctl(settings: Settings, env: Mapping[str, str], args: list[str]) -> None:

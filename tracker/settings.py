@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import socket
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,17 @@ SINKS = ("log", "stream", "webhook")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+FLAGS = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(
+    ("0", "false", "no", "off"), False
+)
 MAX_SHARDS = 16384  # one per Redis Cluster slot at most
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str
+    redis_embedded: bool
+    redis_tls_ca_file: Path | None
     redis_mode: str
     redis_sentinel_master: str
     mode: str
@@ -56,6 +62,9 @@ class Settings:
     delivery_timeout_ms: int
     retry_base_ms: int
     api_tokens: tuple[str, ...]
+    http_idle_timeout_ms: int
+    http_body_timeout_ms: int
+    access_log: bool
     answered_retention_ms: int
     history_retention_ms: int
     run_dir: Path
@@ -69,7 +78,7 @@ class Settings:
         run_dir = Path(r.text("RUN_DIR", "var/run"))
         sinks = r.choices("NOTIFY_SINK", "log", SINKS)
         webhook_url = r.text("NOTIFY_WEBHOOK_URL", "")
-        secrets = r.items("NOTIFY_WEBHOOK_SECRET")
+        secrets = _items(r.secret("NOTIFY_WEBHOOK_SECRET") or "")
         if "webhook" in sinks:
             _check_http_url("NOTIFY_WEBHOOK_URL", webhook_url)
             if not secrets:
@@ -77,14 +86,15 @@ class Settings:
             for secret in secrets:
                 decode_secret(secret)
         redis_mode = r.choice("REDIS_MODE", "standalone", REDIS_MODES)
-        if redis_mode != "standalone" and not env.get("REDIS_URL", "").strip():
+        redis_url = (r.secret("REDIS_URL") or "").strip()
+        if redis_mode != "standalone" and not redis_url:
             raise ConfigError(f"REDIS_URL: required with REDIS_MODE={redis_mode}")
         interval = r.integer("TIMEOUT_INTERVAL_MS", 30_000, 10, 30 * 86_400_000)
         delivery_timeout = r.integer("DELIVERY_TIMEOUT_MS", 60_000, 100, 86_400_000)
         settings = cls(
-            redis_url=_redis_url(
-                r.text("REDIS_URL", f"unix://{run_dir.resolve()}/redis.sock"), redis_mode
-            ),
+            redis_url=_redis_url(redis_url or f"unix://{run_dir.resolve()}/redis.sock", redis_mode),
+            redis_embedded=not redis_url,
+            redis_tls_ca_file=_ca_file(r.text("REDIS_TLS_CA_FILE", ""), redis_url),
             redis_mode=redis_mode,
             redis_sentinel_master=r.token("REDIS_SENTINEL_MASTER", "mymaster"),
             mode=r.choice("MODE", "phase2", MODES),
@@ -115,7 +125,10 @@ class Settings:
             max_deliveries=r.integer("MAX_DELIVERIES", 5, 1, 1000),
             delivery_timeout_ms=delivery_timeout,
             retry_base_ms=r.integer("RETRY_BASE_MS", 500, 1, 600_000),
-            api_tokens=r.items("API_TOKEN"),
+            api_tokens=_api_tokens(r.secret("API_TOKEN")),
+            http_idle_timeout_ms=r.integer("HTTP_IDLE_TIMEOUT_MS", 75_000, 100, 3_600_000),
+            http_body_timeout_ms=r.integer("HTTP_BODY_TIMEOUT_MS", 30_000, 100, 3_600_000),
+            access_log=r.flag("ACCESS_LOG", False),
             answered_retention_ms=r.integer(
                 "ANSWERED_RETENTION_MS", 86_400_000, 1000, 365 * 86_400_000
             ),
@@ -155,7 +168,36 @@ class _Reader:
         return value or default
 
     def items(self, name: str) -> tuple[str, ...]:
-        return tuple(v.strip() for v in self.env.get(name, "").split(",") if v.strip())
+        return _items(self.env.get(name, ""))
+
+    def secret(self, name: str) -> str | None:
+        """A secret given as `name` or, as Kubernetes and Docker mount them, in the file
+        `name`_FILE (stripped of surrounding white space); None when neither is set. Both
+        set, an empty path or an unreadable or empty file is a ConfigError."""
+        value, path = self.env.get(name), self.env.get(f"{name}_FILE")
+        if path is None:
+            return value
+        if value is not None:
+            raise ConfigError(f"{name}: set either {name} or {name}_FILE, not both")
+        if not path.strip():
+            raise ConfigError(f"{name}_FILE: empty path")
+        try:
+            text = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}_FILE: {path} is not UTF-8 text") from None
+        if not text:
+            raise ConfigError(f"{name}_FILE: {path} is empty")
+        return text
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.env.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw not in FLAGS:
+            raise ConfigError(f"{name}: expected 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+        return FLAGS[raw]
 
     def _parse(self, name: str, default: T, parse: Callable[[str], T], kind: str) -> T:
         raw = self.env.get(name, "").strip()
@@ -196,6 +238,37 @@ class _Reader:
         if not value.isprintable() or any(c in value for c in " {}|") or len(value) > 128:
             raise ConfigError(f"{name}: {value!r} must be 1-128 printable characters, no spaces")
         return value
+
+
+def _items(raw: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in raw.split(",") if v.strip())
+
+
+def _api_tokens(raw: str | None) -> tuple[str, ...]:
+    """API_TOKEN: unset means no auth; set, it must hold at least one token, so that an
+    empty secret (a blank variable or file, only commas) never opens the API."""
+    if raw is None:
+        return ()
+    tokens = _items(raw)
+    if not tokens:
+        raise ConfigError("API_TOKEN: set but holds no token; unset it to run without auth")
+    for token in tokens:
+        if not (token.isascii() and token.isprintable()) or " " in token:
+            raise ConfigError("API_TOKEN: a token must be printable ASCII without spaces")
+    return tokens
+
+
+def _ca_file(path: str, redis_url: str) -> Path | None:
+    """REDIS_TLS_CA_FILE: the CA bundle that signs the Redis servers' certificates."""
+    if not path:
+        return None
+    if urlsplit(redis_url).scheme != "rediss":
+        raise ConfigError("REDIS_TLS_CA_FILE: only used with a rediss:// REDIS_URL")
+    try:
+        ssl.create_default_context(cafile=path)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        raise ConfigError(f"REDIS_TLS_CA_FILE: cannot load {path}: {exc.strerror or exc}") from None
+    return Path(path)
 
 
 def _redis_url(url: str, mode: str) -> str:

@@ -41,8 +41,8 @@ def _timestamp(body: dict[str, Any]) -> int:
         raise invalid("timestamp must be an RFC 3339 string with a time zone")
     try:
         ms = parse_rfc3339_ms(raw)
-    except ValueError:
-        raise invalid("timestamp must be an RFC 3339 date-time with a time zone") from None
+    except ValueError as exc:
+        raise invalid(f"timestamp {exc}") from None
     now = int(time.time() * 1000)
     if ms > now + MAX_FUTURE_MS:
         raise invalid("timestamp is more than 5 minutes in the future")
