@@ -64,7 +64,7 @@ class BurstResult:
 
     def outside_window(self) -> int:
         """Deliveries whose due time is not in the workload's window (should be none)."""
-        end = self.first_due_ms + self.workload.window_ms
+        end = self.first_due_ms + max(self.workload.window_ms, 1)
         return sum(1 for d in self.delivered if not self.first_due_ms <= d.due_ms < end)
 
     def arrivals(self) -> list[Arrival]:

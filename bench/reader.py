@@ -20,7 +20,7 @@ import redis
 from tracker.timefmt import parse_rfc3339_ms
 
 BLOCK_MS = 100
-COUNT = 10_000
+COUNT = 1000  # small reads: each entry is stamped when the read that got it returns
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,21 +31,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--timeout", type=float, default=120.0)
     args = p.parse_args(argv)
-    client = redis.Redis(port=args.port, decode_responses=True)
-    rows: list[tuple[int, str, str]] = []
-    last = "0-0"
+    # A raw connection: replies stay hiredis's lists of bytes (no per-entry dicts), so the
+    # reader keeps up with the stream and stamps what it reads when it reads it.
+    conn = redis.Connection(port=args.port, protocol=2)  # type: ignore[no-untyped-call]
+    conn.connect()  # type: ignore[no-untyped-call]
+    rows: list[tuple[int, list[bytes]]] = []
+    last: bytes | str = "0-0"
     deadline = time.monotonic() + args.timeout
     while len(rows) < args.expect and time.monotonic() < deadline:
-        reply: Any = client.xread({args.stream: last}, count=COUNT, block=BLOCK_MS)
+        xread = ("XREAD", "COUNT", COUNT, "BLOCK", BLOCK_MS, "STREAMS", args.stream, last)
+        conn.send_command(*xread)  # type: ignore[no-untyped-call]
+        reply: Any = conn.read_response()
         received = int(time.time() * 1000)  # one stamp a read: they arrived together
         for _, entries in reply or []:
             for entry_id, fields in entries:
-                rows.append((received, fields.get("due_at", ""), fields.get("fired_at", "")))
+                rows.append((received, fields))
                 last = entry_id
+    conn.disconnect()  # type: ignore[no-untyped-call]
     with args.out.open("w") as out:
-        for received, due, fired in rows:
-            fired_ms = parse_rfc3339_ms(fired) if fired else 0
-            out.write(f"{received} {parse_rfc3339_ms(due)} {fired_ms}\n")
+        for received, fields in rows:
+            values = dict(zip(fields[0::2], fields[1::2], strict=True))
+            fired = values.get(b"fired_at")
+            fired_ms = parse_rfc3339_ms(fired.decode()) if fired else 0
+            out.write(f"{received} {parse_rfc3339_ms(values[b'due_at'].decode())} {fired_ms}\n")
     return 0 if len(rows) >= args.expect else 1
 
 
