@@ -68,6 +68,10 @@ def prepare_metrics_dir(settings: Settings) -> None:
 
 
 def run_role(coro_factory: Any, settings: Settings) -> int:
+    from tracker import metrics
+
+    metrics.declare_known()
+
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -107,7 +111,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "listener":
         from tracker import listener
 
-        listener.serve(args.kind, settings.metrics_dir)
+        listener.serve(args.kind, settings)
     if command == "api":
         from tracker.server import serve
 

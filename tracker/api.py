@@ -21,6 +21,7 @@ from tracker.connection import UNAVAILABLE, connect
 from tracker.errors import RequestError
 from tracker.lane import lane_for
 from tracker.openapi import document
+from tracker.podmetrics import PodCollector
 from tracker.scripts import Scripts
 from tracker.settings import Settings
 from tracker.store import Conversation, Event, RespondResult, Result, Store
@@ -243,7 +244,9 @@ async def ready(request: web.Request) -> web.Response:
 
 async def metrics_handler(request: web.Request) -> web.Response:
     request.app[TALLY].flush()  # this process's requests up to now; the others' lag <= 1 s
-    body, content_type = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
+    pod = PodCollector(request.app[SETTINGS], request.app[STORE].layout.current.span)
+    loop = asyncio.get_running_loop()
+    body, content_type = await loop.run_in_executor(None, metrics.exposition, pod)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
