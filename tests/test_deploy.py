@@ -34,6 +34,8 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 #: The oldest Kubernetes the manifests claim to support, and the newest schemas at hand.
 KUBERNETES_VERSIONS = ("1.29", "1.37")
 APP_ENV = {"POD_ID": "tracker-7d9f8-abcde"}
+#: The runbook base an operator sets in prod's RUNBOOK_BASE_URL (the fixture writes it).
+OPERATOR_RUNBOOKS = "https://wiki.internal.test/tracker/README.md"
 
 Doc = dict[str, Any]
 
@@ -92,6 +94,12 @@ def k8s_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("secret.env"))
     prod = tree / "overlays" / "prod"
     shutil.copy(prod / "secret.env.example", prod / "secret.env")
+    kustomization = (prod / "kustomization.yaml").read_text()
+    with_runbooks = re.sub(
+        r"RUNBOOK_BASE_URL=\S+", f"RUNBOOK_BASE_URL={OPERATOR_RUNBOOKS}", kustomization
+    )
+    assert with_runbooks != kustomization, "prod no longer sets RUNBOOK_BASE_URL"
+    (prod / "kustomization.yaml").write_text(with_runbooks)
     sentinel = tree / "overlays" / "prod-sentinel"
     shutil.copytree(prod, sentinel)
     kustomization = (sentinel / "kustomization.yaml").read_text()
@@ -329,6 +337,19 @@ def test_service_monitor_scrapes_the_service(rendered: dict[str, Path]) -> None:
     # The alerts and the dashboard select job="tracker": the Operator's job is the Service.
     assert service["metadata"]["name"] == "tracker"
     assert "jobLabel" not in monitor["spec"]
+
+
+@pytest.mark.parametrize("overlay", ["prod", "prod-sentinel"])
+def test_alert_runbook_urls_use_the_overlays_runbook_base_url(
+    rendered: dict[str, Path], overlay: str
+) -> None:
+    objects = docs(rendered, overlay)
+    assert app_environment(objects)["RUNBOOK_BASE_URL"] == OPERATOR_RUNBOOKS
+    rules = one(objects, "PrometheusRule", "tracker")["spec"]["groups"][0]["rules"]
+    for rule in rules:
+        base, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert base == OPERATOR_RUNBOOKS, rule["alert"]
+        assert anchor.startswith("runbook-"), rule["alert"]
 
 
 def test_prod_secret_comes_from_an_ignored_file() -> None:

@@ -69,8 +69,9 @@ def prepare_metrics_dir(settings: Settings) -> None:
 
 def run_role(coro_factory: Any, settings: Settings) -> int:
     from tracker import metrics
+    from tracker.pod import tracker_programs
 
-    metrics.declare_known()
+    metrics.declare_known(tracker_programs(settings))
 
     async def runner() -> None:
         stop = asyncio.Event()
