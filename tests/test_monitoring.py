@@ -589,3 +589,31 @@ def test_a_crashing_consumer_counts_as_an_in_pod_restart(live: Live) -> None:
     wait_for(lambda: restarts()["consumer"] == before["consumer"] + 1, 20, "the restart counted")
     wait_for(lambda: live.pod.pid_of("consumer:consumer-0") not in (0, pid), 20, "restarted")
     assert restarts()["sweeper"] == before["sweeper"]
+
+
+@pytest.mark.slow
+def test_a_shrink_removes_the_series_of_the_shards_that_are_gone(
+    redis_server: RedisServer, redis_sync: object, tmp_path: Path
+) -> None:
+    """8 -> 4 shards on a live pod: timeout_last_sweep_timestamp_seconds keeps shards 0-3
+    (swept) and has none of 4-7, so TrackerShardNotSwept has nothing to fire on."""
+    pod = Pod("shrink", redis_server.url, tmp_path, SHARD_COUNT="8", CONSUMER_PROCESSES="1")
+    try:
+        wait_for(lambda: http(f"{pod.base}/ready")[0] == 200, 30, "/ready")
+
+        def shards() -> dict[str, float]:
+            found = samples(scrape(pod.base), "timeout_last_sweep_timestamp_seconds")
+            return {dict(labels)["shard"]: value for labels, value in found.items()}
+
+        wait_for(lambda: set(shards()) == {str(s) for s in range(8)}, 10, "8 shards exported")
+        command = [sys.executable, "-m", "tracker", "reshard", "--to", "4", "--drain-timeout", "60"]
+        done = subprocess.run(
+            command, env={**os.environ, **pod.env}, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_for(lambda: set(shards()) == {"0", "1", "2", "3"}, 10, "only shards 0-3 exported")
+        now = time.time()
+        wait_for(lambda: all(now - 5 < t for t in shards().values()), 10, "every shard swept")
+    finally:
+        pod.stop()
+    assert "Traceback" not in pod.role.output(), pod.role.output()[-3000:]
