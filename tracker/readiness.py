@@ -28,12 +28,15 @@ from tracker.heartbeat import RoleState
 from tracker.programs import Pod, read_pod
 from tracker.settings import Settings
 
+STALL_MIN_MS = 30_000
+
 
 def stall_ms(settings: Settings) -> int:
     """How long a role may go without writing its heartbeat file before it counts as stuck:
     three of the sweeper's longest rounds (CHECK_INTERVAL_MS, at most a fifth of the lease
-    TTL), and at least 10 s."""
-    return max(10_000, 3 * min(settings.check_interval_ms, settings.leader_ttl_ms // 5))
+    TTL), and at least STALL_MIN_MS: a consumer waiting for room in its hold (a burst, a
+    long webhook outage) writes nothing meanwhile, and is not stuck for that."""
+    return max(STALL_MIN_MS, 3 * min(settings.check_interval_ms, settings.leader_ttl_ms // 5))
 
 
 @dataclass
