@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,8 @@ def dead_letter(redis_sync: sync_redis.Redis) -> tuple[ShardKeys, str]:
         k.dead_letters,
         {"reason": "max_deliveries: HTTP 500", "attempts": "5", "source_id": "1-0", **fields},
     )
+    # as tracker/lua/dead_letter.lua notes it in the conversation's history
+    redis_sync.hset(k.history, "conv-1", "X|1764000002000|1|1|max_deliveries: HTTP 500")
     return k, str(entry)
 
 
@@ -80,7 +83,14 @@ def test_conversation_shows_state_and_history(
     done = tracker(redis_server, tmp_path, "conversation", "conv-1")
     assert done.returncode == 0, done.stderr
     assert '"state": "waiting"' in done.stdout
-    assert '"kind": "dead_letter"' in done.stdout
+    shown = json.loads(done.stdout)
+    assert [v["status"] for v in shown["conversation"]["levels"]] == [
+        "dead_lettered",
+        "scheduled",
+        "scheduled",
+    ]
+    assert [h["kind"] for h in shown["history"]] == ["started", "dead_lettered"]
+    assert shown["history"][1]["reason"] == "max_deliveries: HTTP 500"
     unknown = tracker(redis_server, tmp_path, "conversation", "nobody")
     assert unknown.returncode == 1
 

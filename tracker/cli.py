@@ -15,7 +15,6 @@ from tracker.layout import read_layout
 from tracker.scripts import Scripts
 from tracker.settings import Settings
 from tracker.store import Store
-from tracker.timefmt import format_ms
 
 HISTORY_SCAN = 10_000
 
@@ -126,34 +125,15 @@ async def dead_letters_purge(redis: Redis, settings: Settings, ids: list[str]) -
 
 
 async def conversation(redis: Redis, settings: Settings, conversation_id: str) -> int:
-    """One conversation's state, and its entries still in the shard and dead-letter streams."""
+    """One conversation's state, each level's fate, and its history."""
     store = Store(redis, settings, Scripts())
     view = await store.get(conversation_id)
-    k = ShardKeys.of((await store.layout.get()).shard(conversation_id))
-    history: list[dict[str, Any]] = []
-    for stream, kind in ((k.events, "notification"), (k.dead_letters, "dead_letter")):
-        for entry_id, fields in await _xrevrange(redis, stream, HISTORY_SCAN):
-            try:
-                n = Notification.from_entry(k.shard, entry_id, fields)
-            except (KeyError, ValueError):  # not an entry the tracker wrote
-                continue
-            if n.conversation_id == conversation_id:
-                history.append(
-                    {
-                        "kind": kind,
-                        "entry_id": entry_id,
-                        "level": n.level,
-                        "generation": n.generation,
-                        "due_at": format_ms(n.due_at_ms),
-                        **({"reason": fields["reason"]} if "reason" in fields else {}),
-                    }
-                )
-    history.sort(key=lambda h: str(h["entry_id"]))
+    shard = (await store.layout.get()).shard(conversation_id)
     _print(
         {
-            "shard": k.shard,
-            "conversation": conversation_json(view) if view else None,
-            "history": history,
+            "shard": shard,
+            "conversation": conversation_json(view, store.levels(view)) if view else None,
+            "history": store.timeline(view) if view else [],
         }
     )
     return 0 if view else 1
