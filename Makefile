@@ -5,10 +5,13 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 COMPOSE ?= docker compose -f docker/compose.yaml
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# The commit `make run` and the image report in tracker_build_info{commit}.
+export TRACKER_COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-.PHONY: run run-phase1 run-phase2 ctl status test test-fast test-coverage bench load-test \
-        demo-multi docker-up docker-down docker-logs docker-constraints fmt lint clean redis-server openapi \
-        promtool wrk
+.PHONY: run run-phase1 run-phase2 local-run-phase1 local-run-phase2 local-build build ctl status \
+        test test-fast test-coverage bench load-test demo-multi docker-up docker-down docker-logs \
+        docker-constraints fmt lint clean redis-server openapi promtool wrk
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -50,6 +53,22 @@ run-phase1: $(STAMP)
 run-phase2: $(STAMP)
 	@[ -n "$$REDIS_URL$$REDIS_URL_FILE" ] || $(MAKE) -s redis-server
 	MODE=phase2 exec $(VENV)/bin/tracker pod
+
+# The seed brief's names for the same commands.
+local-run-phase1: run-phase1
+local-run-phase2: run-phase2
+
+## local-build: the venv (editable install) and the wheel in dist/, no Docker
+local-build: $(STAMP)
+	$(PIP) wheel --no-deps -q -w dist .
+	@ls dist/tracker-$(VERSION)-*.whl
+
+## build: local-build, and the image tracker:VERSION where a Docker daemon answers
+build: local-build
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
+	  docker build -f docker/Dockerfile --build-arg TRACKER_COMMIT=$(TRACKER_COMMIT) \
+	    -t tracker:$(VERSION) . ; \
+	else echo "no Docker daemon: built the wheel only (dist/)"; fi
 
 ## ctl: supervisorctl for the pod of this RUN_DIR, e.g. make ctl ARGS="restart consumer:*"
 ctl: $(STAMP)
@@ -113,6 +132,7 @@ docker-constraints: $(STAMP)
 openapi: $(STAMP)
 	$(PY) -m tracker.openapi > docs/openapi.json
 
+## fmt, lint: ruff format and fix; ruff format --check, ruff check and mypy --strict
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format tracker tests bench
 	$(VENV)/bin/ruff check --fix tracker tests bench
@@ -122,5 +142,6 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check tracker tests bench
 	$(VENV)/bin/mypy
 
+## clean: what runs, tests and builds leave behind (not .venv)
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache .benchmarks build *.egg-info
+	rm -rf var dist build *.egg-info .pytest_cache .mypy_cache .ruff_cache .benchmarks

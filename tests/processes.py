@@ -30,7 +30,9 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 class Role:
     """One `python -m tracker ROLE` process, logging to a file, stopped by its pid."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log: Path) -> None:
+    def __init__(
+        self, args: list[str], env: Mapping[str, str], log: Path, cwd: str | None = None
+    ) -> None:
         self.args = args
         self.log = log
         self.logfile = log.open("ab")
@@ -39,6 +41,7 @@ class Role:
             env={**os.environ, **env},
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
+            cwd=cwd,
         )
 
     @property
@@ -233,26 +236,36 @@ async def wait_until(predicate: Any, timeout: float, interval: float = 0.1) -> b
 class Pod:
     """A whole pod: `tracker pod` (supervisord and every role) in its own RUN_DIR."""
 
-    def __init__(self, name: str, redis_url: str, workdir: Path, **extra: str) -> None:
+    def __init__(
+        self, name: str, redis_url: str, workdir: Path, *, cwd: str | None = None, **extra: str
+    ) -> None:
+        """`cwd`: the directory the pod and `ctl` run from (by default this one)."""
         self.name = name
         self.port = free_port()
         self.run_dir = workdir / name
+        self.cwd = cwd
         self.env = role_env(redis_url, self.run_dir, POD_ID=name, PORT=str(self.port), **extra)
-        self.role = Role(["pod"], self.env, workdir / f"{name}.log")
+        self.role = Role(["pod"], self.env, workdir / f"{name}.log", cwd)
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def ctl(self, *args: str) -> str:
-        done = subprocess.run(
+        return self.ctl_run(*args).stdout
+
+    def ctl_run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`tracker ctl ARGS` for this pod, from the pod's working directory; stderr is
+        folded into stdout."""
+        return subprocess.run(
             [sys.executable, "-m", "tracker", "ctl", *args],
             env={**os.environ, **self.env},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             timeout=60,
+            cwd=self.cwd,
         )
-        return done.stdout + done.stderr
 
     def pid_of(self, program: str) -> int:
         return int(self.ctl("pid", program).strip())

@@ -23,6 +23,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from tracker.pod import packaged_config
 from tracker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,8 @@ CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 #: The oldest Kubernetes the manifests claim to support, and the newest schemas at hand.
 KUBERNETES_VERSIONS = ("1.29", "1.37")
 APP_ENV = {"POD_ID": "tracker-7d9f8-abcde"}
+#: The runbook base an operator sets in prod's RUNBOOK_BASE_URL (the fixture writes it).
+OPERATOR_RUNBOOKS = "https://wiki.internal.test/tracker/README.md"
 
 Doc = dict[str, Any]
 
@@ -57,7 +60,7 @@ def supervisord_stop_budget_s() -> int:
     """Worst case of supervisord's shutdown: it stops one group after the other, each
     within its stopwaitsecs (default 10). The embedded redis never runs in a container."""
     conf = configparser.RawConfigParser()
-    conf.read(ROOT / "supervisord.conf")
+    conf.read(packaged_config())
     total = 0
     for section in conf.sections():
         kind, _, name = section.partition(":")
@@ -91,6 +94,12 @@ def k8s_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("secret.env"))
     prod = tree / "overlays" / "prod"
     shutil.copy(prod / "secret.env.example", prod / "secret.env")
+    kustomization = (prod / "kustomization.yaml").read_text()
+    with_runbooks = re.sub(
+        r"RUNBOOK_BASE_URL=\S+", f"RUNBOOK_BASE_URL={OPERATOR_RUNBOOKS}", kustomization
+    )
+    assert with_runbooks != kustomization, "prod no longer sets RUNBOOK_BASE_URL"
+    (prod / "kustomization.yaml").write_text(with_runbooks)
     sentinel = tree / "overlays" / "prod-sentinel"
     shutil.copytree(prod, sentinel)
     kustomization = (sentinel / "kustomization.yaml").read_text()
@@ -330,6 +339,19 @@ def test_service_monitor_scrapes_the_service(rendered: dict[str, Path]) -> None:
     assert "jobLabel" not in monitor["spec"]
 
 
+@pytest.mark.parametrize("overlay", ["prod", "prod-sentinel"])
+def test_alert_runbook_urls_use_the_overlays_runbook_base_url(
+    rendered: dict[str, Path], overlay: str
+) -> None:
+    objects = docs(rendered, overlay)
+    assert app_environment(objects)["RUNBOOK_BASE_URL"] == OPERATOR_RUNBOOKS
+    rules = one(objects, "PrometheusRule", "tracker")["spec"]["groups"][0]["rules"]
+    for rule in rules:
+        base, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert base == OPERATOR_RUNBOOKS, rule["alert"]
+        assert anchor.startswith("runbook-"), rule["alert"]
+
+
 def test_prod_secret_comes_from_an_ignored_file() -> None:
     prod = K8S / "overlays" / "prod"
     assert (prod / ".gitignore").read_text().split() == ["secret.env"]
@@ -352,12 +374,17 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 
 def dockerfile_env() -> dict[str, str]:
+    """The final stage's ENV, with each ${ARG} replaced by that ARG's default."""
     env: dict[str, str] = {}
+    args: dict[str, str] = {}
     for keyword, rest in dockerfile_instructions():
+        if keyword == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
         if keyword == "ENV":
             for item in shlex.split(rest):
                 name, _, value = item.partition("=")
-                env[name] = value
+                env[name] = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m[1], m[0]), value)
     return env
 
 
@@ -407,7 +434,7 @@ def test_dockerfile_is_multi_stage_pinned_non_root_with_healthcheck() -> None:
     assert "/ready" not in healthcheck
     entrypoint = next(rest for k, rest in final_stage if k == "ENTRYPOINT")
     assert json.loads(entrypoint) == ["tracker", "pod"]
-    assert ("COPY", "supervisord.conf ./") in final_stage
+    assert dockerfile_env()["TRACKER_COMMIT"] == "unknown", "make build passes the commit"
     installs = [rest for k, rest in instructions if k == "RUN" and "pip install" in rest]
     assert any("-r docker/constraints.txt" in r for r in installs)
     assert all(re.search(r"pip install (-r|-c) |==", r) for r in installs), installs

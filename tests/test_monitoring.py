@@ -4,6 +4,7 @@ scrape of real api, sweeper and consumer processes."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -18,13 +19,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import Role, role_env
+from tests import promseries
+from tests.processes import Pod
 from tests.redis_server import RedisServer, free_port
+from tracker import metrics
+from tracker.connection import ERROR_KINDS
+from tracker.settings import SINKS
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
@@ -33,14 +39,26 @@ DASHBOARD = CONFIG / "grafana" / "dashboards" / "tracker.json"
 PROMETHEUS_RULE = ROOT / "k8s" / "components" / "monitoring" / "prometheusrule.yaml"
 RECEIVER = ROOT / "docker" / "webhook_receiver.py"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SHARDS = 4
+COMMIT = "c0ffee1"
+RUNBOOK_BASE_URL = next(
+    line.partition("=")[2]
+    for line in (ROOT / "k8s" / "base" / "config.env").read_text().splitlines()
+    if line.startswith("RUNBOOK_BASE_URL=")
+)
 
 REQUIRED_ALERTS = {
     "TrackerBacklogGrowing",
     "TrackerOldestPendingTooOld",
     "TrackerShardNotSwept",
     "TrackerDeadLetters",
+    "TrackerDeadLettersWaiting",
     "TrackerLatenessAboveObjective",
     "TrackerLeaderFlapping",
+    "TrackerRedisErrors",
+    "TrackerApiUnavailable",
+    "TrackerApiServerErrors",
+    "TrackerProcessRestarting",
     "TrackerTargetDown",
 }
 REQUIRED_PANELS = {
@@ -54,6 +72,9 @@ REQUIRED_PANELS = {
     "Request rate",
     "Errors",
     "Latency p50 / p99",
+    "Memory by program",
+    "CPU by program",
+    "In-pod restarts",
 }
 #: Grafana's variables, replaced by what they stand for before promtool parses a query.
 GRAFANA_VARIABLES = {
@@ -63,10 +84,8 @@ GRAFANA_VARIABLES = {
     "${job}": "tracker",
     "$job": "tracker",
 }
-#: Made by Prometheus, not by the tracker.
-PROMETHEUS_SERIES = {"up"}
-#: Labels Prometheus attaches to every scraped series.
-TARGET_LABELS = {"job", "instance"}
+PROMETHEUS_SERIES = promseries.PROMETHEUS_SERIES
+TARGET_LABELS = promseries.TARGET_LABELS
 PROMQL_WORDS = {
     "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
     "bool", "offset", "inf", "nan",
@@ -186,6 +205,24 @@ def github_anchor(heading: str) -> str:
     return text.replace(" ", "-")
 
 
+def test_runbook_base_url_is_absolute() -> None:
+    url = urlsplit(RUNBOOK_BASE_URL)
+    assert url.scheme == "https", RUNBOOK_BASE_URL
+    assert url.netloc, RUNBOOK_BASE_URL
+    assert not url.fragment, RUNBOOK_BASE_URL
+
+
+def test_every_alert_keeps_namespace_and_job_apart() -> None:
+    """Two deployments in one Prometheus must not merge: every aggregation keeps both."""
+    for rule in alert_rules():
+        for grouping in re.findall(r"\b(?:sum|max|min|count|avg) by \(([^)]*)\)", rule["expr"]):
+            labels = {x.strip() for x in grouping.split(",")}
+            assert {"namespace", "job"} <= labels, f"{rule['alert']}: by ({grouping})"
+        assert " without " not in rule["expr"], rule["alert"]
+        aggregated = re.findall(r"\b(sum|max|min|count|avg)\s*\(", rule["expr"])
+        assert not aggregated, f"{rule['alert']}: {aggregated} without `by`"
+
+
 def test_every_alert_has_for_severity_summary_and_a_runbook() -> None:
     readme = re.sub(r"^```.*?^```", "", (ROOT / "README.md").read_text(), flags=re.S | re.M)
     anchors = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", readme, re.MULTILINE)}
@@ -195,8 +232,8 @@ def test_every_alert_has_for_severity_summary_and_a_runbook() -> None:
         assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert rule["annotations"]["summary"], rule["alert"]
-        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
-        assert path == "README.md", rule["alert"]
+        base, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert base == RUNBOOK_BASE_URL, rule["alert"]  # kustomize replaces it: see test_deploy
         assert anchor.startswith("runbook-"), rule["alert"]
         assert anchor in anchors, f"{rule['alert']}: README has no section #{anchor}"
 
@@ -272,12 +309,18 @@ def test_alerts_and_dashboard_select_the_tracker_job() -> None:
                 assert 'job="tracker"' in (found[1] or ""), f"{where}: {name} without the job"
 
 
-# ---- a live scrape of real processes ----------------------------------------------------
+# ---- a real pod, scraped from its start ------------------------------------------------
 
 
 @dataclass
-class Scrape:
-    series: dict[str, set[str]]  # sample name -> label names seen on it
+class Live:
+    """One pod (supervisord and every program) on a Redis of its own, delivering to the
+    compose stack's webhook receiver: its very first scrape, and one after traffic that
+    makes every labelled metric appear."""
+
+    pod: Pod
+    fresh: str  # the text of the first /metrics that answered
+    series: dict[str, set[str]]  # after the traffic: sample name -> label names seen on it
     receiver_log: list[dict[str, Any]]
 
 
@@ -310,12 +353,41 @@ def parse(text: str) -> dict[str, set[str]]:
     return series
 
 
+def samples(text: str, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    return {
+        frozenset(s.labels.items()): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    }
+
+
+def scrape(base: str) -> str:
+    status, body = http(f"{base}/metrics")
+    assert status == 200, body
+    return body.decode()
+
+
+def first_scrape(base: str, timeout: float = 60) -> str:
+    """The first /metrics that answers, as Prometheus would take it from a new pod."""
+    found: list[bytes] = []
+
+    def answered() -> bool:
+        status, body = http(f"{base}/metrics")
+        if status == 200:
+            found.append(body)
+        return bool(found)
+
+    wait_for(answered, timeout, "a first /metrics")
+    return found[0].decode()
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     text = path.read_text() if path.exists() else ""
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def drive(base: str, receiver_log: Path, redis: RedisServer) -> Scrape:
+def drive(base: str, receiver_log: Path, redis: RedisServer) -> str:
     """Traffic that makes every labelled metric appear, then one scrape of the pod."""
     wait_for(lambda: http(f"{base}/ready")[0] == 200, 30, "/ready")
     unanswered = [f"conv-{i}" for i in range(4)]
@@ -338,40 +410,30 @@ def drive(base: str, receiver_log: Path, redis: RedisServer) -> Scrape:
         log = read_log(receiver_log)
         top = {e["conversation_id"] for e in log if e["msg"] == "notification" and e["level"] == 3}
         refused = any(e["msg"] == "refused" for e in log)
-        scrape = parse(http(f"{base}/metrics")[1].decode())
-        return top >= set(unanswered) and refused and "timeout_dead_lettered_total" in scrape
+        dead = samples(scrape(base), "timeout_dead_lettered_total")
+        return top >= set(unanswered) and refused and sum(dead.values()) > 0
 
     wait_for(delivered, 30, "every level delivered and a dead letter")
     redis.kill(signal.SIGTERM)  # the roles see Redis go away: timeout_redis_errors_total
     try:
         wait_for(
-            lambda: "timeout_redis_errors_total" in parse(http(f"{base}/metrics")[1].decode()),
+            lambda: sum(samples(scrape(base), "timeout_redis_errors_total").values()) > 0,
             20,
             "a Redis error counted",
         )
     finally:
         redis.start()
     wait_for(lambda: http(f"{base}/ready")[0] == 200, 30, "/ready after Redis came back")
-    status, text = http(f"{base}/metrics")
-    assert status == 200
-    return Scrape(parse(text.decode()), read_log(receiver_log))
+    return scrape(base)
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
-    """The api, a sweeper and a consumer as real processes on a Redis of their own,
-    delivering to the compose stack's webhook receiver."""
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("live")
     redis = RedisServer(tmp / "redis")
     redis.start()
-    hook_port, port = free_port(), free_port()
+    hook_port = free_port()
     receiver_log = tmp / "receiver.log"
-    env = role_env(
-        redis.url, tmp / "run", PORT=str(port), POD_ID="scrape-pod", MODE="phase2",
-        SHARD_COUNT="4", CONSUMER_PROCESSES="1", TIMEOUT_INTERVAL_MS="200",
-        NOTIFY_SINK="webhook", NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{hook_port}/hook",
-        NOTIFY_WEBHOOK_SECRET=SECRET, RETRY_BASE_MS="50",
-    )  # fmt: skip
     with receiver_log.open("wb") as out:
         receiver = subprocess.Popen(
             [sys.executable, str(RECEIVER)],
@@ -379,24 +441,74 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
                  "REJECT_PREFIX": "undeliverable-"},
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    roles: list[Role] = []
+    pod = Pod(
+        "scrape-pod", redis.url, tmp, MODE="phase2", SHARD_COUNT=str(SHARDS),
+        CONSUMER_PROCESSES="1", TIMEOUT_INTERVAL_MS="200", NOTIFY_SINK="webhook",
+        NOTIFY_WEBHOOK_URL=f"http://127.0.0.1:{hook_port}/hook", NOTIFY_WEBHOOK_SECRET=SECRET,
+        RETRY_BASE_MS="50", TRACKER_COMMIT=COMMIT,
+    )  # fmt: skip
     try:
-        roles.append(Role(["api"], env, tmp / "api.log"))
-        roles.append(Role(["sweeper"], env, tmp / "sweeper.log"))
-        roles.append(Role(["consumer", "--index", "0"], env, tmp / "consumer.log"))
-        yield drive(f"http://127.0.0.1:{port}", receiver_log, redis)
+        fresh = first_scrape(pod.base)
+        after = drive(pod.base, receiver_log, redis)
+        yield Live(pod, fresh, parse(after), read_log(receiver_log))
     finally:
-        for role in reversed(roles):
-            role.stop()
+        pod.stop()
         receiver.send_signal(signal.SIGTERM)
         receiver.wait(timeout=10)
         redis.stop()
-    for role in roles:
-        assert "Traceback" not in role.output(), role.output()
+    assert "Traceback" not in pod.role.output(), pod.role.output()[-3000:]
 
 
 @pytest.mark.slow
-def test_every_metric_the_dashboard_and_alerts_name_is_exposed(live: Scrape) -> None:
+def test_every_known_label_set_is_exported_at_0_from_the_first_scrape(live: Live) -> None:
+    """A counter that appears with its first event hides that event from increase():
+    every label set known in advance is in the pod's very first scrape, at 0."""
+    expected = {
+        "timeout_notifications_sent_total": [{"level": v} for v in metrics.LEVELS],
+        "timeout_dead_lettered_total": [{"reason": r} for r in metrics.DEAD_LETTER_REASONS],
+        "timeout_notifications_suppressed_total": [{"reason": r} for r in metrics.SUPPRESS_REASONS],
+        "timeout_deliveries_failed_total": [{"sink": s} for s in SINKS],
+        "timeout_leader_changes_total": [{"change": c} for c in ("gained", "lost")],
+        "timeout_redis_errors_total": [
+            {"role": r, "kind": k} for r in ("sweeper", "consumer") for k in ERROR_KINDS
+        ],
+        "tracker_process_restarts_total": [{"program": p} for p in ("api", "sweeper", "consumer")],
+    }
+    assert {"permanent", "max_deliveries", "malformed", "unexpected"} <= set(
+        metrics.DEAD_LETTER_REASONS
+    )
+    assert {"stale", "duplicate", "superseded"} <= set(metrics.SUPPRESS_REASONS)
+    for name, label_sets in expected.items():
+        found = samples(live.fresh, name)
+        for labels in label_sets:
+            value = found.get(frozenset(labels.items()))
+            assert value is not None, f"{name}{labels} not in the first scrape"
+            if name != "timeout_leader_changes_total":  # the sweeper may have taken leases
+                assert value == 0, f"{name}{labels} = {value} before any traffic"
+
+
+@pytest.mark.slow
+def test_alert_unit_tests_pass_from_a_real_scrape_of_a_fresh_pod(
+    live: Live, tmp_path: Path
+) -> None:
+    """alerts.test.yml as Prometheus would see it from a real pod: each series checked
+    against the fresh pod's first scrape (name and labels exported, a counter's start at
+    its value), a counter the pod does not export yet made absent until its first event;
+    every alert still fires and stays quiet where the tests say."""
+    tests = yaml.safe_load((CONFIG / "alerts.test.yml").read_text())
+    changed = promseries.from_scrape(tests["tests"], promseries.Fresh.parse(live.fresh))
+    tests["rule_files"] = [str(ALERTS)]
+    path = tmp_path / "alerts.test.yml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    done = promtool("test", "rules", str(path), cwd=tmp_path)
+    assert done.returncode == 0, "\n".join(changed) + "\n" + done.stdout + done.stderr
+    # Only series whose label values come with traffic (a route's first request) start later.
+    late = [line for line in changed if "absent" in line]
+    assert all(line.startswith("http_requests_total{") for line in late), late
+
+
+@pytest.mark.slow
+def test_every_metric_the_dashboard_and_alerts_name_is_exposed(live: Live) -> None:
     named = {f"alert {rule['alert']}": metric_names(rule["expr"]) for rule in alert_rules()} | {
         where: metric_names(expr) for where, expr in dashboard_queries().items()
     }
@@ -410,7 +522,7 @@ def test_every_metric_the_dashboard_and_alerts_name_is_exposed(live: Scrape) -> 
 
 
 @pytest.mark.slow
-def test_every_label_the_dashboard_and_alerts_use_is_exposed(live: Scrape) -> None:
+def test_every_label_the_dashboard_and_alerts_use_is_exposed(live: Live) -> None:
     exprs = {f"alert {r['alert']}": r["expr"] for r in alert_rules()} | dashboard_queries()
     for where, expr in exprs.items():
         names = metric_names(expr) - PROMETHEUS_SERIES
@@ -421,7 +533,7 @@ def test_every_label_the_dashboard_and_alerts_use_is_exposed(live: Scrape) -> No
 
 
 @pytest.mark.slow
-def test_webhook_receiver_verifies_and_logs_each_notification(live: Scrape) -> None:
+def test_webhook_receiver_verifies_and_logs_each_notification(live: Live) -> None:
     kinds = {entry["msg"] for entry in live.receiver_log}
     assert "rejected" not in kinds, "a signature did not verify"
     notifications = [e for e in live.receiver_log if e["msg"] == "notification"]
@@ -429,3 +541,79 @@ def test_webhook_receiver_verifies_and_logs_each_notification(live: Scrape) -> N
     ids = [e["event_id"] for e in notifications]
     assert len(ids) == len(set(ids)), "the receiver logs each event id once"
     assert not {e["conversation_id"] for e in notifications} & {"conv-a", "conv-b"}
+
+
+@pytest.mark.slow
+def test_every_process_of_the_pod_and_the_build_are_in_the_metrics(live: Live) -> None:
+    text = scrape(live.pod.base)
+    processes = {
+        "supervisord": "supervisord", "api-0": "api", "sweeper": "sweeper",
+        "consumer-0": "consumer", "metrics-listener": "metrics-listener",
+        "fatal-listener": "fatal-listener",
+    }  # fmt: skip
+    now = time.time()
+    families = ("resident_memory_bytes", "open_fds", "start_time_seconds", "cpu_seconds_total")
+    for family in families:
+        found = samples(text, f"tracker_process_{family}")
+        for process, program in processes.items():
+            value = found.get(frozenset({"program": program, "process": process}.items()))
+            assert value is not None, f"tracker_process_{family} of {process}"
+            if family == "start_time_seconds":
+                assert now - 600 < value <= now, (process, value)
+            elif family != "cpu_seconds_total":
+                assert value > 0, (family, process)
+    pid = live.pod.pid_of("sweeper")
+    rss = samples(text, "tracker_process_resident_memory_bytes")[
+        frozenset({"program": "sweeper", "process": "sweeper"}.items())
+    ]
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    assert abs(rss - pages * os.sysconf("SC_PAGE_SIZE")) < 16 * 1024 * 1024  # moments apart
+    version = importlib.metadata.version("tracker")
+    assert samples(text, "tracker_build_info") == {
+        frozenset({"version": version, "commit": COMMIT}.items()): 1
+    }
+
+
+@pytest.mark.slow
+def test_a_crashing_consumer_counts_as_an_in_pod_restart(live: Live) -> None:
+    """supervisord restarts a killed consumer itself (Kubernetes sees nothing): the
+    metrics listener counts it."""
+
+    def restarts() -> dict[str, float]:
+        found = samples(scrape(live.pod.base), "tracker_process_restarts_total")
+        return {dict(labels)["program"]: value for labels, value in found.items()}
+
+    before = restarts()
+    pid = live.pod.pid_of("consumer:consumer-0")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: restarts()["consumer"] == before["consumer"] + 1, 20, "the restart counted")
+    wait_for(lambda: live.pod.pid_of("consumer:consumer-0") not in (0, pid), 20, "restarted")
+    assert restarts()["sweeper"] == before["sweeper"]
+
+
+@pytest.mark.slow
+def test_a_shrink_removes_the_series_of_the_shards_that_are_gone(
+    redis_server: RedisServer, redis_sync: object, tmp_path: Path
+) -> None:
+    """8 -> 4 shards on a live pod: timeout_last_sweep_timestamp_seconds keeps shards 0-3
+    (swept) and has none of 4-7, so TrackerShardNotSwept has nothing to fire on."""
+    pod = Pod("shrink", redis_server.url, tmp_path, SHARD_COUNT="8", CONSUMER_PROCESSES="1")
+    try:
+        wait_for(lambda: http(f"{pod.base}/ready")[0] == 200, 30, "/ready")
+
+        def shards() -> dict[str, float]:
+            found = samples(scrape(pod.base), "timeout_last_sweep_timestamp_seconds")
+            return {dict(labels)["shard"]: value for labels, value in found.items()}
+
+        wait_for(lambda: set(shards()) == {str(s) for s in range(8)}, 10, "8 shards exported")
+        command = [sys.executable, "-m", "tracker", "reshard", "--to", "4", "--drain-timeout", "60"]
+        done = subprocess.run(
+            command, env={**os.environ, **pod.env}, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        wait_for(lambda: set(shards()) == {"0", "1", "2", "3"}, 10, "only shards 0-3 exported")
+        now = time.time()
+        wait_for(lambda: all(now - 5 < t for t in shards().values()), 10, "every shard swept")
+    finally:
+        pod.stop()
+    assert "Traceback" not in pod.role.output(), pod.role.output()[-3000:]

@@ -1,25 +1,36 @@
-"""The pod's own machinery: the FATAL listener, the progress watchdog, dead metric files."""
+"""The pod's own machinery: the FATAL listener, readiness and the progress watchdog, dead
+metric files, `tracker pod` and `tracker ctl` from any directory."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.processes import Pod, Role, role_env, wait_http, wait_until
 from tests.redis_server import RedisServer, free_port
-from tracker import progress
+from tracker import heartbeat, progress
+from tracker.readiness import stall_ms
+from tracker.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
 
 
-async def status_of(url: str) -> tuple[int, dict[str, object]]:
+async def status_of(url: str) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as session, session.get(url) as resp:
         return resp.status, await resp.json()
 
@@ -71,7 +82,7 @@ async def test_ready_fails_when_a_led_shard_is_not_swept(
         assert body["error"] == {
             "code": "not_sweeping",
             "message": "shards not swept recently: 0, 1, 2, 3",
-        }
+        }, body
         code, _ = await status_of(f"http://127.0.0.1:{port}/health")
         assert code == 200
         sweeper.signal(signal.SIGCONT)
@@ -95,7 +106,10 @@ async def test_metric_files_of_exited_processes_are_folded_into_an_archive(
         assert await wait_until(lambda: (metrics_dir / "counter_archive.db").exists(), timeout=10)
         pids = {p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("*.db")}
         live = {str(pod.pid_of(f"consumer:consumer-{i}")) for i in range(2)}
-        live |= {str(pod.pid_of(p)) for p in ("api:api-0", "sweeper")}
+        live |= {
+            str(pod.pid_of(p))
+            for p in ("api:api-0", "sweeper", "metrics-listener", "fatal-listener")
+        }
         # Only live processes (and the archive) keep files: restarts do not pile them up.
         assert pids <= live | {"archive"}, pids - live
         assert await pod.metric_sum("http_requests_total") >= before
@@ -156,3 +170,116 @@ async def test_api_processes_share_the_port_and_stand_in_for_each_other(
         assert "started" in pod.ctl("start", "api:api-0")
     finally:
         pod.stop()
+
+
+async def test_ctl_status_exits_0_on_a_healthy_pod_run_from_another_directory(
+    redis_server: RedisServer, redis_sync: object, tmp_path: Path
+) -> None:
+    """REDIS_URL set: no dormant redis program makes `ctl status` exit 3; `tracker pod`
+    and `tracker ctl` find the supervisord.conf shipped in the package. /ready answers 200
+    only once every role has completed a loop round."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    pod = Pod("ctl-pod", redis_server.url, tmp_path, cwd=str(elsewhere), CONSUMER_PROCESSES="2")
+    try:
+        await wait_http(f"{pod.base}/ready", timeout=30)
+        settings = Settings.from_env(pod.env)
+        assert {s.name for s in heartbeat.read_all(settings)} == {
+            "sweeper",
+            "consumer-0",
+            "consumer-1",
+        }
+        assert all(s.progress_ms for s in heartbeat.read_all(settings))
+        assert await wait_until(lambda: "STARTING" not in pod.ctl("status"), timeout=20)
+        done = pod.ctl_run("status")
+        assert done.returncode == 0, done.stdout
+        assert "redis" not in done.stdout
+        assert "stopped" in pod.ctl("stop", "sweeper")
+        done = pod.ctl_run("status")
+        assert done.returncode == 3, done.stdout  # a program that is not running shows
+        assert "started" in pod.ctl("start", "sweeper")
+    finally:
+        pod.stop()
+
+
+async def test_phase1_pod_with_its_own_redis_is_healthy(tmp_path: Path) -> None:
+    """No REDIS_URL: the embedded redis-server runs (its config shipped in the package) and
+    phase 1 defines no consumer: `ctl status` exits 0."""
+    pod = Pod("embedded", "", tmp_path, cwd=str(tmp_path), MODE="phase1")
+    try:
+        await wait_http(f"{pod.base}/ready", timeout=30)
+        assert await wait_until(lambda: "STARTING" not in pod.ctl("status"), timeout=20)
+        done = pod.ctl_run("status")
+        assert done.returncode == 0, done.stdout
+        programs = {line.split()[0] for line in done.stdout.splitlines()}
+        assert programs == {"api:api-0", "sweeper", "redis", "metrics-listener", "fatal-listener"}
+        status, body = await status_of(f"{pod.base}/ready")
+        assert status == 200
+        assert body["roles"] == {"sweeper": "ok", "sweeper-delivery": "ok"}, body
+    finally:
+        pod.stop()
+
+
+async def test_ready_fails_when_a_consumer_is_stuck_and_recovers(
+    redis_server: RedisServer, redis_sync: object, tmp_path: Path
+) -> None:
+    """A frozen consumer writes no heartbeat: after the stall limit the pod is not ready,
+    and it is again once the consumer runs."""
+    pod = Pod("stuck", redis_server.url, tmp_path, CONSUMER_PROCESSES="2")
+    ready = f"{pod.base}/ready"
+    pid = 0
+    try:
+        await wait_http(ready, timeout=30)
+        pid = pod.pid_of("consumer:consumer-1")
+        os.kill(pid, signal.SIGSTOP)
+        limit_s = stall_ms(Settings.from_env(pod.env)) / 1000
+        started = time.monotonic()
+        await wait_http(ready, timeout=limit_s + 10, status=503)
+        waited = time.monotonic() - started
+        code, body = await status_of(ready)
+        assert code == 503
+        assert body["error"]["code"] == "stalled", body
+        assert body["error"]["message"].startswith("consumer-1: silent for"), body
+        assert waited >= limit_s - 1, waited  # not before the limit
+        os.kill(pid, signal.SIGCONT)
+        await wait_http(ready, timeout=10)
+        print(f"\nunready {waited:.1f} s after SIGSTOP (limit {limit_s:.0f} s)")
+    finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        pod.stop()
+
+
+def test_supervisord_run_directly_fails_in_one_line_naming_tracker_pod(tmp_path: Path) -> None:
+    supervisord = Path(sys.executable).parent / "supervisord"
+    done = subprocess.run(
+        [str(supervisord), "-c", str(ROOT / "supervisord.conf")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"]},
+    )
+    assert done.returncode == 2
+    first, *rest = done.stderr.splitlines()
+    assert "`tracker pod`" in first, done.stderr
+    assert rest == [f"For help, use {supervisord} -h"], done.stderr  # supervisord's own
+    assert "ENV_" not in done.stderr
+
+
+def test_the_wheel_ships_the_supervisord_and_redis_configuration(tmp_path: Path) -> None:
+    shutil.copytree(
+        ROOT,
+        tmp_path / "src",
+        ignore=shutil.ignore_patterns(".venv", "var", ".git", "*.egg-info", "build", "dist"),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+         "-w", str(tmp_path / "dist"), str(tmp_path / "src")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [wheel] = (tmp_path / "dist").glob("tracker-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"tracker/conf/supervisord.conf", "tracker/conf/redis.conf"} <= names

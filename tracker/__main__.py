@@ -69,6 +69,11 @@ def prepare_metrics_dir(settings: Settings) -> None:
 
 
 def run_role(coro_factory: Any, settings: Settings) -> int:
+    from tracker import metrics
+    from tracker.pod import tracker_programs
+
+    metrics.declare_known(tracker_programs(settings))
+
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -108,7 +113,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "listener":
         from tracker import listener
 
-        listener.serve(args.kind, settings.metrics_dir)
+        listener.serve(args.kind, settings)
     if command == "api":
         from tracker.server import serve
 

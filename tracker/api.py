@@ -12,13 +12,15 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tracker import metrics, progress, validation
-from tracker.connection import UNAVAILABLE, close, connect
-from tracker.edge import EDGE, MAX_BODY, Edge, error_response, json_response, read_json
+from tracker import metrics, validation
+from tracker.connection import UNAVAILABLE, close, connect, error_kind
+from tracker.edge import EDGE, MAX_BODY, Edge, json_response, read_json
 from tracker.errors import RequestError
 from tracker.history import Level
 from tracker.lane import lane_for
 from tracker.openapi import document
+from tracker.podmetrics import PodCollector
+from tracker.readiness import assess
 from tracker.scripts import Scripts
 from tracker.settings import Settings
 from tracker.store import Conversation, Event, RespondResult, Result, Store
@@ -164,21 +166,23 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    settings = request.app[SETTINGS]
+    """This pod's own processes up and making progress; a Redis outage, which every pod
+    shares, is reported in the body, not failed on (tracker/readiness.py)."""
+    redis_error = None
     try:
         await asyncio.wait_for(request.app[REDIS].ping(), timeout=1.0)
-    except (TimeoutError, *UNAVAILABLE, RedisError):
-        return error_response(503, "unavailable", "Redis is unreachable", {"Retry-After": "1"})
-    stale = progress.stale_shards(settings)
-    if stale:
-        shards = ", ".join(str(s) for s in stale)
-        return error_response(503, "not_sweeping", f"shards not swept recently: {shards}")
-    return json_response({"status": "ready"})
+    except (TimeoutError, *UNAVAILABLE, RedisError) as exc:
+        redis_error = f"{error_kind(exc)}: {exc}" if str(exc) else error_kind(exc)
+    loop = asyncio.get_running_loop()
+    verdict = await loop.run_in_executor(None, assess, request.app[SETTINGS], redis_error)
+    return json_response(verdict.body(), 200 if verdict.ready else 503)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
     request.app[TALLY].flush()  # this process's requests up to now; the others' lag <= 1 s
-    body, content_type = await asyncio.get_running_loop().run_in_executor(None, metrics.exposition)
+    pod = PodCollector(request.app[SETTINGS], request.app[STORE].layout.current.span)
+    loop = asyncio.get_running_loop()
+    body, content_type = await loop.run_in_executor(None, metrics.exposition, pod)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 

@@ -1,7 +1,9 @@
 """supervisord event listeners.
 
 ``metrics``: when a program's process exits, mark its multiprocess metric files dead and
-fold its counters and histograms into one archive file, so files do not pile up.
+fold its counters and histograms into one archive file, so files do not pile up; count each
+exit supervisord restarts (ended on its own, or failed to start) in
+``tracker_process_restarts_total{program}``.
 ``fatal``: when a program goes FATAL, stop supervisord so the orchestrator restarts the pod.
 """
 
@@ -17,6 +19,10 @@ from typing import TextIO
 from prometheus_client import multiprocess
 from prometheus_client.mmap_dict import MmapedDict
 
+from tracker import metrics
+from tracker.pod import tracker_programs
+from tracker.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -27,10 +33,18 @@ def _read_event(stdin: TextIO) -> tuple[dict[str, str], dict[str, str]]:
     return header, dict(token.split(":", 1) for token in first.split())
 
 
+#: A process that ended on its own (EXITED) or died while starting (BACKOFF): supervisord
+#: starts it again (every program has autorestart=true).
+RESTART_EVENTS = frozenset({"PROCESS_STATE_EXITED", "PROCESS_STATE_BACKOFF"})
+
+
 def serve(
-    kind: str, metrics_dir: Path, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
+    kind: str, settings: Settings, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout
 ) -> None:
     """The listener protocol: READY, read one event, act, RESULT 2 OK; forever."""
+    metrics_dir = settings.metrics_dir
+    if kind == "metrics":
+        metrics.declare_known(tracker_programs(settings))
     while True:
         stdout.write("READY\n")
         stdout.flush()
@@ -44,6 +58,13 @@ def serve(
 
 
 def handle(kind: str, event: str, body: dict[str, str], metrics_dir: Path) -> None:
+    if kind == "metrics" and event in RESTART_EVENTS:
+        metrics.RESTARTS.labels(body.get("groupname", "unknown")).inc()
+        log.warning(
+            "process ended, supervisord restarts it process=%s from=%s",
+            body.get("processname"),
+            body.get("from_state"),
+        )
     if kind == "metrics" and event in ("PROCESS_STATE_EXITED", "PROCESS_STATE_STOPPED"):
         pid = body.get("pid")
         if pid and pid.isdigit():

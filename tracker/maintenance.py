@@ -42,6 +42,7 @@ async def run(redis: Redis, scripts: Scripts, shards: Sequence[int]) -> None:
             oldest_ms = max(oldest_ms, now_ms - int(first[0]["message_id"].split("-")[0]))
         await drop_idle_consumers(redis, k.events)
     metrics.WAITING.set(waiting)
+    metrics.WAITING_CONVERSATIONS.set(waiting)
     metrics.BACKLOG.set(backlog)
     metrics.PENDING.set(pending)
     metrics.DEAD_LETTERS.set(dead)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import bisect
 import collections
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -17,15 +17,36 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from tracker.connection import ERROR_KINDS
+from tracker.settings import SINKS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 RESPONSE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
 
+# Label values known in advance: every role process declares these series at 0 when it
+# starts (`declare_known`), so the first scrape shows them and `increase()` sees the first
+# event. Series whose label values are only known at run time (a route, a pod) start later.
+LEVELS = ("1", "2", "3")
+DEAD_LETTER_REASONS = ("permanent", "max_deliveries", "malformed", "unexpected")
+SUPPRESS_REASONS = ("stale", "duplicate", "superseded")
+LEADER_CHANGE_KINDS = ("gained", "lost")
+#: The roles that count the Redis errors they back off from (phase 1's sweeper delivers too).
+REDIS_ERROR_ROLES = ("sweeper", "consumer")
+
 WAITING = Gauge(
     "waiting_conversations_count",
+    "Conversations waiting for a customer answer, over the shards this pod leads (the seed's"
+    " name; timeout_waiting_conversations is the same value)",
+    multiprocess_mode="livesum",
+)
+WAITING_CONVERSATIONS = Gauge(
+    "timeout_waiting_conversations",
     "Conversations waiting for a customer answer, over the shards this pod leads",
     multiprocess_mode="livesum",
 )
@@ -85,17 +106,11 @@ DELIVERY_FAILED = Counter(
 )
 SUPPRESSED = Counter(
     "timeout_notifications_suppressed",
-    "Notifications not sent at delivery time, by reason (stale, duplicate)",
+    "Notifications not sent at delivery time, by reason (stale, duplicate, superseded)",
     ["reason"],
 )
 LEASES_HELD = Gauge(
     "timeout_leases_held", "Shard leases held by this pod", ["pod"], multiprocess_mode="livesum"
-)
-LAST_SWEEP = Gauge(
-    "timeout_last_sweep_timestamp_seconds",
-    "Unix time of the last successful sweep of each shard this pod leads",
-    ["shard"],
-    multiprocess_mode="livemax",
 )
 STREAM_RECREATED = Counter(
     "timeout_stream_group_recreated", "Consumer groups recreated after their stream vanished"
@@ -106,6 +121,12 @@ REDIS_ERRORS = Counter(
     " readonly, loading, ...)",
     ["role", "kind"],
 )
+RESTARTS = Counter(
+    "tracker_process_restarts",
+    "Times a program's process of this pod ended on its own and supervisord started it again"
+    " (counted by the metrics listener)",
+    ["program"],
+)
 HTTP_REQUESTS = Counter(
     "http_requests", "HTTP requests by route, method and status", ["route", "method", "status"]
 )
@@ -115,6 +136,34 @@ HTTP_DURATION = Histogram(
     ["route"],
     buckets=LATENCY_BUCKETS,
 )
+
+# Made at scrape time by the API process (tracker/podmetrics.py), not kept in files.
+LAST_SWEEP = "timeout_last_sweep_timestamp_seconds"
+BUILD_INFO = "tracker_build_info"
+#: prometheus_client's ProcessCollector families, as tracker_process_resident_memory_bytes,
+#: _cpu_seconds_total, _open_fds, _max_fds, _start_time_seconds, _virtual_memory_bytes.
+PROCESS_NAMESPACE = "tracker"
+ROLE_PROGRESS = "tracker_role_progress_timestamp_seconds"
+ROLE_REDIS_FAILING = "tracker_role_redis_failing"
+
+
+def declare_known(restart_programs: Sequence[str] = ()) -> None:
+    """Create every series whose labels are known in advance at 0 in this process's files."""
+    for level in LEVELS:
+        SENT.labels(level)
+    for reason in DEAD_LETTER_REASONS:
+        DEAD_LETTERED.labels(reason)
+    for reason in SUPPRESS_REASONS:
+        SUPPRESSED.labels(reason)
+    for sink in SINKS:
+        DELIVERY_FAILED.labels(sink)
+    for change in LEADER_CHANGE_KINDS:
+        LEADER_CHANGES.labels(change)
+    for role in REDIS_ERROR_ROLES:
+        for kind in ERROR_KINDS:
+            REDIS_ERRORS.labels(role, kind)
+    for program in restart_programs:
+        RESTARTS.labels(program)
 
 
 class HttpTally:
@@ -140,14 +189,25 @@ class HttpTally:
             observe_many(HTTP_DURATION.labels(route), values)
 
 
-def exposition() -> tuple[bytes, str]:
-    """Every process of this pod, aggregated (or this process alone outside a pod)."""
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not path:
-        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+def exposition(*collectors: Collector) -> tuple[bytes, str]:
+    """Every process of this pod, aggregated (or this process alone outside a pod), and
+    what `collectors` make at scrape time."""
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=path)
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        MultiProcessCollector(registry, path=path)
+    else:
+        registry.register(_Everything())
+    for collector in collectors:
+        registry.register(collector)
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Everything(Collector):
+    """This process's default registry, as one collector of another registry."""
+
+    def collect(self) -> Iterable[Metric]:
+        return REGISTRY.collect()
 
 
 def observe_many(histogram: Histogram, values: Sequence[float]) -> None:

@@ -1,10 +1,14 @@
 """`tracker pod`: prepare one pod's environment and exec supervisord in the foreground.
 
 `tracker ctl ...`: supervisorctl for that same pod (same RUN_DIR).
+
+Both use the supervisord configuration shipped in the package (``tracker/conf/``), so they
+work from any directory; SUPERVISOR_CONFIG names another file.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import shutil
 import sys
@@ -14,8 +18,6 @@ from pathlib import Path
 from tracker.errors import ConfigError
 from tracker.settings import Settings
 
-CONF = "supervisord.conf"
-
 
 def _bin(name: str) -> str:
     """A console script installed beside this interpreter, else from PATH."""
@@ -24,6 +26,16 @@ def _bin(name: str) -> str:
     if found is None:
         raise ConfigError(f"{name}: not found; install the project (pip install .)")
     return found
+
+
+def packaged_config() -> Path:
+    """The supervisord.conf inside the installed package."""
+    return Path(str(importlib.resources.files("tracker").joinpath("conf", "supervisord.conf")))
+
+
+def tracker_programs(settings: Settings) -> tuple[str, ...]:
+    """The tracker's own supervisord programs this pod runs."""
+    return ("api", "sweeper", "consumer") if settings.mode == "phase2" else ("api", "sweeper")
 
 
 def pod_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
@@ -37,8 +49,9 @@ def pod_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str
         TRACKER_PYTHON=sys.executable,
         CONSUMER_PROCESSES=str(settings.consumer_processes),
         API_PROCESSES=str(settings.api_processes),
-        CONSUMER_AUTOSTART="true" if settings.mode == "phase2" else "false",
-        REDIS_AUTOSTART="true" if embedded else "false",
+        # numprocs of the programs the pod may not run (0: the program has no process)
+        POD_CONSUMER_PROCESSES=str(settings.consumer_processes if settings.mode == "phase2" else 0),
+        POD_REDIS_PROCESSES="1" if embedded else "0",
         REDIS_DATA_DIR=str(Path(env.get("REDIS_DATA_DIR") or run_dir.parent / "redis").resolve()),
         REDIS_SERVER=shutil.which("redis-server") or "redis-server",
     )
@@ -52,9 +65,10 @@ def pod_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str
 
 
 def _config(env: Mapping[str, str]) -> str:
-    conf = Path(env.get("SUPERVISOR_CONFIG") or CONF)
+    named = env.get("SUPERVISOR_CONFIG", "").strip()
+    conf = Path(named) if named else packaged_config()
     if not conf.is_file():
-        raise ConfigError(f"SUPERVISOR_CONFIG: {conf} not found (run from the project root)")
+        raise ConfigError(f"SUPERVISOR_CONFIG: {conf} is not a file")
     return str(conf.resolve())
 
 
@@ -74,7 +88,7 @@ def run_pod(settings: Settings, env: Mapping[str, str]) -> None:
     conf = _config(env)
     wipe(Path(pod_env["PROMETHEUS_MULTIPROC_DIR"]))
     Path(pod_env["RUN_DIR"]).mkdir(parents=True, exist_ok=True)
-    if pod_env["REDIS_AUTOSTART"] == "true":
+    if pod_env["POD_REDIS_PROCESSES"] != "0":
         Path(pod_env["REDIS_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     supervisord = _bin("supervisord")
     os.execve(supervisord, [supervisord, "--nodaemon", "-c", conf, *_own_log(settings)], pod_env)

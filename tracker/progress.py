@@ -38,14 +38,19 @@ def clear(settings: Settings) -> None:
         _path(settings).unlink()
 
 
-def stale_shards(settings: Settings) -> list[int]:
-    """Shards this pod leads that were not swept within the watchdog window."""
+def led_shards(settings: Settings, now_ms: int) -> dict[int, int]:
+    """The shards this pod's sweeper leads -> unix ms of its last sweep of each."""
     try:
         data = orjson.loads(_path(settings).read_bytes())
     except (FileNotFoundError, orjson.JSONDecodeError):
-        return []
+        return {}
+    if now_ms - int(data["written_ms"]) > settings.leader_ttl_ms:
+        return {}  # leases written then have expired: this pod leads nothing it reported
+    return {int(s): int(t) for s, t in data["shards"].items()}
+
+
+def stale_shards(settings: Settings) -> list[int]:
+    """Shards this pod leads that were not swept within the watchdog window."""
     now = int(time.time() * 1000)
-    if now - int(data["written_ms"]) > settings.leader_ttl_ms:
-        return []  # leases written then have expired: this pod leads nothing it reported
     limit = watchdog_ms(settings)
-    return sorted(int(s) for s, t in data["shards"].items() if now - int(t) > limit)
+    return sorted(s for s, t in led_shards(settings, now).items() if now - t > limit)

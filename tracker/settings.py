@@ -71,6 +71,7 @@ class Settings:
     metrics_dir: Path
     log_format: str
     log_level: str
+    build_commit: str  # the commit the image was built from (tracker_build_info)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -139,6 +140,7 @@ class Settings:
             metrics_dir=Path(r.text("PROMETHEUS_MULTIPROC_DIR", str(run_dir / "metrics"))),
             log_format=r.choice("LOG_FORMAT", "text", LOG_FORMATS),
             log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
+            build_commit=r.token("TRACKER_COMMIT", "unknown"),
         )
         if settings.min_timeout_ms > settings.max_timeout_ms:
             raise ConfigError("MIN_TIMEOUT_MS: must not exceed MAX_TIMEOUT_MS")

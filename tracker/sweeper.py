@@ -87,7 +87,6 @@ class Sweeper:
     def forget(self, shard: int) -> None:
         self.next_due.pop(shard, None)
         self.last_sweep.pop(shard, None)
-        metrics.LAST_SWEEP.labels(str(shard)).set(0)  # not led here any more
 
     async def sweep_shard(self, shard: int) -> int:
         """Sweep one shard until nothing is due; returns how many notifications it fired."""
@@ -117,7 +116,6 @@ class Sweeper:
                 log.debug("swept shard=%d fired=%s next_due=%s", shard, n, next_due)
             self.next_due[shard] = float(next_due) if int(next_due) >= 0 else float("inf")
             self.last_sweep[shard] = int(time.time() * 1000)
-            metrics.LAST_SWEEP.labels(str(shard)).set(time.time())
             if not int(more):
                 return fired
 
