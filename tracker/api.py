@@ -16,7 +16,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tracker import metrics, progress, validation
+from tracker import console, metrics, progress, validation
 from tracker.connection import UNAVAILABLE, connect
 from tracker.errors import RequestError
 from tracker.lane import lane_for
@@ -102,13 +102,17 @@ async def unmatched(request: web.Request) -> web.StreamResponse:
 def authorize(request: web.Request) -> None:
     """Bearer tokens (API_TOKEN, comma-separated for rotation), compared in constant time."""
     tokens = request.app[SETTINGS].api_tokens
-    if not tokens or request.path in OPEN_PATHS:
+    if not tokens or request.path in OPEN_PATHS or console.is_asset(request.path):
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     ok = False
     for expected in tokens:
         ok |= hmac.compare_digest(token.encode(), expected.encode())
     if scheme.lower() != "bearer" or not ok:
+        # CONSOLE_TOKEN: read-only, GET under /admin and /console
+        console_tokens = request.app[SETTINGS].console_tokens
+        if scheme.lower() == "bearer" and console.read_only_grants(request, token, console_tokens):
+            return
         raise RequestError(
             401,
             "unauthorized",
@@ -261,6 +265,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app[STORE] = Store(client, settings, Scripts(), lane=lane)
     app.on_cleanup.append(lambda _: lane.aclose())
     app[TALLY] = metrics.HttpTally()
+    from tracker.admin import ROUTES as ADMIN_ROUTES  # it imports this module
+
     # Any id reaches its handler, so a malformed one gets a 422 that says why, not a 404.
     for method, path, handler in (
         ("POST", "/conversations/{id:[^/]+}/agent-message", agent_message),
@@ -271,6 +277,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
         ("GET", "/ready", ready),
         ("GET", "/metrics", metrics_handler),
         ("GET", "/openapi.json", openapi),
+        *ADMIN_ROUTES,  # the operator's /admin endpoints and the /console page
         ("*", ANY_PATH, unmatched),  # last: the others are matched first
     ):
         resource = app.router.add_resource(path)

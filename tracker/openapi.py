@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tracker.ops import schema as admin
 from tracker.settings import Settings
 from tracker.validation import ID_PATTERN, MAX_BATCH
 
@@ -27,6 +28,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "Malformed body",
         401: "Missing or wrong bearer token",
+        403: "The read-only CONSOLE_TOKEN on anything but a read of /admin or /console",
         404: "Unknown conversation",
         413: "Body or batch too large",
         415: "Content-Type is not application/json",
@@ -180,7 +182,7 @@ def document(settings: Settings) -> dict[str, Any]:
             "description": "Conversation timeout tracker with progressive escalation",
         },
         "components": {
-            "schemas": schemas(settings),
+            "schemas": {**schemas(settings), **admin.schemas()},
             "parameters": {
                 "ConversationId": {
                     "name": "id",
@@ -258,5 +260,6 @@ def document(settings: Settings) -> dict[str, Any]:
                     "responses": {"200": {"description": "OpenAPI"}},
                 }
             },
+            **admin.paths(_errors, _json),  # the operator's /admin endpoints, the console
         },
     }

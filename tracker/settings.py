@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from tracker.errors import ConfigError
 from tracker.signing import decode_secret
@@ -56,6 +56,7 @@ class Settings:
     delivery_timeout_ms: int
     retry_base_ms: int
     api_tokens: tuple[str, ...]
+    console_tokens: tuple[str, ...]  # read-only: GET under /admin and /console
     answered_retention_ms: int
     run_dir: Path
     metrics_dir: Path
@@ -115,6 +116,7 @@ class Settings:
             delivery_timeout_ms=delivery_timeout,
             retry_base_ms=r.integer("RETRY_BASE_MS", 500, 1, 600_000),
             api_tokens=r.items("API_TOKEN"),
+            console_tokens=r.items("CONSOLE_TOKEN"),
             answered_retention_ms=r.integer(
                 "ANSWERED_RETENTION_MS", 86_400_000, 1000, 365 * 86_400_000
             ),
@@ -123,6 +125,7 @@ class Settings:
             log_format=r.choice("LOG_FORMAT", "text", LOG_FORMATS),
             log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
         )
+        _check_console_tokens(settings)
         if settings.min_timeout_ms > settings.max_timeout_ms:
             raise ConfigError("MIN_TIMEOUT_MS: must not exceed MAX_TIMEOUT_MS")
         if settings.prefetch_ms * 4 > settings.delivery_timeout_ms:
@@ -188,12 +191,34 @@ class _Reader:
         return value
 
 
+def _check_console_tokens(settings: Settings) -> None:
+    if settings.console_tokens and not settings.api_tokens:
+        raise ConfigError("CONSOLE_TOKEN: needs API_TOKEN (without it every endpoint is open)")
+    if set(settings.console_tokens) & set(settings.api_tokens):
+        raise ConfigError("CONSOLE_TOKEN: must differ from every API_TOKEN")
+
+
 def _redis_url(url: str, mode: str) -> str:
-    scheme = urlsplit(url).scheme
+    parts = urlsplit(url)
+    scheme = parts.scheme
     if scheme not in REDIS_SCHEMES:
         raise ConfigError(f"REDIS_URL: scheme must be one of {', '.join(REDIS_SCHEMES)}")
     if mode != "standalone" and scheme == "unix":
         raise ConfigError(f"REDIS_URL: REDIS_MODE={mode} needs redis:// or rediss://")
+    hosts = parts.netloc.rpartition("@")[2]
+    for address in hosts.split(",") if mode == "sentinel" else [hosts]:
+        port = address.rpartition("]")[2].partition(":")[2]
+        if port and not (port.isdigit() and 0 < int(port) <= 65535):
+            raise ConfigError(f"REDIS_URL: port {port!r} is not a number from 1 to 65535")
+    query = parse_qs(parts.query)
+    if "db" in query:
+        db = query["db"][0]
+    else:  # a unix socket's path is the socket's
+        db = "" if scheme == "unix" else unquote(parts.path).strip("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"REDIS_URL: database {db!r} is not a number")
+    if mode == "cluster" and db.strip("0"):
+        raise ConfigError("REDIS_URL: Redis Cluster has only database 0")
     return url
 
 

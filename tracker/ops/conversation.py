@@ -1,0 +1,87 @@
+"""One conversation for an operator: its state, and its notifications still in Redis's
+streams (staged or being delivered in its shard stream, dead letters)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from tracker.api import conversation_json
+from tracker.events import Entries, Notification
+from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.ops.dead_letters import DeadLetter
+from tracker.store import Store
+from tracker.timefmt import format_ms
+
+STREAM_SCAN = 10_000  # newest entries of each stream looked through
+
+
+async def report(store: Store, conversation_id: str) -> dict[str, Any] | None:
+    """None when the conversation is unknown (never seen, or retired)."""
+    view = await store.get(conversation_id)
+    if view is None:
+        return None
+    shard = (await store.layout.get()).shard(conversation_id)
+    return {
+        "shard": shard,
+        "conversation": conversation_json(view),
+        "in_streams": await in_streams(store.redis, shard, conversation_id),
+    }
+
+
+async def in_streams(redis: Redis, shard: int, conversation_id: str) -> list[dict[str, Any]]:
+    """Its entries in the shard stream (pending: read and not acknowledged; else staged)
+    and among the shard's dead letters, oldest first."""
+    k = ShardKeys.of(shard)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xrevrange(k.events, count=STREAM_SCAN)
+        pipe.xrevrange(k.dead_letters, count=STREAM_SCAN)
+        pipe.xpending_range(k.events, CONSUMER_GROUP, "-", "+", STREAM_SCAN)
+        events, dead, pending = await pipe.execute(raise_on_error=False)
+    owners = {str(p["message_id"]): p for p in pending} if isinstance(pending, list) else {}
+    out: list[dict[str, Any]] = []
+    for entry_id, fields in cast(Entries, events if isinstance(events, list) else []):
+        try:
+            n = Notification.from_entry(shard, entry_id, fields)
+        except (KeyError, ValueError):
+            continue
+        if n.conversation_id != conversation_id:
+            continue
+        owner = owners.get(entry_id)
+        out.append(
+            {
+                "kind": "pending" if owner else "staged",
+                "id": f"{shard}-{entry_id}",
+                "event_id": n.event_id,
+                "level": n.level,
+                "generation": n.generation,
+                "due_at": format_ms(n.due_at_ms),
+                "consumer": owner["consumer"] if owner else None,
+            }
+        )
+    for entry_id, fields in cast(Entries, dead if isinstance(dead, list) else []):
+        letter = DeadLetter(shard, entry_id, fields).to_json()
+        notification = letter["notification"]
+        if notification is None or notification["conversation_id"] != conversation_id:
+            continue
+        out.append(
+            {
+                "kind": "dead_letter",
+                "id": letter["id"],
+                "event_id": notification["event_id"],
+                "level": notification["level"],
+                "generation": letter["generation"],
+                "due_at": notification["due_at"],
+                "dead_lettered_at": letter["dead_lettered_at"],
+                "reason": letter["reason"],
+                "last_error": letter["last_error"],
+            }
+        )
+    out.sort(key=lambda e: _order(str(e["id"])))
+    return out
+
+
+def _order(letter_id: str) -> tuple[int, int]:
+    _, ms, seq = letter_id.split("-")
+    return int(ms), int(seq)
