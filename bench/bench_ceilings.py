@@ -11,7 +11,7 @@ from bench.report import Report
 from tests.redis_server import RedisServer
 from tracker.keys import ShardKeys, wake_channel
 from tracker.scripts import Script
-from tracker.store import track_arg
+from tracker.store import AgentMessage, apply_arg
 
 BATCH = 64  # events per script call: 1000 events over 16 shards
 # the sweep's entry: one field, conversation|level|generation|since|due|agent|message
@@ -37,20 +37,22 @@ def test_ceiling_xadd(
 
 
 def track_command(sha: str, events: int) -> list[str]:
-    """EVALSHA track.lua on shard 0 for `events` new conversations (random ids)."""
+    """EVALSHA apply.lua on shard 0 for `events` agent messages of new conversations (random
+    ids)."""
     k = ShardKeys.of(0)
-    command = ["EVALSHA", sha, str(len(k.for_writes)), *k.for_writes, "0", "1", wake_channel(0)]
-    for _ in range(events):
-        command.append(track_arg("conv-__rand_int__", "agent-1", "m-__rand_int__", 0, 30000))
+    head = ["EVALSHA", sha, str(len(k.for_apply)), *k.for_apply, "0", "1", wake_channel(0)]
+    command = [*head, "60000"]
+    event = AgentMessage("conv-__rand_int__", "agent-1", "m-__rand_int__", 0)
+    command += [apply_arg(event, 30000)] * events
     return command
 
 
 def test_ceiling_evalsha_track(
     benchmark: Any, redis_server: RedisServer, redis_sync: sync_redis.Redis, report: Report
 ) -> None:
-    """The track script itself: one event per call (a lone request), and BATCH events per
-    call (what Store.apply_many sends per shard for a 1000-event POST /events)."""
-    script = Script.load("track")
+    """The apply script on agent messages: one event per call (a lone request), and BATCH
+    events per call (what Store.apply_many sends per shard for a 1000-event POST /events)."""
+    script = Script.load("apply")
     redis_sync.script_load(script.source)
     single = redis_benchmark(redis_server.port, track_command(script.sha, 1))
     calls = benchmark.pedantic(

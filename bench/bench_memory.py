@@ -1,4 +1,4 @@
-"""Redis memory per waiting conversation: 1,000,000 agent messages through the track script
+"""Redis memory per waiting conversation: 1,000,000 agent messages through the apply script
 (50 a call), mass-inserted with `redis-cli --pipe`; INFO memory used_memory before and after."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from bench.report import Report
 from tests.redis_server import RedisServer
 from tracker.keys import ShardKeys, shard_of, wake_channel
 from tracker.scripts import Script
-from tracker.store import track_arg
+from tracker.store import AgentMessage, apply_arg
 
 CONVERSATIONS = 1_000_000
 SHARDS = 16
@@ -29,7 +29,7 @@ def resp(parts: list[str]) -> str:
 
 
 def track_commands(sha: str, n: int) -> Iterator[bytes]:
-    """EVALSHA track for n new conversations (timestamp 0: Redis's now), PER_CALL per call
+    """EVALSHA apply for n new conversations (timestamp 0: Redis's now), PER_CALL per call
     and shard, in chunks of CHUNK calls."""
     keys = [ShardKeys.of(s) for s in range(SHARDS)]
     by_shard: list[list[str]] = [[] for _ in range(SHARDS)]
@@ -37,16 +37,15 @@ def track_commands(sha: str, n: int) -> Iterator[bytes]:
 
     def call(shard: int) -> None:
         k = keys[shard]
-        head = ["EVALSHA", sha, str(len(k.for_writes)), *k.for_writes, "0"]
-        chunk.append(resp([*head, "1", wake_channel(shard), *by_shard[shard]]))
+        head = ["EVALSHA", sha, str(len(k.for_apply)), *k.for_apply, "0"]
+        chunk.append(resp([*head, "1", wake_channel(shard), "60000", *by_shard[shard]]))
         by_shard[shard] = []
 
     for i in range(n):
         conversation = f"conv-{i:07d}"
         shard = shard_of(conversation, SHARDS)
-        by_shard[shard].append(
-            track_arg(conversation, f"agent-{i % 500}", f"msg-{i:07d}", 0, 30000)
-        )
+        event = AgentMessage(conversation, f"agent-{i % 500}", f"msg-{i:07d}", 0)
+        by_shard[shard].append(apply_arg(event, 30000))
         if len(by_shard[shard]) == PER_CALL:
             call(shard)
         if len(chunk) >= CHUNK:
@@ -88,7 +87,7 @@ def used_memory(client: sync_redis.Redis) -> int:
 def test_memory_per_waiting_conversation(
     benchmark: Any, redis_server: RedisServer, redis_sync: sync_redis.Redis, report: Report
 ) -> None:
-    script = Script.load("track")
+    script = Script.load("apply")
     redis_sync.script_load(script.source)
     before = used_memory(redis_sync)
     out = benchmark.pedantic(

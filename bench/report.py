@@ -135,7 +135,7 @@ CEILINGS = (
     ),
     Row(
         "ceiling_evalsha_track",
-        "ceiling: redis-benchmark -P 16 EVALSHA track.lua, 64 events a call",
+        "ceiling: redis-benchmark -P 16 EVALSHA apply.lua, 64 agent messages a call",
         "events/s",
     ),
     Row("ceiling_bare_http", "ceiling: bare aiohttp+uvloop handler, wrk", "req/s"),

@@ -44,15 +44,16 @@ def test_opens_after_failures_in_a_row_then_probes_once() -> None:
     b.failure()
     assert b.state == OPEN
     assert not b.allow()
-    assert 11.0 <= b.retry_after_s() <= 20.0  # the rest of the cool-down, plus a spread
-    clock.now += 10.0
+    assert 1.1 <= b.retry_after_s() <= 2.0  # the rest of the first cool-down, plus a spread
+    clock.now += 1.0
     assert b.allow()  # the probe
     assert b.state == HALF_OPEN
     assert not b.allow()  # only one probe at a time
     b.failure()
-    assert b.state == OPEN  # the probe failed: another cool-down
+    assert b.state == OPEN  # the probe failed: another, longer cool-down
+    clock.now += 1.0
     assert not b.allow()
-    clock.now += 10.0
+    clock.now += 1.0
     assert b.allow()
     b.success()
     assert b.state == CLOSED
@@ -60,13 +61,37 @@ def test_opens_after_failures_in_a_row_then_probes_once() -> None:
     assert b.allow()
 
 
+def test_the_cool_down_starts_near_a_second_and_grows_while_the_receiver_stays_down() -> None:
+    """A 3 s blip costs about a second of waiting, not the whole configured cool-down; a
+    receiver that stays down is probed every 1, 2, 4, 8, then 10 s (the configured cap)."""
+    clock = Clock()
+    b = Breaker(1, 10.0, clock)
+    b.failure()
+    waits = []
+    for _ in range(6):
+        opened = clock.now
+        while not b.allow():
+            clock.now += 0.25
+        waits.append(clock.now - opened)
+        b.failure()  # the probe fails
+    assert waits == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    while not b.allow():
+        clock.now += 0.25
+    b.success()
+    b.failure()  # down again later: from the first cool-down
+    opened = clock.now
+    while not b.allow():
+        clock.now += 0.25
+    assert clock.now - opened == 1.0
+
+
 def test_a_late_failure_does_not_extend_the_cool_down() -> None:
     clock = Clock()
     b = Breaker(1, 5.0, clock)
     b.failure()
-    clock.now += 4.0
+    clock.now += 0.5
     b.failure()  # a request that was already in flight when it opened
-    clock.now += 1.0
+    clock.now += 0.5
     assert b.allow()
 
 
@@ -117,7 +142,7 @@ async def test_a_refused_event_stays_pending_and_keeps_its_attempts(
 ) -> None:
     d = await fired_notification(redis, tmp_path, redis_server.url, "c1", MAX_DELIVERIES="1")
     d.sinks = [RefusingSink(), FailingSink()]  # a real failure elsewhere outranks the refusal
-    assert await d.read([0], block_ms=None, own=False) == 1
+    assert await d.read([0], block_ms=None) == 1
     k = ShardKeys.of(0)
     assert await redis.xlen(k.dead_letters) == 1  # MAX_DELIVERIES=1: one real attempt
     await d.close()
@@ -125,7 +150,7 @@ async def test_a_refused_event_stays_pending_and_keeps_its_attempts(
     d = await fired_notification(redis, tmp_path, redis_server.url, "c2", MAX_DELIVERIES="1")
     await redis.delete(k.dead_letters)
     d.sinks = [RefusingSink(), RefusingSink()]
-    assert await d.read([0], block_ms=None, own=False) == 1
+    assert await d.read([0], block_ms=None) == 1
     assert await redis.hlen(k.attempts) == 0
     assert await redis.xlen(k.dead_letters) == 0
     info = await redis.xpending(k.events, CONSUMER_GROUP)

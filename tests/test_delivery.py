@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
+import redis as sync_redis
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
-from tracker.connection import redis_time_ms
+from tracker.connection import connect, redis_time_ms
 from tracker.delivery import Deliverer
 from tracker.errors import DeliveryError
 from tracker.events import Notification, Outgoing
@@ -91,7 +93,7 @@ async def test_delivers_and_acknowledges(redis: Redis, settings: Settings) -> No
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "c1", "c2")
-    assert await d.read([0], block_ms=None, own=False) == 2
+    assert await d.read([0], block_ms=None) == 2
     assert sorted(o.notification.conversation_id for o in sink.sent) == ["c1", "c2"]
     assert await pending(redis) == 0
 
@@ -103,7 +105,7 @@ async def test_an_answer_that_reached_redis_first_suppresses_the_send(
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "answered", "waiting")
     await Store(redis, settings, d.scripts).apply(CustomerResponse("answered", "cust", "r1", 0))
-    await d.read([0], block_ms=None, own=False)
+    await d.read([0], block_ms=None)
     assert [o.notification.conversation_id for o in sink.sent] == ["waiting"]
     assert await pending(redis) == 0  # the suppressed entry is acknowledged too
 
@@ -132,7 +134,7 @@ async def test_retries_then_dead_letters_after_max_deliveries(
     sink = RecordingSink(DeliveryError("HTTP 500"))
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "c1")
-    await d.read([0], block_ms=None, own=False)
+    await d.read([0], block_ms=None)
     for _ in range(100):
         if await redis.xlen(ShardKeys.of(0).dead_letters) or not d.retries:
             break
@@ -151,7 +153,7 @@ async def test_a_permanent_failure_dead_letters_at_once(redis: Redis, settings: 
     sink = RecordingSink(DeliveryError("HTTP 410", permanent=True))
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "c1")
-    await d.read([0], block_ms=None, own=False)
+    await d.read([0], block_ms=None)
     dead = await xrange(redis, ShardKeys.of(0).dead_letters)
     assert len(dead) == 1
     assert dead[0][1]["attempts"] == "1"
@@ -179,7 +181,7 @@ async def test_trim_keeps_unacknowledged_entries(redis: Redis, settings: Setting
     d = await deliverer(redis, settings, sink)
     scripts = d.scripts
     await fire(redis, settings, scripts, "a1", "a2")
-    await d.read([0], block_ms=None, own=False)  # a1, a2 delivered and acknowledged
+    await d.read([0], block_ms=None)  # a1, a2 delivered and acknowledged
     k = ShardKeys.of(0)
     store = Store(redis, settings, scripts)
     since = await redis_time_ms(redis) - INTERVAL - 20
@@ -202,9 +204,9 @@ async def test_a_deleted_stream_gets_its_group_back(redis: Redis, settings: Sett
     d = await deliverer(redis, settings, RecordingSink())
     await redis.delete(ShardKeys.of(0).events)
     with pytest.raises(Exception, match="NOGROUP"):
-        await d.read([0], block_ms=None, own=False)
+        await d.read([0], block_ms=None)
     await d.recreate_group([0])
-    assert await d.read([0], block_ms=None, own=False) == 0
+    assert await d.read([0], block_ms=None) == 0
 
 
 def test_shard_of_is_stable() -> None:
@@ -212,11 +214,12 @@ def test_shard_of_is_stable() -> None:
     assert {shard_of(f"c{i}", 16) for i in range(200)} == set(range(16))
 
 
-async def test_a_lower_level_redelivered_after_a_higher_one_is_still_sent(
+async def test_a_lower_level_redelivered_after_a_higher_one_is_superseded(
     redis: Redis, settings: Settings
 ) -> None:
     """Consumer A dies holding level 1; consumer B delivers level 2 first; A's level 1,
-    claimed later, must still go out: delivery marks are per level, not a high-water mark."""
+    claimed later, is not sent after it (guarantee 7): superseded, acknowledged, counted,
+    and noted in the conversation's history."""
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
     await fire(redis, settings, d.scripts, "c1")  # level 1 in the stream
@@ -227,9 +230,12 @@ async def test_a_lower_level_redelivered_after_a_higher_one_is_still_sent(
     lease = str(await redis.get(k.leader))
     keys = k.for_sweep
     await d.scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000])  # level 2
-    await d.read([0], block_ms=None, own=False)  # B delivers level 2
+    await d.read([0], block_ms=None)  # B delivers level 2
     await d.handle([Notification.from_entry(0, level1[0], level1[1])], retried=True)
-    assert [o.notification.level for o in sink.sent] == [2, 1]
+    assert [o.notification.level for o in sink.sent] == [2]
+    assert await pending(redis) == 0
+    history = str(await redis.hget(k.history, "c1")).split("\n")
+    assert [h.split("|")[0] + h.split("|")[3] for h in history] == ["D2", "P1"]
 
 
 async def test_the_stream_sink_writes_one_entry_per_event_with_its_fields(
@@ -280,3 +286,126 @@ async def test_consumers_of_gone_pods_are_dropped_but_not_those_with_pending_ent
     await drop_idle_consumers(redis, k.events, idle_ms=0)
     names = [c["name"] for c in await redis.xinfo_consumers(k.events, CONSUMER_GROUP)]
     assert names == ["holds-one"]
+
+
+BAD_ENTRIES = {
+    "wrong field count": {"e": "not|a|valid|entry"},
+    "non-numeric times": {"e": "c9|1|1|yesterday|soon|a|m"},
+    "unknown level": {"e": "c9|7|1|0|0|a|m"},
+    "empty": {"e": ""},
+    "binary": {"e": "\udcff\udcfe|1|1|0|0|a|m"},
+    "not ours": {"hello": "world"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ENTRIES))
+async def test_an_unreadable_entry_is_dead_lettered_and_the_rest_delivered(
+    redis: Redis, redis_server: RedisServer, settings: Settings, kind: str
+) -> None:
+    """Guarantee 8: one malformed entry among good ones goes to the dead letters after one
+    attempt, with its fields as they were and a reason; the others are delivered; nothing
+    stays pending; the consumer goes on (before: ValueError, the consumer crash-looped)."""
+    sink = RecordingSink()
+    client = connect(settings)  # as the consumer's: how it decodes replies matters here
+    raw = sync_redis.Redis(port=redis_server.port)  # bytes, as another client may write them
+    k = ShardKeys.of(0)
+    try:
+        d = await deliverer(client, settings, sink)
+        raw_fields = {f: v.encode("utf-8", "surrogateescape") for f, v in BAD_ENTRIES[kind].items()}
+        raw.xadd(k.events, raw_fields)  # type: ignore[arg-type]
+        await fire(redis, settings, d.scripts, "c1")
+        assert await d.read([0], block_ms=None) == 1
+        assert [o.notification.conversation_id for o in sink.sent] == ["c1"]
+        ((_, dead),) = await xrange(client, k.dead_letters)
+        assert dead["reason"].startswith("malformed: ")
+        assert dead["attempts"] == "1"
+        assert await pending(redis) == 0
+        await fire(redis, settings, d.scripts, "c2")  # it goes on
+        assert await d.read([0], block_ms=None) == 1
+        await d.close()
+        entries: Any = raw.xrange(k.dead_letters)
+        ((_, fields),) = entries
+        assert fields == {  # kept as it was, byte for byte
+            b"reason": dead["reason"].encode(),
+            b"attempts": b"1",
+            b"source_id": dead["source_id"].encode(),
+            **{f.encode(): v for f, v in raw_fields.items()},
+        }
+    finally:
+        await client.aclose()
+        raw.close()
+
+
+class RaisingSink(RecordingSink):
+    """A sink with a bug: it raises on the conversation named `poison`."""
+
+    async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
+        if any(o.notification.conversation_id == "poison" for o in batch):
+            raise KeyError("a bug in a sink")
+        return await super().send(batch)
+
+
+async def test_an_event_a_sink_raises_on_is_dead_lettered_and_the_rest_delivered(
+    redis: Redis, settings: Settings
+) -> None:
+    sink = RaisingSink()
+    d = await deliverer(redis, settings, sink)
+    await fire(redis, settings, d.scripts, "c1", "poison", "c2")
+    assert await d.read([0], block_ms=None) == 3
+    assert sorted(o.notification.conversation_id for o in sink.sent) == ["c1", "c2"]
+    ((_, dead),) = await xrange(redis, ShardKeys.of(0).dead_letters)
+    assert dead["reason"] == "unexpected: KeyError: 'a bug in a sink'"
+    assert (dead["c"], dead["attempts"]) == ("poison", "1")
+    assert await pending(redis) == 0
+    await d.close()
+
+
+async def test_a_batch_left_pending_by_a_redis_error_is_read_again_at_once(
+    redis: Redis, redis_server: RedisServer, settings: Settings, tmp_path: Path
+) -> None:
+    """Guarantee 9: the releaser's batch fails on Redis (here: its connection is killed) and
+    stays pending; the read loop reads its own pending list again on its next round, instead
+    of waiting DELIVERY_TIMEOUT_MS for a claim (before: about a minute with the defaults)."""
+    from tracker.consumer import serve
+    from tracker.heartbeat import Heartbeat
+
+    slow = make_settings(
+        redis_server.url, tmp_path / "slow", SHARD_COUNT="1", TIMEOUT_INTERVAL_MS="300"
+    )  # DELIVERY_TIMEOUT_MS: the default 60 s
+    sink = RecordingSink()
+    d = Deliverer(redis, slow, Scripts(), [sink], "consumer-test")
+    await d.ensure_group(0)
+    since = await redis_time_ms(redis)
+    await Store(redis, slow, d.scripts).apply(AgentMessage("c1", "agent", "m1", since))
+    k = ShardKeys.of(0)
+    _, lease = await d.scripts.lease_acquire.run(redis, k.for_lease, ["p", 10_000])
+    await d.scripts.sweep.run(redis, k.for_sweep, [lease, 100, 1, 2, 3, 60_000, 1000])
+    assert await d.read([0], block_ms=None) == 1  # read, and held: due in 300 ms
+    assert len(d.hold) == 1
+
+    failing = True
+    original = d.handle
+
+    async def handle(batch: Sequence[Notification], **kw: bool) -> None:
+        nonlocal failing
+        if failing and batch:  # the releaser's batch, at its due time
+            failing = False
+            from redis.exceptions import ConnectionError as RedisConnectionError
+
+            raise RedisConnectionError("Redis went away")
+        await original(batch, **kw)
+
+    d.handle = handle  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    loop = asyncio.create_task(serve(d, slow, lambda: [0], stop, Heartbeat(slow, "c-0")))
+    try:
+        deadline = time.monotonic() + 5
+        while not sink.sent and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert [o.notification.conversation_id for o in sink.sent] == ["c1"]
+        assert time.monotonic() < deadline
+    finally:
+        stop.set()
+        await loop
+        await d.close()
+    assert await pending(redis) == 0

@@ -22,7 +22,8 @@ from tests.redis_server import RedisServer
 from tracker.events import Notification
 from tracker.keys import ShardKeys, wake_channel
 from tracker.scripts import Scripts
-from tracker.store import respond_arg, track_arg
+from tracker.store import AgentMessage, CustomerResponse, apply_arg
+from tracker.store import Event as StoredEvent
 
 INTERVAL = 1000
 MULTIPLIERS = (1.0, 2.0, 3.0)
@@ -41,6 +42,7 @@ class Conversation:
     newest: int  # timestamp of the newest event applied
     answered_by: str | None = None
     fired: int = 0  # highest level notified in this generation
+    seen: set[str] = field(default_factory=set)  # every message id applied, any generation
 
 
 @dataclass
@@ -56,24 +58,29 @@ class Model:
     def agent(self, c: str, message: str, ts: int) -> str:
         conv = self.conversations.get(c)
         if conv is not None:
-            if conv.agent_message == message:
+            if message in conv.seen:
                 return "duplicate"
             if ts < conv.newest:
                 return "stale"
         status = "restarted" if conv is not None and conv.answered_by is None else "started"
         generation = conv.generation + 1 if conv is not None else 1
-        self.conversations[c] = Conversation(generation, ts, message, ts)
+        seen = (conv.seen if conv is not None else set()) | {message}
+        self.conversations[c] = Conversation(generation, ts, message, ts, seen=seen)
         return status
 
     def answer(self, c: str, message: str, ts: int) -> str:
         conv = self.conversations.get(c)
         if conv is None:
             return "not_waiting"
+        if message in conv.seen:
+            return "duplicate"
         if conv.answered_by is not None:
-            return "duplicate" if conv.answered_by == message else "not_waiting"
+            conv.seen.add(message)  # remembered: its retry after a restart is a duplicate
+            return "not_waiting"
         if ts < conv.since:
             return "stale"
         conv.answered_by, conv.newest = message, ts
+        conv.seen.add(message)
         return "answered"
 
     def sweep(self, now: int) -> None:
@@ -174,21 +181,96 @@ def test_notifications_equal_the_reference_model(
             model.sweep(int(now))
             continue
         ts = base + step.offset_ms
+        event: StoredEvent
         if step.kind == "agent":
-            args = [
-                0,
-                1.0,
-                wake_channel(0),
-                track_arg(step.conversation, "agent", step.message, ts, INTERVAL),
-            ]
-            status = run(client, SCRIPTS.track, K.for_writes, args)[0]
+            event = AgentMessage(step.conversation, "agent", step.message, ts, INTERVAL)
             expected = model.agent(step.conversation, step.message, ts)
         else:
-            args = [0, RETENTION, respond_arg(step.conversation, step.message, ts)]
-            status = run(client, SCRIPTS.respond, K.for_writes, args)[0]
+            event = CustomerResponse(step.conversation, "customer", step.message, ts)
             expected = model.answer(step.conversation, step.message, ts)
+        args = [0, 1.0, wake_channel(0), RETENTION, apply_arg(event, INTERVAL)]
+        status = run(client, SCRIPTS.apply, K.for_apply, args)[0]
         assert status == expected, (step, status, expected)
     entries: Any = client.xrange(K.events)
     notifications = [Notification.from_entry(0, i, f) for i, f in entries]
     got = [(n.conversation_id, n.level, n.generation, n.waiting_since_ms) for n in notifications]
     assert sorted(got) == sorted(model.notified)
+
+
+# -- retries ------------------------------------------------------------------------------
+
+
+@st.composite
+def retried(draw: st.DrawFn) -> tuple[list[Event], list[Event]]:
+    """A history sent in order, and the same with retries of earlier requests (the same
+    bodies, timestamps included) inserted anywhere after their first sending. Each
+    conversation starts with an agent message: a response for a conversation the tracker
+    does not know is not remembered (no record is made for unknown conversations)."""
+    sent = sorted(draw(histories()), key=lambda e: e.offset_ms)
+    known: set[str] = set()
+    for e in list(sent):
+        if e.kind == "agent":
+            known.add(e.conversation)
+        elif e.conversation not in known:
+            sent.remove(e)
+    with_retries: list[Event] = []
+    for i, event in enumerate(sent):
+        with_retries.append(event)
+        for _ in range(draw(st.integers(0, 2))):
+            with_retries.append(draw(st.sampled_from(sent[: i + 1])))
+    return sent, with_retries
+
+
+def state(client: sync_redis.Redis) -> tuple[Any, ...]:
+    """What the events left: records, deadlines, levels fired, retirements (who, not when:
+    a retirement is timed by Redis's clock), history."""
+    return (
+        client.hgetall(K.records),
+        client.zrange(K.waiting, 0, -1, withscores=True),
+        client.hgetall(K.states),
+        sorted(client.zrange(K.retired, 0, -1)),
+        client.hgetall(K.history),
+    )
+
+
+def replay(client: sync_redis.Redis, events: list[Event], base: int) -> list[str]:
+    client.flushdb()
+    statuses = []
+    for e in events:
+        ts = base + e.offset_ms
+        stored: StoredEvent = (
+            AgentMessage(e.conversation, "agent", e.message, ts, INTERVAL)
+            if e.kind == "agent"
+            else CustomerResponse(e.conversation, "customer", e.message, ts)
+        )
+        args = [0, 1.0, wake_channel(0), RETENTION, apply_arg(stored, INTERVAL)]
+        statuses.append(str(run(client, SCRIPTS.apply, K.for_apply, args)[0]))
+    return statuses
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(histories=retried())
+def test_retries_of_earlier_requests_change_nothing(
+    client: sync_redis.Redis, histories: tuple[list[Event], list[Event]]
+) -> None:
+    """Guarantee 7: a client that retries requests it already sent (after a 503 whose
+    request had in fact been applied, say) leaves the same state as one that did not, and
+    a retry of a request that was applied answers duplicate."""
+    sent, with_retries = histories
+    client.script_load(SCRIPTS.apply.source)
+    seconds, _ = client.time()
+    base = seconds * 1000 - 60_000  # fixed times: nothing depends on the clock
+    replay(client, sent, base)
+    once = state(client)
+    statuses = replay(client, with_retries, base)
+    assert state(client) == once
+    applied: set[Event] = set()
+    for event, status in zip(with_retries, statuses, strict=True):
+        if event in applied:
+            assert status == "duplicate", (event, status)
+        if status in ("started", "restarted", "answered"):
+            applied.add(event)

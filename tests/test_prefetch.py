@@ -81,7 +81,7 @@ async def test_a_staged_notification_is_held_until_due_then_sent(
     sink = TimedSink()
     d = await deliverer(redis, settings, sink)
     due = await stage(redis, settings, "c1", "c2")
-    assert await d.read([0], block_ms=None, own=False) == 2
+    assert await d.read([0], block_ms=None) == 2
     assert sink.sent == []
     assert len(d.hold) == 2  # read, parsed, held
     await wait_sent(sink, 2)
@@ -97,7 +97,7 @@ async def test_an_answer_while_held_suppresses_the_send(redis: Redis, settings: 
     sink = TimedSink()
     d = await deliverer(redis, settings, sink)
     due = await stage(redis, settings, "answered", "waiting")
-    await d.read([0], block_ms=None, own=False)
+    await d.read([0], block_ms=None)
     await Store(redis, settings, d.scripts).apply(CustomerResponse("answered", "cust", "r1", 0))
     await wait_sent(sink, 1)
     await asyncio.sleep((due - await redis_time_ms(redis)) / 1000 + 0.2)
@@ -115,7 +115,7 @@ async def test_a_clock_running_ahead_of_redis_never_sends_early(
     d = await deliverer(redis, settings, sink)
     d.hold.clock.offset_ms = 5000
     due = await stage(redis, settings, "c1")
-    await d.read([0], block_ms=None, own=False)
+    await d.read([0], block_ms=None)
     await wait_sent(sink, 1)
     ((at, _),) = sink.delivered
     assert at >= due
@@ -127,7 +127,7 @@ async def test_close_delivers_what_is_held(redis: Redis, settings: Settings) -> 
     sink = TimedSink()
     d = await deliverer(redis, settings, sink)
     due = await stage(redis, settings, "c1")
-    await d.read([0], block_ms=None, own=False)
+    await d.read([0], block_ms=None)
     await d.close()
     ((at, _),) = sink.delivered
     assert at >= due
@@ -140,8 +140,8 @@ async def test_a_held_entry_read_again_is_held_once(redis: Redis, settings: Sett
     sink = TimedSink()
     d = await deliverer(redis, settings, sink)
     await stage(redis, settings, "c1")
-    await d.read([0], block_ms=None, own=False)
-    await d.read([0], block_ms=None, own=True)
+    await d.read([0], block_ms=None)
+    await d.drain_own([0])
     assert len(d.hold) == 1
     await wait_sent(sink, 1)
     await asyncio.sleep(0.1)
@@ -185,7 +185,7 @@ async def test_an_entry_claimed_while_its_held_copy_is_being_sent_is_sent_once(
     sink = GatedSink()
     d = await deliverer(redis, settings, sink)
     await stage(redis, settings, "c1")
-    await d.read([0], block_ms=None, own=False)
+    await d.read([0], block_ms=None)
     await asyncio.wait_for(sink.entered.wait(), 5)  # due, taken, in the sink
     claim = asyncio.create_task(d.claim([0], min_idle_ms=0))  # read again: pending list
     await asyncio.sleep(0.2)

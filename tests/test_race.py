@@ -29,7 +29,7 @@ from tests.redis_server import RedisServer
 from tracker.events import Notification
 from tracker.keys import ShardKeys, wake_channel
 from tracker.scripts import Arg, Script, Scripts
-from tracker.store import respond_arg, track_arg
+from tracker.store import AgentMessage, CustomerResponse, apply_arg
 
 pytestmark = pytest.mark.slow
 
@@ -76,11 +76,12 @@ async def answer_all(client: Redis, scripts: Scripts, r: Round, due: int) -> Non
         for c in ids:
             if random.random() < 0.5:
                 await asyncio.sleep(0)
-            seq, (status, _, _) = await committed(
+            event = CustomerResponse(c, "customer", f"r-{c}", due)
+            seq, (status, _, _, _) = await committed(
                 client,
-                scripts.respond,
-                K.for_writes,
-                [0, 60_000, respond_arg(c, f"r-{c}", due)],
+                scripts.apply,
+                K.for_apply,
+                [0, 1, wake_channel(0), 60_000, apply_arg(event, INTERVAL)],
             )
             r.trials[c].reply_seq, r.trials[c].reply_status = seq, str(status)
 
@@ -100,7 +101,8 @@ async def sweep_and_recheck(client: Redis, scripts: Scripts, r: Round, lease: st
             n = Notification.from_entry(0, entry_id, fields)
             c = n.conversation_id
             r.trials[c].fired_seq = seq
-            rseq, codes = await committed(client, scripts.recheck, K.for_recheck, [n.recheck_arg])
+            args: list[Arg] = [1, 2, 3, n.recheck_arg]
+            rseq, codes = await committed(client, scripts.recheck, K.for_recheck, args)
             r.trials[c].recheck_seq, r.trials[c].recheck_code = rseq, int(codes[0])
         if r.replies_done and not int(fired) and not int(more):
             r.last_entry = last_id
@@ -127,9 +129,9 @@ async def test_an_answer_at_the_deadline_never_loses_to_the_sweeper(
             async with redis.pipeline(transaction=False) as pipe:
                 for c in r.ids:
                     r.trials[c] = Trial()
-                    event = track_arg(c, "agent", f"m-{c}", due - INTERVAL, INTERVAL)
-                    args: list[Arg] = [0, 1, wake_channel(0), event]
-                    pipe.execute_command(*scripts.track.command(K.for_writes, args))
+                    message = AgentMessage(c, "agent", f"m-{c}", due - INTERVAL, INTERVAL)
+                    args: list[Arg] = [0, 1, wake_channel(0), 60_000, apply_arg(message, INTERVAL)]
+                    pipe.execute_command(*scripts.apply.command(K.for_apply, args))
                 await pipe.execute()
             await asyncio.gather(
                 answer_all(redis, scripts, r, due), sweep_and_recheck(sweeper, scripts, r, lease)

@@ -21,17 +21,17 @@ from tracker.keys import LAYOUT, ShardKeys, shard_of
 from tracker.layout import Layout, LiveLayout, read_layout
 from tracker.moves import move
 from tracker.reshard import Resharder
-from tracker.scripts import Scripts
+from tracker.scripts import Arg, Scripts
 from tracker.settings import Settings
 from tracker.sinks import Outcomes
 from tracker.store import (
     AgentMessage,
     Conversation,
     CustomerResponse,
+    Event,
     Store,
     TrackResult,
-    respond_arg,
-    track_arg,
+    apply_arg,
 )
 
 INTERVAL = 60_000  # nothing comes due during these tests unless a test says so
@@ -102,16 +102,19 @@ async def test_a_write_routed_by_an_old_layout_is_refused_and_changes_nothing(
     scripts = Scripts()
     k = ShardKeys.of(3)
     await redis.set(k.epoch, 2)
-    with pytest.raises(ResponseError, match="EPOCH"):
-        await scripts.track.run(
-            redis, k.for_writes, [1, 1, "wake", track_arg("c", "a", "m", 0, 1000)]
-        )
-    with pytest.raises(ResponseError, match="EPOCH"):
-        await scripts.respond.run(redis, k.for_writes, [1, 60_000, respond_arg("c", "r", 0)])
+
+    async def write(epoch: int, event: Event) -> Any:
+        args: list[Arg] = [epoch, 1, "wake", 60_000, apply_arg(event, 1000)]
+        return await scripts.apply.run(redis, k.for_apply, args)
+
+    with pytest.raises(ResponseError, match="EPOCH 2"):
+        await write(1, AgentMessage("c", "a", "m", 0))
+    with pytest.raises(ResponseError, match="EPOCH 2"):
+        await write(1, CustomerResponse("c", "u", "r", 0))
     assert sorted(await redis.keys("*")) == [k.epoch]
     # the current epoch is accepted; a newer one raises the shard's
-    await scripts.track.run(redis, k.for_writes, [2, 1, "wake", track_arg("c", "a", "m", 0, 1000)])
-    await scripts.track.run(redis, k.for_writes, [3, 1, "wake", track_arg("c2", "a", "m", 0, 1000)])
+    await write(2, AgentMessage("c", "a", "m", 0))
+    await write(3, AgentMessage("c2", "a", "m", 0))
     assert await redis.get(k.epoch) == "3"
 
 
@@ -226,7 +229,7 @@ async def test_a_notification_from_the_old_shard_is_checked_where_the_record_wen
     shards = sorted({shard_of(c, 8) for c in (current, answered)})
     for s in shards:
         await d.ensure_group(s)
-    assert await d.read(shards, block_ms=None, own=False) == 2
+    assert await d.read(shards, block_ms=None) == 2
     assert [o.notification.conversation_id for o in sent] == [current]
 
 

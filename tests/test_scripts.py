@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from tracker.events import Notification
 from tracker.keys import CONSUMER_GROUP, ShardKeys, wake_channel
 from tracker.scripts import Arg, Scripts
-from tracker.store import respond_arg, track_arg
+from tracker.store import AgentMessage, CustomerResponse, Event, apply_arg
 
 SCRIPTS = Scripts()
 K = ShardKeys.of(3)
@@ -34,6 +34,13 @@ async def redis_now(r: Redis) -> int:
     return seconds * 1000 + micros // 1000
 
 
+async def apply(r: Redis, *events: Event, retention: int = RETENTION) -> list[Any]:
+    """The apply script on shard K for `events`, in order (4 values each in the reply)."""
+    args: list[Arg] = [EPOCH, MULTIPLIERS[0], wake_channel(K.shard), retention]
+    args += [apply_arg(e, T) for e in events]
+    return cast(list[Any], await SCRIPTS.apply.run(r, K.for_apply, args))
+
+
 async def track(
     r: Redis,
     cid: str,
@@ -43,16 +50,18 @@ async def track(
     agent: str = "agent-1",
     interval: int = T,
 ) -> list[Any]:
-    args: list[Arg] = [EPOCH, MULTIPLIERS[0], wake_channel(K.shard)]
-    args.append(track_arg(cid, agent, message_id, ts, interval))
-    return cast(list[Any], await SCRIPTS.track.run(r, K.for_writes, args))
+    """An agent message: status, generation, waiting since, next due."""
+    return await apply(r, AgentMessage(cid, agent, message_id, ts, interval))
 
 
 async def respond(
     r: Redis, cid: str, message_id: str, ts: int = 0, *, retention: int = RETENTION
 ) -> list[Any]:
-    args: list[Arg] = [EPOCH, retention, respond_arg(cid, message_id, ts)]
-    return cast(list[Any], await SCRIPTS.respond.run(r, K.for_writes, args))
+    """A customer response: status, response time (-1: none), generation."""
+    status, gen, response, _ = await apply(
+        r, CustomerResponse(cid, "customer-1", message_id, ts), retention=retention
+    )
+    return [status, response, gen]
 
 
 async def acquire(r: Redis, pod: str = POD, ttl: int = TTL) -> list[Any]:
@@ -98,12 +107,13 @@ async def fired_level(r: Redis, cid: str) -> int | None:
 
 
 async def snapshot(r: Redis, cid: str) -> tuple[Any, ...]:
-    """Everything the track and respond scripts may write for one conversation."""
+    """Everything the apply script may write for one conversation."""
     return (
         await r.hget(K.records, cid),
         await r.zscore(K.waiting, cid),
         await r.hget(K.states, cid),
         await r.zscore(K.retired, cid),
+        await r.hget(K.history, cid),
     )
 
 
@@ -144,7 +154,7 @@ async def test_track_starts_a_new_conversation(redis: Redis) -> None:
     assert await track(redis, "c1", "m1", ts, agent="agent-7") == ["started", 1, ts, ts + T]
     assert await record(redis, "c1") == [
         *("W", "1", str(ts), str(T), "agent-7", "m1", str(ts)),
-        *("0", "", ""),
+        *("", "", ""),
     ]
     assert await redis.zscore(K.waiting, "c1") == ts + T
 
@@ -197,6 +207,76 @@ async def test_track_after_an_answer_starts_a_new_generation(redis: Redis) -> No
     assert await track(redis, "c1", "m2", ts + 2000) == ["started", 2, ts + 2000, ts + 2000 + T]
     assert await redis.zscore(K.retired, "c1") is None
     assert await redis.zscore(K.waiting, "c1") == ts + 2000 + T
+
+
+async def test_apply_takes_a_conversations_events_in_order_in_one_call(redis: Redis) -> None:
+    """Agent messages and answers of one conversation in one call (guarantee 7): each sees
+    the state the one before it left."""
+    ts = await redis_now(redis) - 5000
+    reply = await apply(
+        redis,
+        AgentMessage("c1", "agent-1", "m1", ts),
+        CustomerResponse("c1", "u", "r1", ts + 100),
+        AgentMessage("c1", "agent-1", "m2", ts + 200),
+        CustomerResponse("c1", "u", "r2", ts + 300),
+    )
+    assert reply[0::4] == ["started", "answered", "started", "answered"]
+    assert reply[1::4] == [1, 1, 2, 2]
+    rec = await record(redis, "c1")
+    assert rec is not None
+    assert (rec[0], rec[1], rec[5], rec[8]) == ("A", "2", "m2", "r2")
+
+
+async def test_apply_an_earlier_agent_message_id_again_is_a_duplicate(redis: Redis) -> None:
+    """msg-1, msg-2, then msg-1 again (a client's retry): duplicate, the clock of msg-2
+    goes on."""
+    ts = await redis_now(redis) - 5000
+    await track(redis, "c1", "msg-1", ts)
+    assert (await track(redis, "c1", "msg-2", ts + 100))[:2] == ["restarted", 2]
+    before = await snapshot(redis, "c1")
+    assert await track(redis, "c1", "msg-1", ts + 200) == ["duplicate", 2, ts + 100, ts + 100 + T]
+    assert await snapshot(redis, "c1") == before
+
+
+async def test_apply_an_earlier_answer_again_is_a_duplicate(redis: Redis) -> None:
+    """Agent msg-1, customer r-1, agent msg-2, then r-1 again: duplicate, msg-2's clock is
+    not stopped."""
+    ts = await redis_now(redis) - 5000
+    await track(redis, "c1", "msg-1", ts)
+    assert await respond(redis, "c1", "r-1", ts + 100) == ["answered", 100, 1]
+    assert (await track(redis, "c1", "msg-2", ts + 200))[0] == "started"
+    before = await snapshot(redis, "c1")
+    assert await respond(redis, "c1", "r-1", ts + 300) == ["duplicate", -1, 2]
+    assert await snapshot(redis, "c1") == before
+    assert await redis.zscore(K.waiting, "c1") == ts + 200 + T
+
+
+async def test_apply_remembers_a_refused_answer_so_its_retry_stays_refused(redis: Redis) -> None:
+    ts = await redis_now(redis) - 5000
+    await track(redis, "c1", "m1", ts)
+    await respond(redis, "c1", "r1", ts + 100)
+    assert (await respond(redis, "c1", "r2", ts + 200))[0] == "not_waiting"
+    await track(redis, "c1", "m2", ts + 200)
+    assert (await respond(redis, "c1", "r2", ts + 200))[0] == "duplicate"
+
+
+async def test_apply_remembers_at_most_sixteen_earlier_message_ids(redis: Redis) -> None:
+    ts = await redis_now(redis) - 50_000
+    for n in range(20):
+        await track(redis, "c1", f"m{n}", ts + n)
+    rec = await record(redis, "c1")
+    assert rec is not None
+    assert rec[7].split(",") == [f"m{n}" for n in range(18, 2, -1)]  # newest first
+    assert (await track(redis, "c1", "m3", ts + 100))[0] == "duplicate"
+    assert (await track(redis, "c1", "m2", ts + 101))[0] == "restarted"  # forgotten
+
+
+async def test_apply_keeps_the_period_a_restart_ends_in_the_history(redis: Redis) -> None:
+    ts = await redis_now(redis) - 5000
+    await track(redis, "c1", "m1", ts, agent="agent-7")
+    await respond(redis, "c1", "r1", ts + 40)
+    await track(redis, "c1", "m2", ts + 100)
+    assert await redis.hget(K.history, "c1") == (f"S|{ts}|1|agent-7|m1\nA|{ts + 40}|1|40|r1")
 
 
 async def test_track_timestamp_zero_uses_the_redis_clock(redis: Redis) -> None:
@@ -268,7 +348,11 @@ async def test_respond_without_a_waiting_conversation_is_not_waiting(redis: Redi
     await respond(redis, "c1", "r1", ts + 100)
     before = await snapshot(redis, "c1")
     assert await respond(redis, "c1", "r2", ts + 200) == ["not_waiting", -1, 1]
-    assert await snapshot(redis, "c1") == before
+    after = await snapshot(redis, "c1")
+    assert after[1:] == before[1:]
+    # only the refused answer's id is remembered (see the retry test above)
+    assert str(after[0]).split("|")[7] == "r2"
+    assert str(after[0]).split("|")[:7] == str(before[0]).split("|")[:7]
 
 
 async def test_respond_timestamp_zero_uses_the_redis_clock(redis: Redis) -> None:
@@ -397,7 +481,7 @@ async def test_sweep_after_level_three_leaves_waiting_and_retires_the_record(
     assert await record(redis, "c1") is not None
     await asyncio.sleep(retention / 1000 + 0.05)
     await sweep(redis, value, retention=retention)
-    assert await snapshot(redis, "c1") == (None, None, None, None)
+    assert await snapshot(redis, "c1") == (None, None, None, None, None)
 
 
 async def test_sweep_retires_answered_records(redis: Redis) -> None:
@@ -410,7 +494,7 @@ async def test_sweep_retires_answered_records(redis: Redis) -> None:
     assert await record(redis, "c1") is not None
     await asyncio.sleep(retention / 1000 + 0.05)
     assert (await sweep(redis, value))[0] == 0
-    assert await snapshot(redis, "c1") == (None, None, None, None)
+    assert await snapshot(redis, "c1") == (None, None, None, None, None)
     assert await events(redis) == []
 
 
@@ -525,16 +609,19 @@ async def test_lease_release_drops_only_the_held_lease(redis: Redis) -> None:
 # --- recheck -------------------------------------------------------------------------------
 
 
-async def recheck(r: Redis, *asks: tuple[str, int], due_ms: int = 0) -> list[int]:
+async def recheck(r: Redis, *asks: tuple[str, int], due_ms: int = 0, level: int = 1) -> list[int]:
     """The codes (the reply's last value, Redis's clock, is checked and left out)."""
-    args = [f"{conversation}|{generation}|{due_ms}" for conversation, generation in asks]
+    args: list[Arg] = [*MULTIPLIERS]
+    args += [f"{conversation}|{generation}|{due_ms}|{level}" for conversation, generation in asks]
     *codes, now = await SCRIPTS.recheck.run(r, K.for_recheck, args)
     assert abs(int(now) - await redis_now(r)) < 1000
     return [int(v) for v in codes]
 
 
-async def ack(r: Redis, *entry_ids: str, forget_attempts: bool = True) -> int:
-    args: list[str | int] = [CONSUMER_GROUP, int(forget_attempts), *entry_ids]
+async def ack(r: Redis, *entry_ids: str, forget_attempts: bool = True, outcome: str = "D") -> int:
+    """Acknowledge entries of conversation c1's level 1, generation 1."""
+    args: list[Arg] = [CONSUMER_GROUP, int(forget_attempts)]
+    args += [f"{e}|c1|1|1|{outcome}|webhook" for e in entry_ids]
     return int(await SCRIPTS.ack.run(r, K.for_ack, args))
 
 
@@ -577,19 +664,43 @@ async def test_recheck_reads_a_record_a_reshard_is_moving(redis: Redis) -> None:
     assert await recheck(redis, ("c1", 1), ("c1", 2)) == [1, 0]
 
 
+async def test_recheck_supersedes_a_level_below_one_staged_and_due(redis: Redis) -> None:
+    """Level 2 staged: level 1 is still sent while level 2 is not due yet, superseded (4)
+    once it is (guarantee 7: a lower level never follows a higher one)."""
+    ts = await redis_now(redis)
+    await track(redis, "c1", "m1", ts - T - 200, interval=T)
+    value = await lease(redis)
+    await sweep(redis, value, prefetch=2 * T)  # level 1, due
+    await sweep(redis, value, prefetch=2 * T)  # level 2, staged: due in 800 ms
+    assert await fired_level(redis, "c1") == 2
+    assert await recheck(redis, ("c1", 1), due_ms=ts - 200, level=1) == [1]
+    await asyncio.sleep((ts - 200 + T - await redis_now(redis)) / 1000 + 0.01)
+    assert await recheck(redis, ("c1", 1), due_ms=ts - 200, level=1) == [4]
+    assert await recheck(redis, ("c1", 1), due_ms=ts - 200 + T, level=2) == [1]
+
+
 # --- ack -----------------------------------------------------------------------------------
 
 
-async def test_ack_acknowledges_and_clears_attempts(redis: Redis) -> None:
+async def test_ack_acknowledges_clears_attempts_and_notes_the_delivery(redis: Redis) -> None:
     entry_id, _ = await fire_level_one(redis, "c1")
-    await redis.hset(K.attempts, mapping={entry_id: 2, "other-entry": 1})
+    await redis.hset(K.attempts, mapping={entry_id: 2, f"{entry_id}:last": "x", "other": 1})
     assert await pending_ids(redis) == [entry_id]
     before = await redis.hget(K.records, "c1")
 
     assert await ack(redis, entry_id) == 1
     assert await pending_ids(redis) == []
-    assert await redis.hgetall(K.attempts) == {"other-entry": "1"}
+    assert await redis.hgetall(K.attempts) == {"other": "1"}
     assert await redis.hget(K.records, "c1") == before  # the record is not written
+    kind, at, gen, level, sinks, staged = str(await redis.hget(K.history, "c1")).split("|")
+    assert (kind, gen, level, sinks, staged) == ("D", "1", "1", "webhook", entry_id.split("-")[0])
+    assert abs(int(at) - await redis_now(redis)) < 1000
+
+
+async def test_ack_notes_a_suppressed_notification(redis: Redis) -> None:
+    entry_id, _ = await fire_level_one(redis, "c1")
+    await ack(redis, entry_id, outcome="U")
+    assert str(await redis.hget(K.history, "c1")).split("|")[0::2] == ["U", "1"]
 
 
 async def test_ack_keeps_attempts_unless_told_and_counts_what_it_acknowledged(
@@ -600,7 +711,24 @@ async def test_ack_keeps_attempts_unless_told_and_counts_what_it_acknowledged(
     assert await ack(redis, entry_id, "0-1", forget_attempts=False) == 1  # 0-1: not pending
     assert await redis.hgetall(K.attempts) == {entry_id: "1"}
     assert await ack(redis, entry_id) == 0  # already acknowledged
-    assert await ack(redis) == 0
+
+
+# --- attempt_failed ------------------------------------------------------------------------
+
+
+async def test_attempt_failed_counts_keeps_the_error_and_notes_it(redis: Redis) -> None:
+    entry_id, _ = await fire_level_one(redis, "c1")
+    for n in (1, 2):
+        args: list[Arg] = [entry_id, "c1", 1, 1, "webhook", f"webhook: HTTP 50{n}"]
+        assert await SCRIPTS.attempt_failed.run(redis, K.for_attempt_failed, args) == n
+    _, sink, error = str(await redis.hget(K.attempts, f"{entry_id}:last")).split("|")
+    assert (sink, error) == ("webhook", "webhook: HTTP 502")
+    history = str(await redis.hget(K.history, "c1")).split("\n")
+    assert [h.split("|", 4)[4] for h in history] == [
+        "webhook|webhook: HTTP 501",
+        "webhook|webhook: HTTP 502",
+    ]
+    assert await pending_ids(redis) == [entry_id]  # still to deliver
 
 
 # --- dead_letter ---------------------------------------------------------------------------
@@ -608,10 +736,10 @@ async def test_ack_keeps_attempts_unless_told_and_counts_what_it_acknowledged(
 
 async def test_dead_letter_moves_the_entry_with_its_reason_and_acks(redis: Redis) -> None:
     entry_id, fields = await fire_level_one(redis, "c1")
-    await redis.hset(K.attempts, entry_id, 5)
+    await redis.hset(K.attempts, mapping={entry_id: 5, f"{entry_id}:last": "1|webhook|x"})
     keys = K.for_dead_letter
     flat = [v for pair in fields.items() for v in pair]
-    args: list[Arg] = [CONSUMER_GROUP, entry_id, "webhook 410 Gone", 5, *flat]
+    args: list[Arg] = [CONSUMER_GROUP, entry_id, "webhook 410 Gone", 5, "c1|1|1", *flat]
     dl_id = await SCRIPTS.dead_letter.run(redis, keys, args)
 
     (dead,) = await xrange(redis, K.dead_letters)
@@ -623,7 +751,29 @@ async def test_dead_letter_moves_the_entry_with_its_reason_and_acks(redis: Redis
         **fields,
     }
     assert await pending_ids(redis) == []
-    assert await redis.hexists(K.attempts, entry_id) == 0
+    assert await redis.hgetall(K.attempts) == {}
+    kind, _, gen, level, reason = str(await redis.hget(K.history, "c1")).split("|")
+    assert (kind, gen, level, reason) == ("X", "1", "1", "webhook 410 Gone")
+
+
+async def test_dead_letter_of_an_unreadable_entry_keeps_its_fields(redis: Redis) -> None:
+    await redis.xgroup_create(K.events, CONSUMER_GROUP, id="0", mkstream=True)
+    entry_id = str(await redis.xadd(K.events, {"e": "not|a|valid|entry"}))
+    await read_group(redis)
+    args: list[Arg] = [
+        CONSUMER_GROUP,
+        entry_id,
+        "malformed: 4 values",
+        1,
+        "",
+        "e",
+        "not|a|valid|entry",
+    ]
+    await SCRIPTS.dead_letter.run(redis, K.for_dead_letter, args)
+    ((_, fields),) = await xrange(redis, K.dead_letters)
+    assert fields["e"] == "not|a|valid|entry"
+    assert await pending_ids(redis) == []
+    assert await redis.exists(K.history) == 0
 
 
 # --- trim ----------------------------------------------------------------------------------

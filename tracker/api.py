@@ -298,7 +298,7 @@ LAYOUT_AT_START_S = 2.0  # Redis away at start: do not wait for it, the follower
 async def _follow_layout(app: web.Application) -> AsyncIterator[None]:
     """Keep the store's shard layout current (a reshard changes it); when Redis answers at
     start, the layout is loaded before the first request."""
-    with contextlib.suppress(TimeoutError, *UNAVAILABLE):
+    with contextlib.suppress(TimeoutError, RedisError):  # the follower loads it later
         await asyncio.wait_for(app[STORE].layout.refresh(), LAYOUT_AT_START_S)
     task = asyncio.create_task(app[STORE].layout.follow())
     yield

@@ -122,6 +122,9 @@ def packed(connection_class: type[C]) -> type[C]:
 def _common(settings: Settings, socket_timeout: float) -> dict[str, Any]:
     return {
         "decode_responses": True,
+        # A value that is not UTF-8 (a stream entry some other client wrote) reads as
+        # surrogates instead of failing the whole reply, and writes back as the same bytes.
+        "encoding_errors": "surrogateescape",
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": 2.0,
         "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),

@@ -9,11 +9,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError
 
-from tracker import metrics
-from tracker.connection import UNAVAILABLE, connect, error_kind, is_cluster
+from tracker.backoff import Backoff, report
+from tracker.connection import connect, is_cluster
 from tracker.delivery import Deliverer, is_nogroup
+from tracker.heartbeat import Heartbeat
 from tracker.layout import REFRESH_S, LiveLayout
 from tracker.scripts import Scripts
 from tracker.settings import Settings
@@ -29,6 +30,7 @@ async def serve(
     settings: Settings,
     shards: Callable[[], list[int]],
     stop: asyncio.Event,
+    heartbeat: Heartbeat,
     *,
     role: str = "consumer",
     block_ms: int = BLOCK_MS,
@@ -37,16 +39,26 @@ async def serve(
     """Deliver the current shards until told to stop: for each shard newly in the set,
     create its group and redeliver this consumer's own pending entries first; then read,
     and every quarter of `claim_idle_ms` (DELIVERY_TIMEOUT_MS by default) claim entries left
-    idle that long by any dead consumer."""
+    idle that long by any dead consumer. A Redis error is backed off from; what it left
+    pending (a batch read or held when it struck) is read again as soon as Redis answers."""
     claim_idle_ms = claim_idle_ms or settings.delivery_timeout_ms
     known: set[int] = set()
     next_claim = 0.0
+    backoff = Backoff()
+    recreate = False
+    failures_seen = deliverer.failures
     while not stop.is_set():
         deliverer.check_releaser()
         current = shards()
         try:
+            if recreate:
+                await deliverer.recreate_group(current)
+                recreate = False
             if current and not known:
                 await deliverer.sync_clock()
+            if deliverer.failures != failures_seen:  # a failure left entries pending
+                failures_seen = deliverer.failures
+                await deliverer.drain_own(sorted(known & set(current)))
             for shard in sorted(set(current) - known):
                 await deliverer.ensure_group(shard)
                 await deliverer.drain_own([shard])
@@ -54,20 +66,22 @@ async def serve(
                 known.add(shard)
             known &= set(current)
             if not current:
+                heartbeat.progress()
                 await asyncio.sleep(block_ms / 1000)
                 continue
-            await deliverer.read(current, block_ms=block_ms, own=False)
+            await deliverer.read(current, block_ms=block_ms)
             if time.monotonic() >= next_claim:
                 await deliverer.claim(current, claim_idle_ms)
                 next_claim = time.monotonic() + claim_idle_ms / 4000
-        except UNAVAILABLE as exc:  # first: ClusterDownError is also a ResponseError
-            metrics.REDIS_ERRORS.labels(role, error_kind(exc)).inc()
-            log.warning("redis unavailable, backing off role=%s error=%s", role, exc)
-            await asyncio.sleep(1.0)
-        except ResponseError as exc:
-            if not is_nogroup(exc):
-                raise
-            await deliverer.recreate_group(current)
+            heartbeat.progress()
+            backoff.reset()
+        except RedisError as exc:
+            if is_nogroup(exc):
+                recreate = True
+                continue
+            deliverer.failures += 1  # what it read or held when this struck stays pending
+            report(role, exc, heartbeat)
+            await backoff.wait(stop)
 
 
 async def main(settings: Settings, index: int, stop: asyncio.Event) -> None:
@@ -82,24 +96,30 @@ async def main(settings: Settings, index: int, stop: asyncio.Event) -> None:
             return []
         return layout.current.shards_of_consumer(index, settings.consumer_processes)
 
+    heartbeat = Heartbeat(settings, f"consumer-{index}")
     log.info("consumer started name=%s", name)
     try:
         await layout.wait_loaded(stop)  # so the shards' groups are created right at start
         follow = asyncio.create_task(layout.follow())
         if is_cluster(redis):
-            await _per_shard(deliverer, settings, mine, stop)
+            await _per_shard(deliverer, settings, mine, stop, heartbeat)
         else:  # one blocking read spans every shard
-            await serve(deliverer, settings, mine, stop)
+            await serve(deliverer, settings, mine, stop, heartbeat)
     finally:
         if follow is not None:
             follow.cancel()
         await deliverer.close()
         await redis.aclose()
+        heartbeat.clear()
         log.info("consumer stopped name=%s", name)
 
 
 async def _per_shard(
-    deliverer: Deliverer, settings: Settings, shards: Callable[[], list[int]], stop: asyncio.Event
+    deliverer: Deliverer,
+    settings: Settings,
+    shards: Callable[[], list[int]],
+    stop: asyncio.Event,
+    heartbeat: Heartbeat,
 ) -> None:
     """On Redis Cluster, one read loop per shard (a blocking read stays on one node), started
     and stopped as the shard layout changes."""
@@ -113,7 +133,7 @@ async def _per_shard(
             for shard in wanted - loops.keys():
                 done = asyncio.Event()
                 task = asyncio.create_task(
-                    serve(deliverer, settings, functools.partial(list, [shard]), done)
+                    serve(deliverer, settings, functools.partial(list, [shard]), done, heartbeat)
                 )
                 loops[shard] = (task, done)
             for shard in loops.keys() - wanted:

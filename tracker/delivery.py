@@ -15,32 +15,48 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from tracker import metrics
-from tracker.connection import UNAVAILABLE, error_kind, is_cluster, redis_time_ms
+from tracker.connection import error_kind, is_cluster, redis_time_ms
 from tracker.errors import DeliveryError
-from tracker.events import Notification, Outgoing
+from tracker.events import Entries, MalformedEntry, Notification, Outgoing
 from tracker.hold import Held, Hold
 from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of_key
 from tracker.layout import LiveLayout
 from tracker.scripts import Arg, Call, Scripts, run_batch
 from tracker.settings import Settings
-from tracker.sinks import CircuitOpen, Sink
+from tracker.sinks import CircuitOpen, Outcomes, Sink
 from tracker.timefmt import format_ms
 
 log = logging.getLogger(__name__)
 
-SEND, STALE, EARLY, ELSEWHERE = 1, 0, 2, 3
+SEND, STALE, EARLY, ELSEWHERE, SUPERSEDED = 1, 0, 2, 3, 4
+#: How the ack script names what became of a notification it acknowledges.
+DELIVERED, SUPPRESSED, SUPERSEDED_MARK = "D", "U", "P"
+#: At most this much of a sink's error text is kept (attempts hash, history, dead letter).
+ERROR_TEXT = 200
 READ_COUNT = 512
 CLUSTER_POLL_MS = 20
 
 
-def is_nogroup(exc: ResponseError) -> bool:
+def is_nogroup(exc: BaseException) -> bool:
     """The stream or its group is gone: NOGROUP, or a blocked XREADGROUP that Redis
     unblocked because its stream key was deleted ("UNBLOCKED the stream key no longer
     exists")."""
-    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
+    return isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED"))
+
+
+def one_line(text: str) -> str:
+    """An error text as the history and the attempts hash keep it: one line, no '|'."""
+    return text.replace("\n", " ").replace("|", "/")[:ERROR_TEXT]
+
+
+class UnexpectedError(DeliveryError):
+    """A sink raised what it should have reported: the entry is dead-lettered at once."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}", permanent=True)
 
 
 class Deliverer:
@@ -68,7 +84,12 @@ class Deliverer:
         self.closing = False
         self.cluster = is_cluster(redis)
         self.retries: set[asyncio.Task[None]] = set()
+        self.retrying: set[tuple[int, str]] = set()  # entries waiting for a retry
         self.retry_cap_s = min(30.0, settings.delivery_timeout_ms / 2000)
+        # Failures that left entries pending (a batch read, held or retried when Redis
+        # failed): when it changes, the read loops read this consumer's own pending again.
+        self.failures = 0
+        self.multipliers: list[Arg] = list(settings.level_multipliers)
 
     async def ensure_group(self, shard: int) -> None:
         """Create the delivery group (and the stream) when missing."""
@@ -90,8 +111,8 @@ class Deliverer:
         metrics.STREAM_RECREATED.inc()
         log.warning("consumer group recreated consumer=%s", self.consumer)
 
-    async def read(self, shards: Sequence[int], *, block_ms: int | None, own: bool) -> int:
-        """Read one batch (new entries, or this consumer's own pending ones) and handle it.
+    async def read(self, shards: Sequence[int], *, block_ms: int | None) -> int:
+        """Read one batch of new entries and handle it.
 
         On Redis Cluster one XREADGROUP cannot span shards (slots): several shards are
         then read one by one without blocking, and an empty round sleeps briefly instead.
@@ -99,21 +120,46 @@ class Deliverer:
         if not shards:
             return 0
         if len(shards) > 1 and self.cluster:
-            counts = await asyncio.gather(*(self.read([s], block_ms=None, own=own) for s in shards))
+            counts = await asyncio.gather(*(self.read([s], block_ms=None) for s in shards))
             if not sum(counts) and block_ms:
                 await asyncio.sleep(min(block_ms, CLUSTER_POLL_MS) / 1000)
             return sum(counts)
-        streams = {ShardKeys.of(s).events: "0" if own else ">" for s in shards}
+        streams = {ShardKeys.of(s).events: ">" for s in shards}
         reply = await self._xreadgroup(streams, block_ms)
-        batch = [
-            Notification.from_entry(shard_of_key(name), entry_id, fields)
-            for name, entries in _stream_items(reply)
-            for entry_id, fields in entries
-            if fields
-        ]
-        await self.submit(batch, retried=own, just_read_pending=own)
+        batch: list[Notification] = []
+        for name, entries in _stream_items(reply):
+            batch += await self._parse(shard_of_key(name), entries)
+        await self.submit(batch)
         await self.hold.wait_room()
         return len(batch)
+
+    async def _parse(self, shard: int, entries: Entries) -> list[Notification]:
+        """The notifications of `entries`; one that cannot be read is dead-lettered at once
+        (another attempt would read it no better), so it cannot stop the consumer."""
+        out: list[Notification] = []
+        for entry_id, fields in entries:
+            if not fields:  # deleted since it was read
+                continue
+            try:
+                out.append(Notification.from_entry(shard, entry_id, fields))
+            except MalformedEntry as exc:
+                await self._dead_letter_unreadable(ShardKeys.of(shard), entry_id, fields, exc)
+        return out
+
+    async def _dead_letter_unreadable(
+        self, keys: ShardKeys, entry_id: str, fields: dict[str, str], exc: MalformedEntry
+    ) -> None:
+        args: list[Arg] = [CONSUMER_GROUP, entry_id, f"malformed: {exc}", 1, ""]
+        for field, value in fields.items():  # as they were, bytes that are not UTF-8 too
+            args += [_raw(field), _raw(value)]
+        await self.scripts.dead_letter.run(self.redis, keys.for_dead_letter, args)
+        metrics.DEAD_LETTERED.labels("malformed").inc()
+        log.warning(
+            "dead-lettered an unreadable entry shard=%d entry=%s error=%s",
+            keys.shard,
+            entry_id,
+            exc,
+        )
 
     async def _xreadgroup(self, streams: dict[str, str], block_ms: int | None) -> Any:
         if not self.cluster:
@@ -139,9 +185,20 @@ class Deliverer:
         return await cluster.execute_command(*args, target_nodes=cluster.get_node_from_key(key))
 
     async def drain_own(self, shards: Sequence[int]) -> None:
-        """Redeliver what this consumer read before a restart and never acknowledged."""
-        while await self.read(shards, block_ms=None, own=True) >= READ_COUNT:
-            pass
+        """Deliver what this consumer read and never acknowledged: before a restart, or
+        when a failure (Redis away, the process paused) left a batch pending. Pages through
+        the pending list, so held entries (not due yet) do not keep it reading the same."""
+        for shard in shards:
+            start = "0"
+            while True:
+                reply = await self._xreadgroup({ShardKeys.of(shard).events: start}, None)
+                entries = [e for _, entries in _stream_items(reply) for e in entries]
+                batch = await self._parse(shard, entries)
+                await self.submit(batch, retried=True, just_read_pending=True)
+                await self.hold.wait_room()
+                if len(entries) < READ_COUNT:
+                    break
+                start = entries[-1][0]
 
     async def claim(self, shards: Sequence[int], min_idle_ms: int | None = None) -> int:
         """Take over entries idle past `min_idle_ms` (DELIVERY_TIMEOUT_MS by default), from
@@ -159,7 +216,7 @@ class Deliverer:
                     start_id=start,
                     count=READ_COUNT,
                 )
-                batch = [Notification.from_entry(shard, i, f) for i, f in entries if f]
+                batch = await self._parse(shard, entries)
                 await self.submit(batch, retried=True, just_read_pending=True)
                 claimed += len(batch)
                 if start == "0-0":
@@ -179,8 +236,8 @@ class Deliverer:
         now = self.hold.clock.now_ms()
         ready: list[Notification] = []
         for n in batch:
-            if self.hold.holds(n):  # read again while held or being sent: sent once
-                continue
+            if self.hold.holds(n) or (n.shard, n.entry_id) in self.retrying:
+                continue  # read again while held, being sent or waiting to retry: sent once
             if n.due_at_ms > now:
                 self._hold(Held(n, retried, just_read_pending))
             else:
@@ -204,13 +261,13 @@ class Deliverer:
             try:
                 for (retried, pending), batch in groups.items():
                     await self.handle(batch, retried=retried, just_read_pending=pending)
-            except UNAVAILABLE as exc:
-                metrics.REDIS_ERRORS.labels(self.role, error_kind(exc)).inc()
-                log.warning("redis unavailable, held batch left pending error=%s", exc)
-            except ResponseError as exc:
-                if not is_nogroup(exc):
-                    raise
-                log.warning("stream gone, held batch dropped error=%s", exc)
+            except RedisError as exc:
+                if is_nogroup(exc):
+                    log.warning("stream gone, held batch dropped error=%s", exc)
+                else:  # left pending: the read loop reads it again once Redis answers
+                    self.failures += 1
+                    metrics.REDIS_ERRORS.labels(self.role, error_kind(exc)).inc()
+                    log.warning("redis error, held batch left pending error=%s", exc)
             finally:
                 self.hold.settle(items)
 
@@ -245,10 +302,11 @@ class Deliverer:
         failures = await self._send(outgoing)
         sent = collections.Counter[int]()
         lateness: list[float] = []
+        delivered_to = ",".join(sink.name for sink in self.sinks)
         for item in outgoing:
             n = item.notification
             if (n.shard, n.entry_id) not in failures:
-                done[n.shard].append(n.entry_id)
+                done[n.shard].append(_ack_arg(n, DELIVERED, delivered_to))
                 sent[n.level] += 1
                 lateness.append(max(0, fired_at_ms - n.due_at_ms) / 1000)
         metrics.observe_many(metrics.LATENESS, lateness)
@@ -256,18 +314,19 @@ class Deliverer:
             metrics.SENT.labels(str(level)).inc(count)
         await self._ack(done, retried)
         for item in outgoing:
-            error = failures.get((item.notification.shard, item.notification.entry_id))
-            if error is not None:
-                n = item.notification
-                await self._failed(ShardKeys.of(n.shard), n, error)
+            failure = failures.get((item.notification.shard, item.notification.entry_id))
+            if failure is not None:
+                await self._failed(
+                    ShardKeys.of(item.notification.shard), item.notification, *failure
+                )
 
     async def _recheck(
         self, batch: Sequence[Notification]
     ) -> tuple[list[Notification], dict[int, list[str]], list[Notification]]:
-        """Split a batch into what to send now, the entry ids to acknowledge unsent
-        (stale) and what is not due yet, asking every shard in one pipelined round trip.
-        A conversation a reshard moved away from its entry's shard is asked where it lives
-        now."""
+        """Split a batch into what to send now, the ack arguments of what is acknowledged
+        unsent (stale or superseded) and what is not due yet, asking every shard in one
+        pipelined round trip. A conversation a reshard moved away from its entry's shard is
+        asked where it lives now."""
         codes = await self._codes(batch, [n.shard for n in batch])
         if ELSEWHERE in codes:
             layout = await self.layout.refresh()
@@ -288,9 +347,12 @@ class Deliverer:
                 to_send.append(n)
             elif code == EARLY:
                 early.append(n)
+            elif code == SUPERSEDED:
+                metrics.SUPPRESSED.labels("superseded").inc()
+                unsent[n.shard].append(_ack_arg(n, SUPERSEDED_MARK))
             else:
                 metrics.SUPPRESSED.labels("stale").inc()
-                unsent[n.shard].append(n.entry_id)
+                unsent[n.shard].append(_ack_arg(n, SUPPRESSED))
         return to_send, unsent, early
 
     async def _codes(
@@ -303,7 +365,7 @@ class Deliverer:
                 by_shard[shard].append(i)
         calls: list[Call] = []
         for shard, indices in by_shard.items():
-            args: list[Arg] = [batch[i].recheck_arg for i in indices]
+            args: list[Arg] = [*self.multipliers, *(batch[i].recheck_arg for i in indices)]
             calls.append((self.scripts.recheck, ShardKeys.of(shard).for_recheck, args))
         codes: list[Any] = [None] * len(batch)
         replies = await run_batch(self.redis, calls)
@@ -314,12 +376,16 @@ class Deliverer:
                 codes[i] = int(code)
         return codes
 
-    async def _send(self, outgoing: list[Outgoing]) -> dict[tuple[int, str], DeliveryError]:
-        """Send to every sink; an event fails when any sink fails (the worst error wins)."""
-        failures: dict[tuple[int, str], DeliveryError] = {}  # by shard and entry id
+    async def _send(
+        self, outgoing: list[Outgoing]
+    ) -> dict[tuple[int, str], tuple[str, DeliveryError]]:
+        """Send to every sink; an event fails when any sink fails (the worst error wins,
+        with the sink that gave it). A sink that raises instead of reporting is asked again
+        one event at a time: the events it still raises on are UnexpectedError."""
+        failures: dict[tuple[int, str], tuple[str, DeliveryError]] = {}  # by shard, entry id
         if not outgoing:
             return failures
-        results = await asyncio.gather(*(sink.send(outgoing) for sink in self.sinks))
+        results = await asyncio.gather(*(self._send_to(sink, outgoing) for sink in self.sinks))
         for sink, outcomes in zip(self.sinks, results, strict=True):
             for item, error in zip(outgoing, outcomes, strict=True):
                 if error is None:
@@ -327,12 +393,27 @@ class Deliverer:
                 if not isinstance(error, CircuitOpen):
                     metrics.DELIVERY_FAILED.labels(sink.name).inc()
                 entry = (item.notification.shard, item.notification.entry_id)
-                if entry not in failures or _severity(error) > _severity(failures[entry]):
-                    failures[entry] = error
+                if entry not in failures or _severity(error) > _severity(failures[entry][1]):
+                    failures[entry] = (sink.name, error)
         return failures
 
+    async def _send_to(self, sink: Sink, outgoing: Sequence[Outgoing]) -> Outcomes:
+        try:
+            return await sink.send(outgoing)
+        except Exception as exc:
+            if len(outgoing) == 1:
+                log.exception(
+                    "sink %s raised event_id=%s", sink.name, outgoing[0].notification.event_id
+                )
+                return [UnexpectedError(exc)]
+        outcomes: Outcomes = []
+        for item in outgoing:  # which of them does it raise on?
+            outcomes += await self._send_to(sink, [item])
+        return outcomes
+
     async def _ack(self, done: dict[int, list[str]], retried: bool) -> None:
-        """XACK every shard's entries in one pipelined round trip."""
+        """Acknowledge every shard's entries (noting each one's outcome in its conversation's
+        history) in one pipelined round trip."""
         calls: list[Call] = []
         for shard, entries in done.items():
             if entries:
@@ -370,14 +451,29 @@ class Deliverer:
             metrics.SUPPRESSED.labels("duplicate").inc(len(batch) - len(kept))
         return kept
 
-    async def _failed(self, keys: ShardKeys, n: Notification, error: DeliveryError) -> None:
+    async def _failed(
+        self, keys: ShardKeys, n: Notification, sink: str, error: DeliveryError
+    ) -> None:
         if isinstance(error, CircuitOpen):  # not attempted: no attempt counted
             self._schedule_retry(keys, n, min(self.retry_cap_s, error.retry_after_s))
             return
-        attempts = int(await self.redis.hincrby(keys.attempts, n.entry_id, 1))
+        args: list[Arg] = [
+            n.entry_id,
+            n.conversation_id,
+            n.generation,
+            n.level,
+            sink,
+            one_line(str(error)),
+        ]
+        attempts = int(
+            await self.scripts.attempt_failed.run(self.redis, keys.for_attempt_failed, args)
+        )
         if error.permanent or attempts >= self.settings.max_deliveries:
-            reason = "permanent" if error.permanent else "max_deliveries"
-            await self.dead_letter(keys, n, f"{reason}: {error}", attempts)
+            if isinstance(error, UnexpectedError):
+                reason = "unexpected"
+            else:
+                reason = "permanent" if error.permanent else "max_deliveries"
+            await self.dead_letter(keys, n, f"{reason}: {one_line(str(error))}", attempts)
             metrics.DEAD_LETTERED.labels(reason).inc()
             log.warning(
                 "dead-lettered event_id=%s conversation=%s attempts=%d error=%s",
@@ -400,26 +496,31 @@ class Deliverer:
         self._schedule_retry(keys, n, delay)
 
     def _schedule_retry(self, keys: ShardKeys, n: Notification, delay: float) -> None:
+        self.retrying.add((n.shard, n.entry_id))
         task = asyncio.create_task(self._retry(keys, n, delay))
         self.retries.add(task)
         task.add_done_callback(self.retries.discard)
 
     async def _retry(self, keys: ShardKeys, n: Notification, delay: float) -> None:
-        await asyncio.sleep(delay)
         try:
+            await asyncio.sleep(delay)
             # Keep the entry ours (resets its idle time); nothing back means it was settled.
             claimed = await self.redis.xclaim(
                 keys.events, CONSUMER_GROUP, self.consumer, 0, [n.entry_id], justid=True
             )
+            self.retrying.discard((n.shard, n.entry_id))
             if claimed:
-                await self.handle([n], retried=True)
-        except Exception as exc:  # the entry stays pending; XAUTOCLAIM will find it
+                await self.handle([n], retried=True, just_read_pending=True)
+        except RedisError as exc:  # still pending: the read loop reads it again
+            self.failures += 1
             log.warning("retry failed event_id=%s error=%s", n.event_id, exc)
+        finally:
+            self.retrying.discard((n.shard, n.entry_id))
 
     async def dead_letter(
         self, keys: ShardKeys, n: Notification, reason: str, attempts: int
     ) -> None:
-        args: list[Arg] = [CONSUMER_GROUP, n.entry_id, reason, attempts]
+        args: list[Arg] = [CONSUMER_GROUP, n.entry_id, reason, attempts, n.history_key]
         for field, value in n.readable_fields().items():
             args += [field, value]
         await self.scripts.dead_letter.run(self.redis, keys.for_dead_letter, args)
@@ -441,6 +542,16 @@ class Deliverer:
         await asyncio.gather(*self.retries, return_exceptions=True)
         for sink in self.sinks:
             await sink.close()
+
+
+def _raw(text: str) -> bytes:
+    """A value as Redis held it (read with surrogateescape)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _ack_arg(n: Notification, outcome: str, sinks: str = "") -> str:
+    """One entry as the ack script takes it."""
+    return f"{n.entry_id}|{n.conversation_id}|{n.generation}|{n.level}|{outcome}|{sinks}"
 
 
 def _severity(error: DeliveryError) -> int:

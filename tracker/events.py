@@ -28,6 +28,10 @@ OUTBOUND = (
 )
 
 
+class MalformedEntry(ValueError):
+    """A stream entry that is not a notification the tracker wrote."""
+
+
 def event_id(conversation_id: str, waiting_since_ms: int, level: int) -> str:
     """The same conversation, waiting-since and level always give the same id."""
     digest = hashlib.sha256(f"{conversation_id}|{waiting_since_ms}|{level}".encode()).hexdigest()
@@ -53,12 +57,24 @@ class Notification(NamedTuple):
     @classmethod
     def from_entry(cls, shard: int, entry_id: str, fields: dict[str, str]) -> Notification:
         """From a shard stream entry (one field, ``e``: the values joined by '|', as the sweep
-        script writes them) or a dead letter (one field per value, readable)."""
+        script writes them) or a dead letter (one field per value, readable); MalformedEntry
+        when the entry is not one the tracker wrote."""
         packed = fields.get(PACKED)
         if packed is not None:
-            c, level, gen, since, due, agent, message = packed.split("|")
+            values = packed.split("|")
+        elif all(f in fields for f in READABLE):
+            values = [fields[f] for f in READABLE]
         else:
-            c, level, gen, since, due, agent, message = (fields[f] for f in READABLE)
+            raise MalformedEntry(f"fields {sorted(fields)[:8]} are not a notification's")
+        if len(values) != len(READABLE):
+            raise MalformedEntry(f"{len(values)} values, not {len(READABLE)}")
+        c, level, gen, since, due, agent, message = values
+        if not all(v and v.isascii() and v.isprintable() for v in (c, agent, message)):
+            raise MalformedEntry("a conversation, agent or message id that is not printable")
+        if level not in ("1", "2", "3"):
+            raise MalformedEntry(f"level {level[:20]!r} is not 1, 2 or 3")
+        if not (gen.isdigit() and since.isdigit() and due.isdigit()):
+            raise MalformedEntry("generation, waiting-since and due must be whole numbers")
         n = cls(entry_id, shard, c, int(level), int(gen), agent, message, int(since), int(due))
         return n._replace(known_values=n.values_before_firing())
 
@@ -90,7 +106,12 @@ class Notification(NamedTuple):
     @property
     def recheck_arg(self) -> str:
         """This notification as the recheck script takes it."""
-        return f"{self.conversation_id}|{self.generation}|{self.due_at_ms}"
+        return f"{self.conversation_id}|{self.generation}|{self.due_at_ms}|{self.level}"
+
+    @property
+    def history_key(self) -> str:
+        """Conversation, generation and level, as the scripts that note history take them."""
+        return f"{self.conversation_id}|{self.generation}|{self.level}"
 
     def values_before_firing(self) -> tuple[str, ...]:
         """The event's values in OUTBOUND order, fired_at left out."""

@@ -48,6 +48,7 @@ class ShardKeys:
     dead_letters: str
     moving: str
     epoch: str
+    history: str
 
     @classmethod
     @functools.cache  # built once a shard: every script call on the hot paths asks
@@ -67,17 +68,18 @@ class ShardKeys:
             dead_letters=f"dead_letters:{tag}",
             moving=f"moving_conversations:{tag}",
             epoch=f"timeout:epoch:{tag}",
+            history=f"history:{tag}",
         )
 
     @property
-    def for_writes(self) -> list[str]:
-        """KEYS of the track and respond scripts."""
-        return [self.records, self.waiting, self.states, self.retired, self.epoch]
+    def for_apply(self) -> list[str]:
+        """KEYS of the apply script."""
+        return [self.records, self.waiting, self.states, self.retired, self.epoch, self.history]
 
     @property
     def for_recheck(self) -> list[str]:
         """KEYS of the recheck script."""
-        return [self.records, self.moving]
+        return [self.records, self.moving, self.states]
 
     @property
     def for_sweep(self) -> list[str]:
@@ -90,6 +92,7 @@ class ShardKeys:
             self.events,
             self.leader,
             self.counters,
+            self.history,
         ]
 
     @property
@@ -110,12 +113,17 @@ class ShardKeys:
     @property
     def for_ack(self) -> list[str]:
         """KEYS of the ack script."""
-        return [self.events, self.attempts]
+        return [self.events, self.attempts, self.history]
+
+    @property
+    def for_attempt_failed(self) -> list[str]:
+        """KEYS of the attempt_failed script."""
+        return [self.attempts, self.history]
 
     @property
     def for_dead_letter(self) -> list[str]:
         """KEYS of the dead_letter script."""
-        return [self.events, self.dead_letters, self.attempts]
+        return [self.events, self.dead_letters, self.attempts, self.history]
 
     @property
     def for_replay(self) -> list[str]:

@@ -39,7 +39,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tracker.connection import UNAVAILABLE, pack_command
 
-Command = Sequence[str | int | float]
+Command = Sequence[str | int | float | bytes]
 READ_CHUNK = 1 << 16
 #: Bytes waiting in the socket's buffer above which a writer waits for it to drain.
 HIGH_WATER = 1 << 20
@@ -108,7 +108,7 @@ class Lane:
         return writer
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        parser = hiredis.Reader(encoding="utf-8")
+        parser = hiredis.Reader(encoding="utf-8", errors="surrogateescape")
         try:
             while True:
                 data = await reader.read(READ_CHUNK)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
-from tracker.connection import UNAVAILABLE
-from tracker.keys import LAYOUT, shard_of
+from tracker.keys import LAYOUT, ShardKeys, shard_of
+from tracker.scripts import Call, Scripts, run_batch
 from tracker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,38 @@ class Layout:
         return [n for n in self.shards() if n % processes == index]
 
 
-def is_refused(error: object) -> bool:
-    """A write script refused the caller's layout epoch."""
-    return isinstance(error, ResponseError) and str(error).startswith("EPOCH")
+def refused_epoch(error: object) -> int | None:
+    """The epoch a shard named when a write script refused the caller's (``EPOCH 3 ...``),
+    or None when `error` is no such refusal."""
+    if not isinstance(error, ResponseError):
+        return None
+    head, _, rest = str(error).partition(" ")
+    if head != "EPOCH":
+        return None
+    number = rest.split(" ", 1)[0]
+    return int(number) if number.isdigit() else 0
+
+
+async def set_layout(redis: Redis, scripts: Scripts, read: Layout, new: Layout) -> bool:
+    """Compare-and-set the layout on the epoch read."""
+    previous = "" if new.previous is None else new.previous
+    args = [read.epoch, new.count, previous, new.epoch]
+    return bool(int(await scripts.layout_set.run(redis, [LAYOUT], args)))
+
+
+async def fence(redis: Redis, scripts: Scripts, layout: Layout) -> bool:
+    """Raise every shard's epoch to the layout's (a take-out of no conversations); False
+    when a shard has seen a newer one."""
+    calls: list[Call] = [
+        (scripts.migrate_out, ShardKeys.of(shard).for_take_out, [layout.epoch])
+        for shard in layout.shards()
+    ]
+    for reply in await run_batch(redis, calls, raise_on_error=False):
+        if refused_epoch(reply) is not None:
+            return False
+        if isinstance(reply, Exception):
+            raise reply
+    return True
 
 
 async def read_layout(redis: Redis, default_count: int) -> Layout:
@@ -84,6 +113,7 @@ class LiveLayout:
         self.settings = settings
         self.current = Layout(settings.shard_count)
         self.loaded = False
+        self.scripts = Scripts()
 
     async def get(self) -> Layout:
         """The layout, loading it from Redis the first time."""
@@ -109,6 +139,27 @@ class LiveLayout:
         self.current, self.loaded = layout, True
         return layout
 
+    async def catch_up(self, epoch: int) -> Layout:
+        """Reload the layout after a shard refused it, naming `epoch`. A layout in Redis
+        older than a shard's epoch was lost with Redis's data (a FLUSHDB, a restart without
+        persistence) and seeded again at epoch 0, while writers still routing by the lost
+        one raised shards above it: then the layout is raised above `epoch` and every shard
+        fenced to it, so that every writer converges on it instead of being refused for good.
+        """
+        layout = await self.refresh()
+        if layout.epoch >= epoch:
+            return layout
+        raised = Layout(layout.count, layout.previous, epoch + 1)
+        if await set_layout(self.redis, self.scripts, layout, raised):
+            log.warning(
+                "shard layout epoch %d below a shard's %d (Redis lost data): raised to %d",
+                layout.epoch,
+                epoch,
+                raised.epoch,
+            )
+            await fence(self.redis, self.scripts, raised)
+        return await self.refresh()
+
     async def follow(self) -> None:
         """Reload the layout every REFRESH_S until cancelled (the caller loads it first);
         Redis errors only delay it."""
@@ -117,7 +168,7 @@ class LiveLayout:
             await asyncio.sleep(REFRESH_S)
             try:
                 await self.refresh()
-            except UNAVAILABLE as exc:
+            except RedisError as exc:
                 log.debug("layout refresh failed error=%s", exc)
             # redis-py can absorb a cancellation that lands while it connects: honour it
             if task is not None and task.cancelling():
@@ -128,6 +179,6 @@ class LiveLayout:
         while not self.loaded and not stop.is_set():
             try:
                 await self.refresh()
-            except UNAVAILABLE as exc:
+            except RedisError as exc:
                 log.warning("shard layout not loaded yet, retrying error=%s", exc)
                 await asyncio.sleep(REFRESH_S)

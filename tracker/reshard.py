@@ -26,10 +26,10 @@ from redis.asyncio import Redis
 
 from tracker.consumer import BLOCK_MS
 from tracker.events import Entries
-from tracker.keys import CONSUMER_GROUP, LAYOUT, ShardKeys
-from tracker.layout import REFRESH_S, Layout, is_refused, read_layout
+from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.layout import REFRESH_S, Layout, fence, read_layout, set_layout
 from tracker.moves import move
-from tracker.scripts import Call, Scripts, run_batch
+from tracker.scripts import Scripts
 from tracker.settings import Settings
 
 SCAN_COUNT = 1000
@@ -113,25 +113,10 @@ class Resharder:
         return 0
 
     async def _set(self, read: Layout, new: Layout) -> bool:
-        """Compare-and-set the layout on the epoch read."""
-        previous = "" if new.previous is None else new.previous
-        args = [read.epoch, new.count, previous, new.epoch]
-        return bool(int(await self.scripts.layout_set.run(self.redis, [LAYOUT], args)))
+        return await set_layout(self.redis, self.scripts, read, new)
 
     async def _fence(self, layout: Layout) -> bool:
-        """Raise every shard's epoch to the layout's (a take-out of no conversations)."""
-        calls: list[Call] = []
-        for shard in layout.shards():
-            k = ShardKeys.of(shard)
-            keys = k.for_take_out
-            calls.append((self.scripts.migrate_out, keys, [layout.epoch]))
-        replies = await run_batch(self.redis, calls, raise_on_error=False)
-        for reply in replies:
-            if is_refused(reply):
-                return False
-            if isinstance(reply, Exception):
-                raise reply
-        return True
+        return await fence(self.redis, self.scripts, layout)
 
     async def _await_leaders(self, layout: Layout) -> None:
         """Wait (a few lease TTLs at most) until a sweeper leads every shard, so that the

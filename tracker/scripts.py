@@ -15,7 +15,7 @@ from redis.exceptions import NoScriptError
 
 from tracker.lane import AnyLane
 
-Arg = str | int | float
+Arg = str | int | float | bytes
 
 
 def _source(name: str) -> str:
@@ -54,11 +54,11 @@ class Scripts:
     """Every script of the tracker, by name."""
 
     def __init__(self) -> None:
-        self.track = Script.load("track")
-        self.respond = Script.load("respond")
+        self.apply = Script.load("apply")
         self.sweep = Script.load("sweep")
         self.recheck = Script.load("recheck")
         self.ack = Script.load("ack")
+        self.attempt_failed = Script.load("attempt_failed")
         self.dead_letter = Script.load("dead_letter")
         self.dead_letter_replay = Script.load("dead_letter_replay")
         self.lease_acquire = Script.load("lease_acquire")

@@ -58,6 +58,7 @@ class Settings:
     api_tokens: tuple[str, ...]
     console_tokens: tuple[str, ...]  # read-only: GET under /admin and /console
     answered_retention_ms: int
+    history_retention_ms: int
     run_dir: Path
     metrics_dir: Path
     log_format: str
@@ -120,6 +121,9 @@ class Settings:
             answered_retention_ms=r.integer(
                 "ANSWERED_RETENTION_MS", 86_400_000, 1000, 365 * 86_400_000
             ),
+            history_retention_ms=r.integer(
+                "HISTORY_RETENTION_MS", 86_400_000, 1000, 365 * 86_400_000
+            ),
             run_dir=run_dir,
             metrics_dir=Path(r.text("PROMETHEUS_MULTIPROC_DIR", str(run_dir / "metrics"))),
             log_format=r.choice("LOG_FORMAT", "text", LOG_FORMATS),
@@ -132,6 +136,12 @@ class Settings:
             # held entries are idle: another consumer would claim them as abandoned
             raise ConfigError("PREFETCH_MS: must not exceed a quarter of DELIVERY_TIMEOUT_MS")
         return settings
+
+    @property
+    def finished_retention_ms(self) -> int:
+        """How long a finished conversation (answered, or every level fired) keeps its record
+        (replays recognised) and its history: the longer of the two retentions."""
+        return max(self.answered_retention_ms, self.history_retention_ms)
 
     def level_offsets_ms(self, interval_ms: int) -> tuple[int, int, int]:
         """Delay of each level after the agent message, for one interval."""

@@ -89,16 +89,26 @@ CLOSED, HALF_OPEN, OPEN = 0, 1, 2
 STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half-open", OPEN: "open"}
 
 
+#: The first cool-down of a breaker that opens; each failed probe doubles it, up to the
+#: configured NOTIFY_WEBHOOK_BREAKER_COOLDOWN_MS. A receiver back after a blip of a few
+#: seconds is tried again within about a second, one that stays down is left alone.
+FIRST_COOLDOWN_S = 1.0
+
+
 class Breaker:
-    """Circuit breaker: ``failures`` failures in a row open it for ``cooldown_s``;
-    then one probe is let through (half-open): its success closes it, its failure reopens it.
+    """Circuit breaker: ``failures`` failures in a row open it for a cool-down, which starts
+    at FIRST_COOLDOWN_S (at most ``max_cooldown_s``) and doubles with each reopening, up to
+    ``max_cooldown_s``; then one probe is let through (half-open): its success closes it
+    (and the next opening starts from the first cool-down again), its failure reopens it.
     """
 
     def __init__(
-        self, failures: int, cooldown_s: float, clock: Callable[[], float] = time.monotonic
+        self, failures: int, max_cooldown_s: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.threshold = failures
-        self.cooldown_s = cooldown_s
+        self.max_cooldown_s = max_cooldown_s
+        self.first_cooldown_s = min(FIRST_COOLDOWN_S, max_cooldown_s)
+        self.cooldown_s = self.first_cooldown_s
         self.clock = clock
         self.failures = 0
         self.state = CLOSED
@@ -122,14 +132,18 @@ class Breaker:
     def success(self) -> None:
         self.failures = 0
         if self.state != CLOSED:
+            self.cooldown_s = self.first_cooldown_s
             self._set(CLOSED)
 
     def failure(self) -> None:
         self.failures += 1
-        if self.state == HALF_OPEN or (self.state == CLOSED and self.failures >= self.threshold):
-            self.opened_at = self.clock()
-            self._set(OPEN)
-            metrics.WEBHOOK_BREAKER_OPENED.inc()
+        if self.state == HALF_OPEN:  # the probe failed: still down, wait longer
+            self.cooldown_s = min(self.max_cooldown_s, self.cooldown_s * 2)
+        elif self.state != CLOSED or self.failures < self.threshold:
+            return
+        self.opened_at = self.clock()
+        self._set(OPEN)
+        metrics.WEBHOOK_BREAKER_OPENED.inc()
 
     def _set(self, state: int) -> None:
         self.state = state
@@ -137,8 +151,14 @@ class Breaker:
         log.warning("webhook circuit %s failures=%d", STATE_NAMES[state], self.failures)
 
 
+#: At most this much of a webhook's response body is read (the status is what counts).
+MAX_RESPONSE_BYTES = 64 * 1024
+
+
 class WebhookSink:
     """One signed POST per event (Standard Webhooks); 4xx but 408 and 429 is permanent.
+    Redirects are not followed: a 3xx is a failure that names its Location (aiohttp would
+    follow a 301/302 as a GET without the body, and the event would be lost unseen).
 
     A circuit breaker stops sending while the endpoint keeps failing.
     """
@@ -163,34 +183,45 @@ class WebhookSink:
         return list(await asyncio.gather(*(self._post(item) for item in batch)))
 
     async def _post(self, item: Outgoing) -> DeliveryError | None:
-        timestamp = int(time.time())
         event_id = item.notification.event_id
         body = item.body()
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": event_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self.keys, event_id, timestamp, body),
-        }
         async with self.limit:
             if not self.breaker.allow():
                 return CircuitOpen(self.breaker.retry_after_s())
+            timestamp = int(time.time())  # signed when sent, not when queued
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": event_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": sign(self.keys, event_id, timestamp, body),
+            }
             try:
-                async with self._client().post(self.url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    status = resp.status
+                status, location = await self._request(body, headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.breaker.failure()
                 return DeliveryError(f"webhook: {type(exc).__name__}: {exc}")
         if status < 300:
             self.breaker.success()
             return None
+        if status < 400:
+            self.breaker.success()  # the endpoint answers; it is the address that is wrong
+            return DeliveryError(f"webhook: HTTP {status} redirect to {location or '(none)'}")
         permanent = 400 <= status < 500 and status not in (408, 429)
         if permanent:
             self.breaker.success()  # the endpoint is up; this one event is refused
         else:
             self.breaker.failure()
         return DeliveryError(f"webhook: HTTP {status}", permanent=permanent)
+
+    async def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
+        """POST once, no redirects followed; read at most MAX_RESPONSE_BYTES of the answer
+        (a connection with more unread is closed, not reused)."""
+        client = self._client()
+        async with client.post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
+            await resp.content.read(MAX_RESPONSE_BYTES)
+            if not resp.content.at_eof():
+                resp.close()
+            return resp.status, resp.headers.get("Location")
 
     async def close(self) -> None:
         if self._session is not None:

@@ -13,7 +13,7 @@ from redis.exceptions import TryAgainError
 
 from tracker.keys import ShardKeys, wake_channel
 from tracker.lane import AnyLane
-from tracker.layout import Layout, LiveLayout, is_refused
+from tracker.layout import Layout, LiveLayout, refused_epoch
 from tracker.moves import move
 from tracker.scripts import Arg, Scripts, run_batch
 from tracker.scripts import Call as ScriptCall
@@ -56,6 +56,15 @@ class RespondResult(NamedTuple):
 Result = TrackResult | RespondResult
 
 
+@dataclass(slots=True)
+class Refused:
+    """Events a shard refused for the layout epoch they were routed by, and the highest
+    epoch the refusing shards named."""
+
+    indices: list[int]
+    epoch: int
+
+
 @dataclass(frozen=True, slots=True)
 class Conversation:
     """What one conversation looks like now (the GET view)."""
@@ -72,16 +81,14 @@ class Conversation:
     response_time_ms: int | None
 
 
-def track_arg(
-    conversation_id: str, agent_id: str, message_id: str, ts_ms: int, interval_ms: int
-) -> str:
-    """One agent message as the track script takes it (ids never hold '|': validation)."""
-    return f"{conversation_id}|{agent_id}|{message_id}|{ts_ms}|{interval_ms}"
-
-
-def respond_arg(conversation_id: str, message_id: str, ts_ms: int) -> str:
-    """One customer response as the respond script takes it."""
-    return f"{conversation_id}|{message_id}|{ts_ms}"
+def apply_arg(event: Event, interval_ms: int) -> str:
+    """One event as the apply script takes it (ids never hold '|': validation)."""
+    if isinstance(event, AgentMessage):
+        return (
+            f"a|{event.conversation_id}|{event.agent_id}|{event.message_id}"
+            f"|{event.timestamp_ms}|{event.timeout_ms or interval_ms}"
+        )
+    return f"c|{event.conversation_id}|{event.message_id}|{event.timestamp_ms}"
 
 
 #: Events per script call: bounded so a call's arguments stay small and Redis stays responsive.
@@ -92,15 +99,31 @@ REROUTES = 5
 
 @dataclass(slots=True)
 class _Call:
-    """One planned script call: a run of one kind of event for one shard."""
+    """One planned script call: events of one shard, in arrival order."""
 
     shard: int
-    agent: bool
     indices: list[int]
 
 
+def plan(events: Sequence[Event], indices: Sequence[int], layout: Layout) -> list[list[_Call]]:
+    """Group events into script calls: per shard, in arrival order, CALL_SIZE a call; then
+    into rounds of at most one call per shard. A round is one round trip, and a shard's next
+    call waits for the round before: a call that must be run again (NOSCRIPT, a redirection)
+    is, before any later event of its shard runs."""
+    by_shard: dict[int, list[int]] = {}
+    for index in indices:
+        by_shard.setdefault(layout.shard(events[index].conversation_id), []).append(index)
+    rounds: list[list[_Call]] = []
+    for shard, members in by_shard.items():
+        for n, start in enumerate(range(0, len(members), CALL_SIZE)):
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(_Call(shard, members[start : start + CALL_SIZE]))
+    return rounds
+
+
 class Store:
-    """Applies agent messages and customer responses, one atomic script each."""
+    """Applies agent messages and customer responses, one atomic script call per shard."""
 
     def __init__(
         self,
@@ -118,47 +141,19 @@ class Store:
         self.pending: list[tuple[Event, asyncio.Future[Result]]] = []
         self.flushing: set[asyncio.Task[None]] = set()
 
-    @staticmethod
-    def _plan(events: Sequence[Event], indices: Sequence[int], layout: Layout) -> list[_Call]:
-        """Group events into script calls: per shard, runs of one kind, in arrival order.
-
-        A shard's calls run in the order planned, so its events apply in order.
-        """
-        calls: list[_Call] = []
-        last: dict[int, _Call] = {}
-        for index in indices:
-            event = events[index]
-            shard = layout.shard(event.conversation_id)
-            agent = isinstance(event, AgentMessage)
-            call = last.get(shard)
-            if call is None or call.agent != agent or len(call.indices) >= CALL_SIZE:
-                call = _Call(shard, agent, [])
-                calls.append(call)
-                last[shard] = call
-            call.indices.append(index)
-        return calls
-
     def _script_call(self, call: _Call, events: Sequence[Event], epoch: int) -> ScriptCall:
-        k = ShardKeys.of(call.shard)
-        keys = k.for_writes
         s = self.settings
-        if call.agent:
-            args: list[Arg] = [epoch, s.level_multipliers[0], wake_channel(call.shard)]
-            for i in call.indices:
-                e = cast(AgentMessage, events[i])
-                interval = e.timeout_ms or s.timeout_interval_ms
-                args.append(
-                    track_arg(e.conversation_id, e.agent_id, e.message_id, e.timestamp_ms, interval)
-                )
-            return self.scripts.track, keys, args
-        args = [epoch, s.answered_retention_ms]
-        for i in call.indices:
-            r = cast(CustomerResponse, events[i])
-            args.append(respond_arg(r.conversation_id, r.message_id, r.timestamp_ms))
-        return self.scripts.respond, keys, args
+        args: list[Arg] = [
+            epoch,
+            s.level_multipliers[0],
+            wake_channel(call.shard),
+            s.finished_retention_ms,
+        ]
+        args += [apply_arg(events[i], s.timeout_interval_ms) for i in call.indices]
+        return self.scripts.apply, ShardKeys.of(call.shard).for_apply, args
 
     async def apply_many(self, events: Sequence[Event]) -> list[Result]:
-        """Apply a batch in one round trip: one script call per shard and kind, in order.
+        """Apply a batch: one script call per shard (CALL_SIZE events a call), in order.
 
         While a reshard runs, the batch's conversations still in their old shard move first.
         A call a shard refuses for its layout epoch changed nothing: its events are routed
@@ -173,8 +168,8 @@ class Store:
             refused = await self._apply(events, todo, layout, results)
             if refused is None:
                 return cast(list[Result], results)
-            todo = refused
-            await self.layout.refresh()
+            todo = refused.indices
+            await self.layout.catch_up(refused.epoch)
         raise TryAgainError("the shard layout kept changing while applying a batch")
 
     async def _apply(
@@ -183,29 +178,42 @@ class Store:
         todo: Sequence[int],
         layout: Layout,
         results: list[Result | None],
-    ) -> list[int] | None:
-        """Apply events[todo] by `layout` into `results`; the indices refused, or None."""
+    ) -> Refused | None:
+        """Apply events[todo] by `layout` into `results`; what was refused, or None."""
         if layout.previous is not None:
             try:
                 await move(
                     self.redis, self.scripts, layout, {events[i].conversation_id for i in todo}
                 )
             except Exception as exc:
-                if is_refused(exc):
-                    return list(todo)
+                epoch = refused_epoch(exc)
+                if epoch is not None:
+                    return Refused(list(todo), epoch)
                 raise
-        calls = self._plan(events, todo, layout)
-        script_calls = [self._script_call(c, events, layout.epoch) for c in calls]
-        replies = await run_batch(self.lane or self.redis, script_calls, raise_on_error=False)
-        refused: list[int] = []
-        for call, reply in zip(calls, replies, strict=True):
-            if is_refused(reply):
-                refused += call.indices
+        refused = Refused([], 0)
+        closed: set[int] = set()  # shards that refused: their later calls are not sent
+        for calls in plan(events, todo, layout):
+            live: list[_Call] = []
+            for call in calls:
+                if call.shard in closed:
+                    refused.indices += call.indices
+                else:
+                    live.append(call)
+            if not live:
                 continue
-            if isinstance(reply, Exception):
-                raise reply
-            _results(call, reply, results)
-        return sorted(refused) if refused else None
+            script_calls = [self._script_call(c, events, layout.epoch) for c in live]
+            replies = await run_batch(self.lane or self.redis, script_calls, raise_on_error=False)
+            for call, reply in zip(live, replies, strict=True):
+                epoch = refused_epoch(reply)
+                if epoch is not None:
+                    closed.add(call.shard)
+                    refused.indices += call.indices
+                    refused.epoch = max(refused.epoch, epoch)
+                elif isinstance(reply, Exception):
+                    raise reply
+                else:
+                    _results(call, events, reply, results)
+        return Refused(sorted(refused.indices), refused.epoch) if closed else None
 
     async def apply(self, event: Event) -> Result:
         """Apply one event. Events that arrive in the same event-loop turn (concurrent
@@ -284,16 +292,16 @@ class Store:
         )
 
 
-def _results(call: _Call, reply: list[Any], results: list[Result | None]) -> None:
-    """A script's flat reply (4 values an agent message, 3 a response) into results."""
-    if call.agent:
-        for j, index in enumerate(call.indices):
-            status, gen, since, due = reply[4 * j : 4 * j + 4]
-            results[index] = TrackResult(status, int(gen), int(since), due if due >= 0 else None)
-        return
+def _results(
+    call: _Call, events: Sequence[Event], reply: list[Any], results: list[Result | None]
+) -> None:
+    """A script's flat reply (4 values an event) into results."""
     for j, index in enumerate(call.indices):
-        status, response, gen = reply[3 * j : 3 * j + 3]
-        results[index] = RespondResult(status, response if response >= 0 else None, int(gen))
+        status, gen, a, b = reply[4 * j : 4 * j + 4]
+        if isinstance(events[index], AgentMessage):
+            results[index] = TrackResult(status, int(gen), int(a), b if b >= 0 else None)
+        else:
+            results[index] = RespondResult(status, a if a >= 0 else None, int(gen))
 
 
 def _conversation(

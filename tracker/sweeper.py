@@ -16,12 +16,14 @@ import math
 import time
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from tracker import consumer, maintenance, metrics, progress
+from tracker.backoff import Backoff, report
 from tracker.clock import RedisClock
-from tracker.connection import UNAVAILABLE, connect, error_kind, pubsub_client
+from tracker.connection import connect, pubsub_client
 from tracker.delivery import Deliverer
+from tracker.heartbeat import Heartbeat
 from tracker.keys import WAKE_CHANNEL_PREFIX, ShardKeys
 from tracker.layout import LiveLayout
 from tracker.lease import Leases
@@ -50,7 +52,7 @@ class Sweeper:
         self.hold_until: dict[int, float] = {}  # shard -> no sweep before this monotonic time
         self.next_progress_write = 0.0  # monotonic time of the next progress-file write
         self.wake = asyncio.Event()
-        args = [*settings.level_multipliers, settings.answered_retention_ms, settings.prefetch_ms]
+        args = [*settings.level_multipliers, settings.finished_retention_ms, settings.prefetch_ms]
         self.sweep_args = [settings.sweep_batch, *args]
         # A sweep stages what is due within PREFETCH_MS; the next one comes when the earliest
         # deadline left is half that away: each sweep then moves half a prefetch's worth,
@@ -138,9 +140,10 @@ class Sweeper:
         wait_ms = min(soonest - self.clock.now_ms(), self.settings.check_interval_ms)
         return max(0.0, wait_ms / 1000)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, heartbeat: Heartbeat) -> None:
         renew_every = self.settings.leader_ttl_ms / 5000  # renew, and look for free shards
         next_renew = next_full = next_maintenance = 0.0
+        backoff = Backoff()
         while not stop.is_set():
             try:
                 clock = time.monotonic()
@@ -155,10 +158,12 @@ class Sweeper:
                     await maintenance.run(self.redis, self.scripts, sorted(self.leases.held))
                     next_maintenance = clock + MAINTENANCE_EVERY_S
                 timeout = min(self.sleep_s(), max(0.0, next_renew - time.monotonic()))
-            except UNAVAILABLE as exc:
-                metrics.REDIS_ERRORS.labels("sweeper", error_kind(exc)).inc()
-                log.warning("redis unavailable, backing off error=%s", exc)
-                timeout = 1.0
+                heartbeat.progress()
+                backoff.reset()
+            except RedisError as exc:  # renewal and sweeps resume once Redis answers
+                report("sweeper", exc, heartbeat)
+                await backoff.wait(stop)
+                continue
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(_first(self.wake, stop), timeout)
@@ -208,22 +213,10 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     scripts = Scripts()
     sweeper = Sweeper(settings, redis, scripts)
     listener = asyncio.create_task(sweeper.listen_wakes(stop))
-    deliverer, delivering = None, None
+    heartbeat = Heartbeat(settings, "sweeper")
+    delivery: tuple[Deliverer, asyncio.Task[None], Heartbeat] | None = None
     if settings.mode == "phase1":
-        sinks = build_sinks(settings, redis)
-        deliverer = Deliverer(
-            redis, settings, scripts, sinks, settings.pod_id, sweeper.layout, role="sweeper"
-        )
-        # Phase 1: the lease holder delivers what it enqueued, for the shards it leads. Only
-        # a lease holder reads a shard, so an entry idle half a lease TTL belongs to a holder
-        # that lost its lease: claim it then, not after DELIVERY_TIMEOUT_MS.
-        led = functools.partial(sorted, sweeper.leases.held)
-        idle = min(settings.delivery_timeout_ms, settings.leader_ttl_ms // 2)
-        delivering = asyncio.create_task(
-            consumer.serve(
-                deliverer, settings, led, stop, role="sweeper", block_ms=100, claim_idle_ms=idle
-            )
-        )
+        delivery = _deliver_led_shards(settings, redis, scripts, sweeper, stop)
     log.info(
         "sweeper started pod=%s mode=%s shards=%d",
         settings.pod_id,
@@ -231,15 +224,49 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
         settings.shard_count,
     )
     try:
-        await sweeper.run(stop)
+        await sweeper.run(stop, heartbeat)
     finally:
         listener.cancel()
-        if delivering is not None:  # it finishes the batch in hand, then sees stop
+        if delivery is not None:  # it finishes the batch in hand, then sees stop
+            deliverer, delivering, delivery_heartbeat = delivery
             await asyncio.gather(delivering, return_exceptions=True)
-        if deliverer is not None:
             await deliverer.close()
-        with contextlib.suppress(*UNAVAILABLE):
+            delivery_heartbeat.clear()
+        with contextlib.suppress(RedisError):
             await sweeper.leases.release_all()
         progress.clear(settings)
+        heartbeat.clear()
         await redis.aclose()
         log.info("sweeper stopped pod=%s", settings.pod_id)
+    if delivery is not None and not delivery[1].cancelled() and delivery[1].exception():
+        raise RuntimeError("phase 1 delivery stopped") from delivery[1].exception()
+
+
+def _deliver_led_shards(
+    settings: Settings, redis: Redis, scripts: Scripts, sweeper: Sweeper, stop: asyncio.Event
+) -> tuple[Deliverer, asyncio.Task[None], Heartbeat]:
+    """Phase 1: the lease holder delivers what it enqueued, for the shards it leads. Only a
+    lease holder reads a shard, so an entry idle half a lease TTL belongs to a holder that
+    lost its lease: claim it then, not after DELIVERY_TIMEOUT_MS. A delivery loop that dies
+    (a bug) stops the sweeper too, so that supervisord restarts the process."""
+    sinks = build_sinks(settings, redis)
+    deliverer = Deliverer(
+        redis, settings, scripts, sinks, settings.pod_id, sweeper.layout, role="sweeper"
+    )
+    led = functools.partial(sorted, sweeper.leases.held)
+    idle = min(settings.delivery_timeout_ms, settings.leader_ttl_ms // 2)
+    heartbeat = Heartbeat(settings, "sweeper-delivery")
+    delivering = asyncio.create_task(
+        consumer.serve(
+            deliverer,
+            settings,
+            led,
+            stop,
+            heartbeat,
+            role="sweeper",
+            block_ms=100,
+            claim_idle_ms=idle,
+        )
+    )
+    delivering.add_done_callback(lambda _: stop.set())
+    return deliverer, delivering, heartbeat

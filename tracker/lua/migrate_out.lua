@@ -8,7 +8,8 @@
 -- ARGV[2..] conversation ids
 -- returns: id, payload pairs for the ids held here; payload = record|due|level|retire_at,
 --   the last three empty when unset; or the error 'EPOCH ...' when a newer layout exists
-if not accept_epoch(KEYS[6], ARGV[1]) then return redis.error_reply(EPOCH_REFUSED) end
+local refused = refuse_epoch(KEYS[6], ARGV[1])
+if refused then return refused end
 local ids = {}
 for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then return {} end

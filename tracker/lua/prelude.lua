@@ -1,11 +1,15 @@
 -- Shared helpers, prepended to every script by tracker/scripts.py.
--- A conversation record is one string in conversations:{N}, fields joined by '|':
---   1 state (W waiting, E every level fired, A answered)  2 generation
---   3 waiting-since ms  4 interval ms  5 agent id  6 agent message id
---   7 timestamp ms of the newest applied event
---   8 unused, always 0 (once a delivered-levels mask: kept so that records written by
---     earlier versions read the same)
---   9 customer message id  10 response time ms
+-- A conversation record is one string in conversations:{N}, fields joined by '|'; the
+-- names below are their positions (r[GEN] is the generation of record r):
+local STATE, GEN, SINCE, INTERVAL, AGENT, MESSAGE = 1, 2, 3, 4, 5, 6
+local NEWEST, SEEN, ANSWER, RESPONSE = 7, 8, 9, 10
+--   STATE W waiting, E every level fired, A answered  GEN generation (+1 each agent message)
+--   SINCE waiting-since ms  INTERVAL interval ms  AGENT agent id  MESSAGE agent message id
+--   NEWEST timestamp ms of the newest applied event
+--   SEEN earlier message ids of this conversation (agent and customer), newest first,
+--     ',' separated, at most SEEN_MAX ('' none; '0', written by earlier versions: none)
+--   ANSWER the customer message id that answered this period ('' none)
+--   RESPONSE response time ms ('' none)
 -- Scripts read what they need with one HMGET, work in Lua, and write each key once.
 -- The first n '|'-separated fields of raw, as a table (one string.match: several times
 -- faster than a gmatch loop, and this runs for every conversation a script touches).
@@ -20,18 +24,6 @@ local function split(raw, n)
 end
 
 local RECORD_FIELDS = 10
-
--- The events of a track or respond call: one ARGV each from `first` on, its '|'-separated
--- values taken by `pattern`; returns them as tables, and their conversation ids (value 1).
-local function events_from(first, pattern)
-  local events, ids = {}, {}
-  for i = first, #ARGV do
-    local e = {string.match(ARGV[i], pattern)}
-    events[#events + 1] = e
-    ids[#ids + 1] = e[1]
-  end
-  return events, ids
-end
 
 local function join(r)
   return table.concat(r, '|', 1, RECORD_FIELDS)
@@ -69,20 +61,25 @@ local function put(w, field, value)
   w.values[field] = value
 end
 
--- HSET key f v ... (or ZADD key v f ... with as_score) for everything collected.
+-- HSET key f v ... (or ZADD key v f ... with as_score) for everything collected; a field
+-- whose last write was `false` is deleted instead (HDEL, or ZREM).
 local function flush(command, key, w, as_score)
   if #w.order == 0 then return end
-  local args = {}
+  local args, gone = {}, {}
   for _, field in ipairs(w.order) do
-    if as_score then
-      args[#args + 1] = w.values[field]
+    local value = w.values[field]
+    if value == false then
+      gone[#gone + 1] = field
+    elseif as_score then
+      args[#args + 1] = value
       args[#args + 1] = field
     else
       args[#args + 1] = field
-      args[#args + 1] = w.values[field]
+      args[#args + 1] = value
     end
   end
-  redis.call(command, key, unpack(args))
+  if #args > 0 then redis.call(command, key, unpack(args)) end
+  if #gone > 0 then redis.call(as_score and 'ZREM' or 'HDEL', key, unpack(gone)) end
 end
 
 -- A variadic delete (HDEL, ZREM, ...) of a set of members, if any.
@@ -90,14 +87,49 @@ local function remove(command, key, w)
   if #w.order > 0 then redis.call(command, key, unpack(w.order)) end
 end
 
--- Writers route by a shard layout epoch (see tracker/layout.py). A shard that has seen a newer
--- epoch (a reshard began) refuses the call, so the writer reloads the layout; an older stored
--- epoch is raised to the caller's. Returns false when refused.
-local function accept_epoch(key, epoch)
-  local current, mine = tonumber(redis.call('GET', key) or 0), tonumber(epoch)
-  if current > mine then return false end
-  if current < mine then redis.call('SET', key, mine) end
-  return true
+-- history:{N} holds each conversation's delivery history: entries oldest first, joined by
+-- newlines, each 'kind|at ms|generation|...' (tracker/history.py reads them), at most
+-- HISTORY_MAX bytes a conversation (the oldest entries go first). `notes` collects the
+-- entries a script adds: writes() of conversation id -> list of entries.
+local HISTORY_MAX = 4096
+
+local function note(notes, id, entry)
+  local list = notes.values[id]
+  if not list then
+    list = {}
+    notes.order[#notes.order + 1] = id
+    notes.values[id] = list
+  end
+  list[#list + 1] = entry
 end
 
-local EPOCH_REFUSED = 'EPOCH the shard layout changed: reload it'
+local function append_history(key, notes)
+  if #notes.order == 0 then return end
+  local olds = redis.call('HMGET', key, unpack(notes.order))
+  local args = {}
+  for k, id in ipairs(notes.order) do
+    local text = table.concat(notes.values[id], '\n')
+    if olds[k] then text = olds[k] .. '\n' .. text end
+    if #text > HISTORY_MAX then
+      local cut = string.find(text, '\n', #text - HISTORY_MAX, true)
+      text = cut and string.sub(text, cut + 1) or ''
+    end
+    args[#args + 1] = id
+    args[#args + 1] = text
+  end
+  redis.call('HSET', key, unpack(args))
+end
+
+-- Writers route by a shard layout epoch (see tracker/layout.py). A shard that has seen a newer
+-- epoch (a reshard began) refuses the call, so the writer reloads the layout; an older stored
+-- epoch is raised to the caller's. Returns the error reply to give when refused, else nil.
+-- The reply names the shard's epoch: a layout found below it was lost with Redis's data,
+-- and the writer raises it (tracker/layout.py), so that no shard refuses writes for good.
+local function refuse_epoch(key, epoch)
+  local current, mine = tonumber(redis.call('GET', key) or 0), tonumber(epoch)
+  if current > mine then
+    return redis.error_reply('EPOCH ' .. current .. ' the shard layout changed: reload it')
+  end
+  if current < mine then redis.call('SET', key, mine) end
+  return nil
+end

@@ -1,9 +1,9 @@
 -- Fire due levels of one shard into its stream, re-arm the next level, retire old records.
 -- KEYS[1] waiting_conversations:{N}  KEYS[2] notification_states:{N}
 -- KEYS[3] conversations:{N}  KEYS[4] retired_conversations:{N}  KEYS[5] timeout_events:{N}
--- KEYS[6] timeout:leader:{N}  KEYS[7] metrics:timeouts:{N}
+-- KEYS[6] timeout:leader:{N}  KEYS[7] metrics:timeouts:{N}  KEYS[8] history:{N}
 -- ARGV[1] lease value held by the caller (fencing)  ARGV[2] batch size (at most 1000)
--- ARGV[3..5] level multipliers  ARGV[6] retention of finished records, ms
+-- ARGV[3..5] level multipliers  ARGV[6] retention of finished records and histories, ms
 -- ARGV[7] prefetch, ms (default 0): a level due within it is staged now; the consumers
 --   hold it until its due time and re-check it then. Only a level actually due catches up.
 -- returns: {fired, next_due_ms (-1 when none), redis_now_ms, more_due (0|1)}
@@ -29,7 +29,7 @@ local function due_of(level, a1, a2, a3)  -- no table per conversation
   if level == 1 then return a1 elseif level == 2 then return a2 end
   return a3
 end
-local fired, per_level = 0, {0, 0, 0}
+local fired, per_level, notes = 0, {0, 0, 0}, writes()
 for k, id in ipairs(ids) do
   local raw, score = raws[k], tonumber(due[2 * k])
   if not raw then
@@ -51,6 +51,9 @@ for k, id in ipairs(ids) do
     if level < last then level = last end
     if level == last and last < 3 and due_of(last + 1, a1, a2, a3) <= horizon then
       level = last + 1  -- ...else the next one is staged, if within reach
+    end
+    for skipped = last + 1, level - 1 do  -- caught up: fired the highest due level only
+      note(notes, id, 'K|' .. now .. '|' .. gen .. '|' .. skipped)
     end
     if level > last then
       -- one field (see tracker/events.py): conversation|level|generation|waiting since|
@@ -90,10 +93,12 @@ if fired > 0 then
     if per_level[l] > 0 then call('HINCRBY', KEYS[7], 'level' .. l, per_level[l]) end
   end
 end
+append_history(KEYS[8], notes)
 local expired = call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, batch)
 if #expired > 0 then
   call('HDEL', KEYS[3], unpack(expired))
   call('HDEL', KEYS[2], unpack(expired))
+  call('HDEL', KEYS[8], unpack(expired))
   call('ZREM', KEYS[4], unpack(expired))
 end
 local head = call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
