@@ -175,6 +175,21 @@ def test_replay_of_a_malformed_dead_letter_is_refused(
     assert redis_sync.xlen(k.dead_letters) == 1
 
 
+def test_a_dead_letter_that_is_not_utf8_is_listed_byte_for_byte(
+    redis_server: RedisServer, redis_sync: sync_redis.Redis, tmp_path: Path
+) -> None:
+    """An unreadable entry is dead-lettered with its fields as they were, bytes too."""
+    with sync_redis.Redis(port=redis_server.port) as raw:  # bytes, not text
+        raw.xadd(ShardKeys.of(1).dead_letters, {b"reason": b"malformed: x", b"e": b"\xff<b>"})
+    listed = tracker(redis_server, tmp_path, "dead-letters", "list", "--json")
+    no_traceback(listed)
+    (shown,) = orjson.loads(listed.stdout)["dead_letters"]
+    assert shown["fields"]["e"] == "\\xff<b>"
+    text = tracker(redis_server, tmp_path, "dead-letters", "list")
+    assert text.returncode == 0, text.stderr
+    assert "\\\\xff<b>" in text.stdout  # JSON's escape of the backslash
+
+
 def test_pending_lists_entries_with_owner_and_last_error(
     redis_server: RedisServer, redis_sync: sync_redis.Redis, tmp_path: Path
 ) -> None:

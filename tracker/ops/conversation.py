@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from tracker.api import conversation_json
 from tracker.events import Entries, Notification
 from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.ops import entry_order
 from tracker.ops.dead_letters import DeadLetter
 from tracker.store import Store
 from tracker.timefmt import format_ms
@@ -78,10 +79,5 @@ async def in_streams(redis: Redis, shard: int, conversation_id: str) -> list[dic
                 "last_error": letter["last_error"],
             }
         )
-    out.sort(key=lambda e: _order(str(e["id"])))
+    out.sort(key=lambda e: entry_order(str(e["id"]).split("-", 1)[1]))
     return out
-
-
-def _order(letter_id: str) -> tuple[int, int]:
-    _, ms, seq = letter_id.split("-")
-    return int(ms), int(seq)

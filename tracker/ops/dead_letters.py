@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from tracker.events import OUTBOUND, PACKED, Entries, Notification
 from tracker.keys import ShardKeys
+from tracker.ops import entry_order, readable, readable_fields
 from tracker.scripts import Scripts
 from tracker.timefmt import format_ms
 
@@ -83,7 +84,7 @@ class DeadLetter:
             return None
 
     def to_json(self) -> dict[str, Any]:
-        reason, _, error = self.fields.get("reason", "").partition(": ")
+        reason, _, error = readable(self.fields.get("reason", "")).partition(": ")
         attempts = self.fields.get("attempts", "")
         n = self.notification
         data: dict[str, Any] = {
@@ -93,12 +94,12 @@ class DeadLetter:
             "reason": reason or None,
             "last_error": error or None,
             "attempts": int(attempts) if attempts.isdigit() else None,
-            "source_id": self.fields.get("source_id"),
+            "source_id": readable(self.fields.get("source_id", "")) or None,
             "malformed": n is None,
         }
         if n is None:
             data["notification"] = None
-            data["fields"] = self.fields  # as they were: nothing to trust in them
+            data["fields"] = readable_fields(self.fields)  # as they were: trust nothing in them
             return data
         notification: dict[str, Any] = dict(
             zip(OUTBOUND[:-1], n.values_before_firing(), strict=True)
@@ -145,7 +146,7 @@ async def list_dead_letters(
             if len(page) < (PAGE if conversation else limit):
                 break
             high = "(" + page[-1][0]
-    found.sort(key=lambda d: (*_id_key(d.entry_id), d.shard), reverse=True)
+    found.sort(key=lambda d: (*entry_order(d.entry_id), d.shard), reverse=True)
     return Listing(await count(redis, shards), found[:limit])
 
 
@@ -159,11 +160,6 @@ async def count(redis: Redis, shards: Sequence[int]) -> int:
 def _conversation_of(letter: DeadLetter) -> str | None:
     n = letter.notification
     return n.conversation_id if n is not None else letter.fields.get("c")
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq)
 
 
 @dataclass(slots=True)

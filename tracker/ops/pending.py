@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from tracker.events import Notification
 from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.ops import entry_order, readable, readable_fields
 from tracker.timefmt import format_ms
 
 #: The attempts hash's field of an entry's last failed attempt: ``<unix ms>|<sink>|<error>``.
@@ -27,8 +28,8 @@ class LastError:
     def parse(cls, raw: str) -> LastError:
         at, sink, error = [*raw.split("|", 2), "", ""][:3]
         if not at.isdigit():  # not the documented shape: show it whole
-            return cls(None, None, raw)
-        return cls(int(at), sink or None, error)
+            return cls(None, None, readable(raw))
+        return cls(int(at), readable(sink) or None, readable(error))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ class PendingEntry:
             "last_error": last.error if last else None,
             "last_error_sink": last.sink if last else None,
             "last_error_at": format_ms(last.at_ms) if last and last.at_ms is not None else None,
-            **({"fields": self.fields} if self.fields is not None else {}),
+            **({"fields": readable_fields(self.fields)} if self.fields is not None else {}),
         }
 
 
@@ -100,7 +101,7 @@ async def list_pending(redis: Redis, shards: Sequence[int], limit: int) -> Pendi
         total += int(summary["pending"])
         if rows:
             found += await _entries(redis, k, rows)
-    found.sort(key=lambda p: (*_id_key(p.entry_id), p.shard))
+    found.sort(key=lambda p: (*entry_order(p.entry_id), p.shard))
     return PendingListing(total, found[:limit])
 
 
@@ -136,8 +137,3 @@ async def _entries(redis: Redis, k: ShardKeys, rows: list[dict[str, Any]]) -> li
             )
         )
     return out
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq)
