@@ -89,7 +89,20 @@ class Page:
                 raise TimeoutError(f"page: {expression!r} still false after {timeout}s")
             await asyncio.sleep(0.2)
 
-    async def screenshot(self, path: Path, width: int = 1400) -> None:
+    async def navigate(self, url: str) -> None:
+        """Open `url` and wait until its document (and its deferred scripts) loaded."""
+        await self.send("Page.navigate", url=url)
+        await self.wait_for(
+            f"location.href === {orjson.dumps(url).decode()} && document.readyState === 'complete'"
+        )
+
+    async def reload(self) -> None:
+        """Load the page again and wait until the new document loaded."""
+        await self.evaluate("window.__before_reload = true")
+        await self.send("Page.reload")
+        await self.wait_for("!window.__before_reload && document.readyState === 'complete'")
+
+    async def screenshot(self, path: Path, width: int = 1600) -> None:
         """The whole page, `width` CSS pixels wide, as a PNG."""
         await self.send(
             "Emulation.setDeviceMetricsOverride",

@@ -32,7 +32,7 @@
       else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
       else node.setAttribute(key, value === true ? "" : String(value));
     }
-    for (const child of children.flat()) {
+    for (const child of children.flat(Infinity)) {
       if (child === undefined || child === null) continue;
       node.append(child instanceof Node ? child : String(child));
     }
@@ -147,7 +147,7 @@
           cell("shard", s.shard),
           cell("leader", s.leader || "none", s.leader ? "" : "bad"),
           cell("waiting", s.waiting, "n"),
-          cell("overdue", overdue ? duration(overdue) : "-", overdue ? "n bad" : "n"),
+          cell("overdue", overdue ? duration(overdue) : "-", overdue > status.overdue_limit_ms ? "n bad" : "n"),
           cell("backlog", s.backlog, "n"),
           cell("pending", s.pending, "n"),
           cell("dead_letters", s.dead_letters, s.dead_letters ? "n bad" : "n"),

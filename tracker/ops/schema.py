@@ -63,6 +63,7 @@ def schemas() -> dict[str, Any]:
                     "at": _TIME,
                     "healthy": {"type": "boolean"},
                     "problems": {"type": "array", "items": _STR},
+                    "overdue_limit_ms": _INT,
                     "layout": _object({"count": _INT, "previous": _nullable(_INT), "epoch": _INT}),
                     "pods": {"type": "array", "items": _STR},
                     "totals": {"type": "object", "additionalProperties": _nullable(_INT)},

@@ -70,6 +70,7 @@ async def report(redis: Redis, settings: Settings) -> dict[str, Any]:
         "at": format_ms(now),
         "healthy": not problems,
         "problems": problems,
+        "overdue_limit_ms": overdue_limit_ms(settings),
         "layout": {"count": layout.count, "previous": layout.previous, "epoch": layout.epoch},
         "pods": pods,
         "totals": {
