@@ -22,6 +22,7 @@ from tests.conftest import make_settings
 from tests.redis_server import RedisServer, free_port
 from tracker import progress
 from tracker.api import MAX_BODY, create_app
+from tracker.events import event_id
 from tracker.keys import LAYOUT
 from tracker.settings import Settings
 from tracker.timefmt import format_ms
@@ -202,8 +203,22 @@ async def test_get_conversation_shows_its_state(client: Client) -> None:
         "waiting_since": format_ms(ts),
         "timeout_ms": 1000,
         "level_fired": 0,
+        "level_delivered": 0,
         "next_due_at": format_ms(ts + 1000),
         "response_time_ms": None,
+        "levels": [
+            {
+                "level": level,
+                "due_at": format_ms(ts + 1000 * level),
+                "status": "scheduled",
+                "event_id": event_id("c1", ts, level),
+                "delivered_at": None,
+                "sinks": None,
+                "attempts": 0,
+                "last_error": None,
+            }
+            for level in (1, 2, 3)
+        ],
     }
 
     await post(client, CUSTOMER, customer_body("r1", ts + 250))
@@ -211,6 +226,31 @@ async def test_get_conversation_shows_its_state(client: Client) -> None:
     assert answered["state"] == "answered"
     assert answered["response_time_ms"] == 250
     assert answered["next_due_at"] is None
+    assert [v["status"] for v in answered["levels"]] == ["cancelled"] * 3
+    status, history = await get(client, "/conversations/c1/history")
+    assert status == 200
+    assert history == {
+        "conversation_id": "c1",
+        "history": [
+            {
+                "at": format_ms(ts),
+                "kind": "started",
+                "generation": 1,
+                "agent_id": "agent-1",
+                "message_id": "m1",
+                "timeout_ms": 1000,
+            },
+            {
+                "at": format_ms(ts + 250),
+                "kind": "answered",
+                "generation": 1,
+                "response_time_ms": 250,
+                "message_id": "r1",
+            },
+        ],
+    }
+    status, missing = await get(client, "/conversations/nobody/history")
+    assert (status, missing["error"]["code"]) == (404, "not_found")
 
 
 async def test_get_unknown_conversation_is_404(client: Client) -> None:

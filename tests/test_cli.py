@@ -61,6 +61,8 @@ def dead_letter(redis_sync: sync_redis.Redis) -> tuple[ShardKeys, str]:
         k.dead_letters,
         {"reason": "max_deliveries: HTTP 500", "attempts": "5", "source_id": "1-0", **fields},
     )
+    # as tracker/lua/dead_letter.lua notes it in the conversation's history
+    redis_sync.hset(k.history, "conv-1", "X|1764000002000|1|1|max_deliveries: HTTP 500")
     return k, f"{k.shard}-{entry!s}"
 
 
@@ -114,7 +116,7 @@ def test_status_watch_repeats_until_interrupted(
     assert "Traceback" not in errors
 
 
-def test_conversation_shows_state_and_its_entries(
+def test_conversation_shows_state_history_and_its_entries(
     redis_server: RedisServer,
     redis_sync: sync_redis.Redis,
     tmp_path: Path,
@@ -124,6 +126,13 @@ def test_conversation_shows_state_and_its_entries(
     assert done.returncode == 0, done.stderr
     report = orjson.loads(done.stdout)
     assert report["conversation"]["state"] == "waiting"
+    assert [v["status"] for v in report["conversation"]["levels"]] == [
+        "dead_lettered",
+        "scheduled",
+        "scheduled",
+    ]
+    assert [h["kind"] for h in report["history"]] == ["started", "dead_lettered"]
+    assert report["history"][1]["reason"] == "max_deliveries: HTTP 500"
     assert [(e["kind"], e["id"]) for e in report["in_streams"]] == [("dead_letter", dead_letter[1])]
     unknown = tracker(redis_server, tmp_path, "conversation", "nobody")
     assert (unknown.returncode, unknown.stderr) == (1, "tracker: no such conversation: nobody\n")

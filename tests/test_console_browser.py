@@ -229,17 +229,12 @@ async def test_the_console_shows_the_pod_and_replays_from_the_page(
         await page.evaluate("document.getElementById('conversation-id').focus()")
         await page.send("Input.insertText", text=STUCK)
         await click(page, "#lookup button")
-        state = await page.wait_for(
-            "document.querySelector('#conversation dd[data-field=state]')?.textContent"
+        await page.wait_for("!!document.querySelector('#conversation [data-table=history]')")
+        await same(
+            page,
+            CONVERSATION_ON_PAGE,
+            lambda: conversation_truth(live, redis_sync, STUCK),
         )
-        view = await api_get(live, f"/conversations/{STUCK}")
-        assert state == view["state"]
-        in_streams = await page.evaluate(
-            "[...document.querySelectorAll('#conversation [data-table=in-streams] tbody tr')]"
-            ".map((tr) => tr.cells[0].textContent + ' ' + tr.cells[1].textContent)"
-        )
-        stuck_entry = next(p for p in truth(redis_sync)["pending"] if p[1] == STUCK and p[2] == "3")
-        assert f"pending {stuck_entry[0]}" in in_streams
 
         # The full token, asked for once: a reload keeps it (sessionStorage).
         await click(page, "#sign-out")
@@ -262,6 +257,43 @@ async def test_the_console_shows_the_pod_and_replays_from_the_page(
         ), [r.event for r in receiver.events]
         await page.wait_for(f"!document.querySelector('tr[data-id=\"{undeliverable}\"]')")
         await matches_the_pod(page, redis_sync)
+
+
+CONVERSATION_ON_PAGE = """(() => {
+  const rows = (name) => [...document.querySelectorAll(`#conversation [data-table=${name}] tr`)]
+    .slice(1).map((tr) => [...tr.cells].map((td) => td.textContent));
+  return {
+    state: document.querySelector("#conversation dd[data-field=state]").textContent,
+    levels: rows("levels").map((r) => [r[0], r[1]]),
+    history: rows("history").map((r) => [r[1], r[3]]),
+    in_streams: rows("in-streams").map((r) => [r[0], r[1]]),
+  };
+})()"""
+
+
+async def conversation_truth(pod: Pod, client: sync_redis.Redis, conversation: str) -> Any:
+    """What the lookup must show: the API's view and history, the entries in Redis."""
+    view = await api_get(pod, f"/conversations/{conversation}")
+    history = (await api_get(pod, f"/conversations/{conversation}/history"))["history"]
+    pending = sorted(p[0] for p in truth(client)["pending"] if p[1] == conversation)
+    return {
+        "state": view["state"],
+        "levels": [[str(v["level"]), v["status"]] for v in view["levels"]],
+        "history": [[h["kind"], str(h.get("level", "-"))] for h in history],
+        "in_streams": [["pending", entry] for entry in pending],
+    }
+
+
+async def same(page: Page, expression: str, expected: Any, timeout: float = 30.0) -> None:
+    """The page (refreshing every few seconds) comes to show what `expected()` returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        on_page, wanted = await page.evaluate(expression), await expected()
+        if on_page == wanted:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the page shows {on_page}\nthe pod holds {wanted}")
+        await asyncio.sleep(0.5)
 
 
 async def api_get(pod: Pod, path: str) -> Any:

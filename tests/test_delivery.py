@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
@@ -22,7 +23,7 @@ from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of
 from tracker.maintenance import drop_idle_consumers
 from tracker.scripts import Scripts
 from tracker.settings import Settings
-from tracker.sinks import Outcomes, StreamSink
+from tracker.sinks import Deferred, Outcomes, StreamSink
 from tracker.store import AgentMessage, CustomerResponse, Store
 
 INTERVAL = 100
@@ -409,3 +410,95 @@ async def test_a_batch_left_pending_by_a_redis_error_is_read_again_at_once(
         await loop
         await d.close()
     assert await pending(redis) == 0
+
+
+async def sweep_due(redis: Redis, scripts: Scripts) -> None:
+    k = ShardKeys.of(0)
+    lease = str(await redis.get(k.leader))
+    await scripts.sweep.run(redis, k.for_sweep, [lease, 100, 1, 2, 3, 60_000])
+
+
+async def test_get_shows_what_reached_the_receiver_and_keeps_it_after_an_answer(
+    redis: Redis, settings: Settings
+) -> None:
+    """The issue's case: levels 1 and 2 delivered, then the answer. GET keeps level_fired 2
+    (before: 0) and says per level: delivered (when, by which sink), cancelled."""
+    sink = RecordingSink()
+    d = await deliverer(redis, settings, sink)
+    store = Store(redis, settings, d.scripts)
+    await fire(redis, settings, d.scripts, "c1")
+    await d.read([0], block_ms=None)
+    await asyncio.sleep(INTERVAL / 1000)
+    await sweep_due(redis, d.scripts)
+    await d.read([0], block_ms=None)
+    assert [o.notification.level for o in sink.sent] == [1, 2]
+    await store.apply(CustomerResponse("c1", "u", "r1", 0))
+    view = await store.get("c1")
+    assert view is not None
+    assert (view.state, view.level_fired) == ("answered", 2)
+    levels = store.levels(view)
+    assert [v.status for v in levels] == ["delivered", "delivered", "cancelled"]
+    assert levels[0].sinks == ("recording",)
+    assert levels[0].delivered_ms is not None
+    assert [h["kind"] for h in store.timeline(view)] == [
+        "started",
+        "delivered",
+        "delivered",
+        "answered",
+    ]
+
+
+async def test_get_shows_a_level_fired_but_not_delivered_as_pending_with_its_error(
+    redis: Redis, settings: Settings
+) -> None:
+    """A webhook down: the level fired, nothing reached the receiver. GET says pending, how
+    many attempts, the last error (before: "level_fired" alone, as if it had arrived)."""
+    sink = RecordingSink(DeliveryError("webhook: HTTP 503"))
+    d = await deliverer(redis, settings, sink)
+    store = Store(redis, settings, d.scripts)
+    await fire(redis, settings, d.scripts, "c1")
+    await d.read([0], block_ms=None)
+    view = await store.get("c1")
+    assert view is not None
+    level1 = store.levels(view)[0]
+    assert (level1.status, level1.attempts) == ("pending", 1)
+    assert level1.last_error == "webhook: HTTP 503"
+    assert level1.delivered_ms is None
+    await d.close()
+
+
+async def test_at_maxmemory_deliveries_are_acknowledged_and_the_stream_sink_waits(
+    tmp_path: Path,
+) -> None:
+    """A Redis at maxmemory (noeviction) refuses writes with OOM. A webhook-like sink's
+    deliveries are still acknowledged (the ack script's XACK comes first: Redis takes it),
+    and the stream sink's events wait without spending attempts (before: the OOM reply
+    crashed the consumer), to go out once memory is back."""
+    server = RedisServer(tmp_path / "oom")
+    server.start()
+    client = connect(make_settings(server.url, tmp_path / "run"))
+    try:
+        settings = make_settings(
+            server.url, tmp_path / "run", SHARD_COUNT="1", TIMEOUT_INTERVAL_MS=str(INTERVAL)
+        )
+        sink = RecordingSink()
+        d = await deliverer(client, settings, sink)
+        stream = StreamSink(client, "out", 1000)
+        await fire(client, settings, d.scripts, "c1", "c2")
+        used = int((await client.info("memory"))["used_memory"])
+        await client.config_set("maxmemory", used // 2)
+        with pytest.raises(OutOfMemoryError):
+            await client.hset("x", "y", "z")
+        d.sinks = [sink]
+        assert await d.read([0], block_ms=None) == 2
+        assert len(sink.sent) == 2
+        assert await pending(client) == 0  # acknowledged at maxmemory
+
+        outcomes = await stream.send(sink.sent)
+        assert all(isinstance(o, Deferred) for o in outcomes), outcomes
+        await client.config_set("maxmemory", 0)
+        assert await stream.send(sink.sent) == [None, None]
+        await d.close()
+    finally:
+        await client.aclose()
+        server.stop()

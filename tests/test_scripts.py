@@ -276,7 +276,7 @@ async def test_apply_keeps_the_period_a_restart_ends_in_the_history(redis: Redis
     await track(redis, "c1", "m1", ts, agent="agent-7")
     await respond(redis, "c1", "r1", ts + 40)
     await track(redis, "c1", "m2", ts + 100)
-    assert await redis.hget(K.history, "c1") == (f"S|{ts}|1|agent-7|m1\nA|{ts + 40}|1|40|r1")
+    assert await redis.hget(K.history, "c1") == (f"S|{ts}|1|{T}|agent-7|m1\nA|{ts + 40}|1|40|r1")
 
 
 async def test_track_timestamp_zero_uses_the_redis_clock(redis: Redis) -> None:

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from tracker import console, metrics, progress, validation
 from tracker.connection import UNAVAILABLE, connect
 from tracker.errors import RequestError
+from tracker.history import Level
 from tracker.lane import lane_for
 from tracker.openapi import document
 from tracker.scripts import Scripts
@@ -206,14 +207,32 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def get_conversation(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    conversation = await _conversation(request)
+    return json_response(conversation_json(conversation, store.levels(conversation)))
+
+
+async def get_history(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    conversation = await _conversation(request)
+    return json_response(
+        {
+            "conversation_id": conversation.conversation_id,
+            "history": store.timeline(conversation),
+        }
+    )
+
+
+async def _conversation(request: web.Request) -> Conversation:
     conversation_id = validation.check_id(request.match_info["id"], "conversation_id")
     conversation = await request.app[STORE].get(conversation_id)
     if conversation is None:
         raise RequestError(404, "not_found", "no such conversation")
-    return json_response(conversation_json(conversation))
+    return conversation
 
 
-def conversation_json(c: Conversation) -> dict[str, Any]:
+def conversation_json(c: Conversation, levels: list[Level]) -> dict[str, Any]:
+    delivered = [v.level for v in levels if v.status == "delivered"]
     return {
         "conversation_id": c.conversation_id,
         "state": c.state,
@@ -223,8 +242,10 @@ def conversation_json(c: Conversation) -> dict[str, Any]:
         "waiting_since": format_ms(c.waiting_since_ms),
         "timeout_ms": c.timeout_ms,
         "level_fired": c.level_fired,
+        "level_delivered": max(delivered, default=0),
         "next_due_at": format_ms(c.next_due_ms) if c.next_due_ms is not None else None,
         "response_time_ms": c.response_time_ms,
+        "levels": [v.json() for v in levels],
     }
 
 
@@ -272,6 +293,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
         ("POST", "/conversations/{id:[^/]+}/agent-message", agent_message),
         ("POST", "/conversations/{id:[^/]+}/customer-response", customer_response),
         ("GET", "/conversations/{id:[^/]+}", get_conversation),
+        ("GET", "/conversations/{id:[^/]+}/history", get_history),
         ("POST", "/events", events),
         ("GET", "/health", health),
         ("GET", "/ready", ready),

@@ -17,6 +17,10 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
     ConnectionError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
     RedisError,
     ResponseError,
     TimeoutError,
@@ -41,48 +45,49 @@ UNAVAILABLE = (
 #: Error replies that mean "not now": a full, busy, loading or read-only server, a cluster
 #: or a failover in progress, a lost script cache. Like UNAVAILABLE they are backed off and
 #: retried by the role loops and answered 503 by the API; any other error reply is a bug.
-OUTAGE_REPLIES = (
-    "OOM",
-    "BUSY",
-    "LOADING",
-    "READONLY",
-    "MASTERDOWN",
-    "CLUSTERDOWN",
-    "TRYAGAIN",
-    "MISCONF",
-    "NOSCRIPT",
-)
-
-
-def is_outage(exc: BaseException) -> bool:
-    """Redis cannot serve this now, but will (UNAVAILABLE, or an OUTAGE_REPLIES reply)."""
-    if isinstance(exc, UNAVAILABLE):
-        return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(OUTAGE_REPLIES)
+#: redis-py turns some prefixes into classes (and drops the prefix from the message).
+OUTAGE_CLASSES: dict[type[RedisError], str] = {
+    OutOfMemoryError: "oom",
+    BusyLoadingError: "loading",
+    ReadOnlyError: "readonly",
+    MasterDownError: "masterdown",
+    ClusterDownError: "clusterdown",
+    TryAgainError: "tryagain",
+    NoScriptError: "noscript",
+}
+OUTAGE_REPLIES = ("BUSY", "MISCONF")  # the prefixes it leaves in the message
 
 
 def error_kind(exc: BaseException) -> str:
     """A short name for a Redis error, for metrics and logs: ``connection``, ``timeout``,
-    an OUTAGE_REPLIES prefix in lower case (``oom``, ``readonly``, ...), or ``other``."""
+    an outage (``oom``, ``readonly``, ``loading``, ``busy``, ...), or ``other``."""
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return "timeout"
+    for cls, kind in OUTAGE_CLASSES.items():
+        if isinstance(exc, cls):
+            return kind
     if isinstance(exc, ConnectionError | OSError):
         return "connection"
-    if isinstance(exc, RedisError):
+    if isinstance(exc, ResponseError):
         prefix = str(exc).split(" ", 1)[0]
         if prefix in OUTAGE_REPLIES:
             return prefix.lower()
-        if isinstance(exc, BusyLoadingError):
-            return "loading"
-        if isinstance(exc, ClusterDownError):
-            return "clusterdown"
-        if isinstance(exc, TryAgainError):
-            return "tryagain"
     return "other"
 
 
+def is_outage(exc: BaseException) -> bool:
+    """Redis cannot serve this now, but will (UNAVAILABLE, or an outage reply)."""
+    return isinstance(exc, UNAVAILABLE) or error_kind(exc) != "other"
+
+
 #: Every value `error_kind` gives, for metrics exported at 0 from the start.
-ERROR_KINDS = ("connection", "timeout", *(p.lower() for p in OUTAGE_REPLIES), "other")
+ERROR_KINDS = (
+    "connection",
+    "timeout",
+    *OUTAGE_CLASSES.values(),
+    *(p.lower() for p in OUTAGE_REPLIES),
+    "other",
+)
 
 _SERIALIZER = HiredisRespSerializer()  # the general case: memoryviews, errors
 

@@ -26,7 +26,7 @@ from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of_key
 from tracker.layout import LiveLayout
 from tracker.scripts import Arg, Call, Scripts, run_batch
 from tracker.settings import Settings
-from tracker.sinks import CircuitOpen, Outcomes, Sink
+from tracker.sinks import Deferred, Outcomes, Sink
 from tracker.timefmt import format_ms
 
 log = logging.getLogger(__name__)
@@ -390,7 +390,7 @@ class Deliverer:
             for item, error in zip(outgoing, outcomes, strict=True):
                 if error is None:
                     continue
-                if not isinstance(error, CircuitOpen):
+                if not isinstance(error, Deferred):
                     metrics.DELIVERY_FAILED.labels(sink.name).inc()
                 entry = (item.notification.shard, item.notification.entry_id)
                 if entry not in failures or _severity(error) > _severity(failures[entry][1]):
@@ -454,7 +454,7 @@ class Deliverer:
     async def _failed(
         self, keys: ShardKeys, n: Notification, sink: str, error: DeliveryError
     ) -> None:
-        if isinstance(error, CircuitOpen):  # not attempted: no attempt counted
+        if isinstance(error, Deferred):  # not attempted: no attempt counted
             self._schedule_retry(keys, n, min(self.retry_cap_s, error.retry_after_s))
             return
         args: list[Arg] = [
@@ -559,7 +559,7 @@ def _severity(error: DeliveryError) -> int:
     a breaker's refusal (which alone costs no attempt)."""
     if error.permanent:
         return 2
-    return 0 if isinstance(error, CircuitOpen) else 1
+    return 0 if isinstance(error, Deferred) else 1
 
 
 def _stream_items(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:

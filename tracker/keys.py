@@ -103,12 +103,20 @@ class ShardKeys:
     @property
     def for_take_out(self) -> list[str]:
         """KEYS of the migrate_out script (a reshard's first step, on the old shard)."""
-        return [self.records, self.waiting, self.states, self.retired, self.moving, self.epoch]
+        return [
+            self.records,
+            self.waiting,
+            self.states,
+            self.retired,
+            self.moving,
+            self.epoch,
+            self.history,
+        ]
 
     @property
     def for_place(self) -> list[str]:
         """KEYS of the migrate_in script (a reshard's second step, on the new shard)."""
-        return [self.records, self.waiting, self.states, self.retired]
+        return [self.records, self.waiting, self.states, self.retired, self.history]
 
     @property
     def for_ack(self) -> list[str]:

@@ -105,8 +105,75 @@ def schemas(settings: Settings) -> dict[str, Any]:
                 "waiting_since": {"type": "string", "format": "date-time"},
                 "timeout_ms": {"type": "integer"},
                 "level_fired": {"type": "integer", "minimum": 0, "maximum": 3},
+                "level_delivered": {"type": "integer", "minimum": 0, "maximum": 3},
                 "next_due_at": nullable_time,
                 "response_time_ms": {"type": ["integer", "null"]},
+                "levels": {
+                    "type": "array",
+                    "description": "Each level of the current waiting period",
+                    "items": {"$ref": "#/components/schemas/Level"},
+                },
+            },
+        },
+        "Level": {
+            "type": "object",
+            "required": ["level", "due_at", "status", "event_id", "attempts"],
+            "properties": {
+                "level": {"type": "integer", "minimum": 1, "maximum": 3},
+                "due_at": {"type": "string", "format": "date-time"},
+                "status": {
+                    "enum": [
+                        "scheduled",
+                        "staged",
+                        "pending",
+                        "delivered",
+                        "dead_lettered",
+                        "suppressed",
+                        "superseded",
+                        "skipped",
+                        "cancelled",
+                    ]
+                },
+                "event_id": {"type": "string"},
+                "delivered_at": nullable_time,
+                "sinks": {"type": ["array", "null"], "items": {"type": "string"}},
+                "attempts": {"type": "integer", "description": "Failed attempts so far"},
+                "last_error": {"type": ["string", "null"]},
+            },
+        },
+        "History": {
+            "type": "object",
+            "required": ["conversation_id", "history"],
+            "properties": {
+                "conversation_id": {"type": "string"},
+                "history": {
+                    "type": "array",
+                    "description": "What happened, oldest first: waiting periods started and"
+                    " answered, and each notification's staging, attempts and outcome",
+                    "items": {
+                        "type": "object",
+                        "required": ["at", "kind", "generation"],
+                        "properties": {
+                            "at": {"type": "string", "format": "date-time"},
+                            "kind": {
+                                "enum": [
+                                    "started",
+                                    "restarted",
+                                    "answered",
+                                    "delivered",
+                                    "attempt_failed",
+                                    "dead_lettered",
+                                    "replayed",
+                                    "suppressed",
+                                    "superseded",
+                                    "skipped",
+                                ]
+                            },
+                            "generation": {"type": "integer"},
+                            "level": {"type": "integer"},
+                        },
+                    },
+                },
             },
         },
         "BatchItem": {
@@ -207,6 +274,16 @@ def document(settings: Settings) -> dict[str, Any]:
                     "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
                     "responses": {
                         "200": {"description": "The state", **_json("Conversation")},
+                        **_errors(401, 404, 422, 503),
+                    },
+                }
+            },
+            "/conversations/{id}/history": {
+                "get": {
+                    "summary": "One conversation's history: periods, deliveries, attempts",
+                    "parameters": [{"$ref": "#/components/parameters/ConversationId"}],
+                    "responses": {
+                        "200": {"description": "The history", **_json("History")},
                         **_errors(401, 404, 422, 503),
                     },
                 }

@@ -204,5 +204,6 @@ class Resharder:
         that their numbers only grow if the shard comes back)."""
         for shard in removed:
             k = ShardKeys.of(shard)
-            for key in (k.waiting, k.states, k.records, k.retired, k.moving, k.events, k.attempts):
+            keys = (k.waiting, k.states, k.records, k.retired, k.moving, k.events, k.attempts)
+            for key in (*keys, k.history):
                 await self.redis.delete(key)

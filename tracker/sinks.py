@@ -11,9 +11,10 @@ from typing import Protocol
 
 import aiohttp
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tracker import metrics
-from tracker.connection import UNAVAILABLE
+from tracker.connection import is_outage
 from tracker.errors import DeliveryError
 from tracker.events import OUTBOUND, Outgoing
 from tracker.scripts import Arg, Script
@@ -68,21 +69,34 @@ class StreamSink:
             args += item.notification.outbound_values(item.fired_at)
         try:
             await self.script.run(self.redis, [self.stream], args)
-        except UNAVAILABLE as exc:
-            error = DeliveryError(f"stream sink: {exc}")
-            return [error] * len(batch)
+        except RedisError as exc:
+            if is_outage(exc):  # not the events' fault: they wait, no attempt spent
+                return [Deferred(f"stream sink: {exc}", STREAM_RETRY_S)] * len(batch)
+            return [DeliveryError(f"stream sink: {exc}")] * len(batch)
         return [None] * len(batch)
 
     async def close(self) -> None:
         return None
 
 
-class CircuitOpen(DeliveryError):
-    """Not attempted: the breaker is open. The entry stays pending and keeps its attempts."""
+class Deferred(DeliveryError):
+    """Not attempted: the entry stays pending, keeps its attempts, and comes back after
+    `retry_after_s`. Nothing is wrong with the event; the way out is blocked for now."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class CircuitOpen(Deferred):
+    """The webhook breaker is open."""
 
     def __init__(self, retry_after_s: float) -> None:
-        super().__init__("webhook: circuit open, not sent")
-        self.retry_after_s = retry_after_s
+        super().__init__("webhook: circuit open, not sent", retry_after_s)
+
+
+#: When a stream sink whose Redis refuses writes (down, OOM, read-only) tries again.
+STREAM_RETRY_S = 1.0
 
 
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2

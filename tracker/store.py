@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import TryAgainError
 
+from tracker.history import Entry, Level, Period, levels, timeline
+from tracker.history import parse as parse_history
 from tracker.keys import ShardKeys, wake_channel
 from tracker.lane import AnyLane
 from tracker.layout import Layout, LiveLayout, refused_epoch
@@ -20,6 +22,8 @@ from tracker.scripts import Call as ScriptCall
 from tracker.settings import Settings
 
 STATES = {"W": "waiting", "E": "escalated", "A": "answered"}
+#: Fields of a conversation record (tracker/lua/prelude.lua names them).
+RECORD_FIELDS = 10
 
 
 class AgentMessage(NamedTuple):
@@ -76,9 +80,20 @@ class Conversation:
     timeout_ms: int
     agent_id: str
     message_id: str
-    level_fired: int
+    level_fired: int  # the highest level whose due time has come and that was fired
     next_due_ms: int | None
     response_time_ms: int | None
+    staged: int = 0  # the highest level fired or staged (PREFETCH_MS) in this period
+    answered_at_ms: int | None = None
+    answer_message_id: str | None = None
+    history: tuple[Entry, ...] = ()
+    now_ms: int = field(default=0, compare=False)  # Redis's clock when it was read
+
+    @property
+    def period(self) -> Period:
+        return Period(
+            self.generation, self.waiting_since_ms, self.timeout_ms, self.agent_id, self.message_id
+        )
 
 
 def apply_arg(event: Event, interval_ms: int) -> str:
@@ -268,27 +283,59 @@ class Store:
             pipe.hget(k.states, conversation_id)
             pipe.zscore(k.waiting, conversation_id)
             pipe.hget(k.moving, conversation_id)
+            pipe.hget(k.history, conversation_id)
             pipe.time()
-            raw, fired, due, moving, (seconds, micros) = await pipe.execute()
+            raw, fired, due, moving, history, (seconds, micros) = await pipe.execute()
         if raw is None and moving is not None:  # taken out by a move in progress
-            raw, due_s, fired, _ = moving.rsplit("|", 3)
+            parts = moving.split("|", RECORD_FIELDS + 3)  # record|due|level|retire|history
+            raw = "|".join(parts[:RECORD_FIELDS])
+            due_s, fired = parts[RECORD_FIELDS], parts[RECORD_FIELDS + 1]
             due = float(due_s) if due_s else None
+            history = parts[RECORD_FIELDS + 3] if len(parts) > RECORD_FIELDS + 3 else None
         if raw is None:
             return None
         view = _conversation(conversation_id, raw, fired or None, due)
-        return self._as_delivered(view, seconds * 1000 + micros // 1000)
+        view = dataclasses.replace(
+            view, history=tuple(parse_history(history)), now_ms=seconds * 1000 + micros // 1000
+        )
+        return self._as_delivered(view, view.now_ms)
 
     def _as_delivered(self, view: Conversation, now_ms: int) -> Conversation:
         """The view as the receivers see it: a level the sweeper staged early (PREFETCH_MS)
         is not fired until its due time comes."""
-        if not view.level_fired or view.state == "answered":
+        if not view.level_fired:
             return view
         offsets = self.settings.level_offsets_ms(view.timeout_ms)
         staged_due = view.waiting_since_ms + offsets[view.level_fired - 1]
         if staged_due <= now_ms:
             return view
+        if view.state == "answered":  # answered before it was due: it never fires
+            return dataclasses.replace(view, level_fired=view.level_fired - 1)
         return dataclasses.replace(
             view, state="waiting", level_fired=view.level_fired - 1, next_due_ms=staged_due
+        )
+
+    def levels(self, view: Conversation) -> list[Level]:
+        """Each level of the current period: due, staged, delivered or pending, ..."""
+        offsets = self.settings.level_offsets_ms(view.timeout_ms)
+        answered = view.state == "answered"
+        return levels(
+            view.conversation_id,
+            view.period,
+            offsets,
+            view.staged,
+            answered,
+            view.history,
+            view.now_ms,
+        )
+
+    def timeline(self, view: Conversation) -> list[dict[str, Any]]:
+        """The conversation's history as JSON items, oldest first."""
+        answer = None
+        if view.answered_at_ms is not None:
+            answer = (view.answered_at_ms, view.response_time_ms or 0, view.answer_message_id or "")
+        return timeline(
+            view.conversation_id, view.period, answer, view.history, self.settings.level_offsets_ms
         )
 
 
@@ -308,6 +355,7 @@ def _conversation(
     conversation_id: str, raw: str, fired: str | None, due: float | None
 ) -> Conversation:
     r = raw.split("|")
+    answered = r[0] == "A"
     return Conversation(
         conversation_id=conversation_id,
         state=STATES[r[0]],
@@ -319,4 +367,7 @@ def _conversation(
         level_fired=int(fired or 0),
         next_due_ms=int(due) if due is not None else None,
         response_time_ms=int(r[9]) if r[9] else None,
+        staged=int(fired or 0),
+        answered_at_ms=int(r[6]) if answered else None,
+        answer_message_id=r[8] if answered else None,
     )

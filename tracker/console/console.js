@@ -268,6 +268,7 @@
             l.attempts, l.last_error, l.event_id,
           ]),
           "levels",
+          ["last error"],
         ),
       );
     }
@@ -282,6 +283,7 @@
             Object.entries(h).filter(([key]) => !known.has(key)).map(([key, value]) => `${key}=${value}`).join("  "),
           ]),
           "history",
+          ["details"],
         ),
       );
     }
@@ -294,12 +296,16 @@
           e.kind === "dead_letter" ? `${e.reason}: ${e.last_error}` : e.consumer,
         ]),
         "in-streams",
+        ["consumer / reason"],
       ),
     );
     box.replaceChildren(...parts);
   }
 
-  function table(columns, rows, name) {
+  // A table of plain values; the columns named in `wrap` hold long text.
+  function table(columns, rows, name, wrap) {
+    const long = new Set(wrap || []);
+    const td = (column, v) => el("td", { class: long.has(column) ? "text" : "" }, v === null || v === undefined ? "-" : v);
     return el(
       "table",
       { data: { table: name } },
@@ -308,7 +314,7 @@
         "tbody",
         {},
         rows.length
-          ? rows.map((row) => el("tr", {}, row.map((v) => el("td", { class: "text" }, v === null || v === undefined ? "-" : v))))
+          ? rows.map((row) => el("tr", {}, row.map((v, i) => td(columns[i], v))))
           : emptyRow(columns.length, "none"),
       ),
     );

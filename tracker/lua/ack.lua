@@ -1,5 +1,6 @@
 -- After delivery: acknowledge a batch's entries, forget their failed attempts, and note in
--- each conversation's history what became of its notification.
+-- each conversation's history what became of its notification. The acknowledgement comes
+-- first: at maxmemory (OOM) Redis still takes it, and only the history is lost.
 -- KEYS[1] timeout_events:{N}  KEYS[2] delivery_attempts:{N}  KEYS[3] history:{N}
 -- ARGV[1] consumer group  ARGV[2] 1 when some entries had failed attempts to forget, else 0
 -- ARGV[3..] one per entry: entry id|conversation id|generation|level|outcome|sinks
@@ -19,6 +20,7 @@ for i = 3, #ARGV do
     note(notes, id, outcome .. '|' .. now .. '|' .. gen .. '|' .. level)
   end
 end
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
 if ARGV[2] == '1' then
   local fields = {}
   for _, entry in ipairs(entries) do
@@ -28,4 +30,4 @@ if ARGV[2] == '1' then
   redis.call('HDEL', KEYS[2], unpack(fields))
 end
 append_history(KEYS[3], notes)
-return redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
+return acked

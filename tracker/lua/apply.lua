@@ -72,7 +72,7 @@ end
 
 -- The period that a restart ends goes into the history (the record keeps the current one).
 local function close_period(id, r)
-  note(notes, id, 'S|' .. r[SINCE] .. '|' .. r[GEN] .. '|' .. r[AGENT] .. '|' .. r[MESSAGE])
+  note(notes, id, table.concat({'S', r[SINCE], r[GEN], r[INTERVAL], r[AGENT], r[MESSAGE]}, '|'))
   if r[STATE] == 'A' then
     note(notes, id, 'A|' .. r[NEWEST] .. '|' .. r[GEN] .. '|' .. r[RESPONSE] .. '|' .. r[ANSWER])
   end

@@ -3,7 +3,7 @@
 -- that copy is newer and stays. (Step 3 deletes the ids from the old shard's
 -- moving_conversations.)
 -- KEYS[1] conversations:{N}  KEYS[2] waiting_conversations:{N}  KEYS[3] notification_states:{N}
--- KEYS[4] retired_conversations:{N}
+-- KEYS[4] retired_conversations:{N}  KEYS[5] history:{N}
 -- ARGV[1] wake channel: published when the shard's earliest deadline moves earlier
 -- ARGV[2..] id, payload pairs from migrate_out
 -- returns: number of conversations placed
@@ -12,7 +12,8 @@ for i = 2, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
 local held = load_records(KEYS[1], ids)
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local earliest = tonumber(head[2]) or math.huge
-local saved, due_at, fired, retire_at = writes(), writes(), writes(), writes()
+local saved, due_at, fired, retire_at, histories = writes(), writes(), writes(), writes(), writes()
+local HISTORY_AFTER = '^' .. string.rep('[^|]*|', RECORD_FIELDS + 3) .. '(.*)$'  -- the payload's last
 local placed, wake = 0, nil
 for i = 2, #ARGV, 2 do
   local id, p = ARGV[i], split(ARGV[i + 1], RECORD_FIELDS + 3)
@@ -25,6 +26,8 @@ for i = 2, #ARGV, 2 do
     end
     if p[12] ~= '' then put(fired, id, p[12]) end
     if p[13] ~= '' then put(retire_at, id, p[13]) end
+    local history = string.match(ARGV[i + 1], HISTORY_AFTER)
+    if history and history ~= '' then put(histories, id, history) end
     placed = placed + 1
   end
 end
@@ -32,5 +35,6 @@ flush('HSET', KEYS[1], saved)
 flush('ZADD', KEYS[2], due_at, true)
 flush('HSET', KEYS[3], fired)
 flush('ZADD', KEYS[4], retire_at, true)
+flush('HSET', KEYS[5], histories)
 if wake then redis.call('PUBLISH', ARGV[1], wake) end
 return placed

@@ -90,7 +90,9 @@ end
 -- history:{N} holds each conversation's delivery history: entries oldest first, joined by
 -- newlines, each 'kind|at ms|generation|...' (tracker/history.py reads them), at most
 -- HISTORY_MAX bytes a conversation (the oldest entries go first). `notes` collects the
--- entries a script adds: writes() of conversation id -> list of entries.
+-- entries a script adds: writes() of conversation id -> list of entries. The write is best
+-- effort (pcall): a Redis at maxmemory refuses it (OOM), and what the script did before,
+-- an acknowledgement say, must stand.
 local HISTORY_MAX = 4096
 
 local function note(notes, id, entry)
@@ -117,7 +119,7 @@ local function append_history(key, notes)
     args[#args + 1] = id
     args[#args + 1] = text
   end
-  redis.call('HSET', key, unpack(args))
+  redis.pcall('HSET', key, unpack(args))
 end
 
 -- Writers route by a shard layout epoch (see tracker/layout.py). A shard that has seen a newer

@@ -1,5 +1,5 @@
-"""One conversation for an operator: its state, and its notifications still in Redis's
-streams (staged or being delivered in its shard stream, dead letters)."""
+"""One conversation for an operator: its state, each level's fate, its history, and its
+notifications still in Redis's streams (staged or being delivered, dead letters)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,17 @@ STREAM_SCAN = 10_000  # newest entries of each stream looked through
 
 
 async def report(store: Store, conversation_id: str) -> dict[str, Any] | None:
-    """None when the conversation is unknown (never seen, or retired)."""
+    """Its state with each level's fate (GET /conversations/{id}), its history (GET
+    /conversations/{id}/history) and its entries in the streams now; None when unknown
+    (never seen, or retired)."""
     view = await store.get(conversation_id)
     if view is None:
         return None
     shard = (await store.layout.get()).shard(conversation_id)
     return {
         "shard": shard,
-        "conversation": conversation_json(view),
+        "conversation": conversation_json(view, store.levels(view)),
+        "history": store.timeline(view),
         "in_streams": await in_streams(store.redis, shard, conversation_id),
     }
 

@@ -136,6 +136,7 @@ def schemas() -> dict[str, Any]:
             {
                 "shard": _INT,
                 "conversation": _ref("Conversation"),
+                "history": {"type": "array", "items": {"type": "object"}},
                 "in_streams": {"type": "array", "items": {"type": "object"}},
             }
         ),
