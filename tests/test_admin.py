@@ -267,3 +267,35 @@ async def test_conversation_by_query_parameter(
     for query, expected in (("id=..", 404), ("id=nobody", 404), ("id=%3Cb%3E", 422), ("", 422)):
         status, _ = await get(client, f"/admin/conversation?{query}")
         assert status == expected, query
+
+
+async def test_a_conversations_entries_still_to_deliver(
+    client: Client, redis_sync: sync_redis.Redis
+) -> None:
+    """Pending and unread shard stream entries and dead letters; not acknowledged ones."""
+    status, _ = await post(
+        client, "/conversations/conv-s/agent-message", {"agent_id": "ag", "message_id": "m"}
+    )
+    assert status == 200
+    shard = shard_of("conv-s", SHARDS)
+    k = ShardKeys.of(shard)
+    redis_sync.xgroup_create(k.events, CONSUMER_GROUP, id="0", mkstream=True)
+    now = int(time.time() * 1000)
+    ids = [
+        str(redis_sync.xadd(k.events, {"e": f"conv-s|1|1|{now}|{now + level}|ag|m"}))
+        for level in (1, 2)
+    ]
+    redis_sync.xadd(k.events, {"e": f"other|1|1|{now}|{now}|ag|m"})
+    redis_sync.xreadgroup(CONSUMER_GROUP, "pod-a-0", {k.events: ">"}, count=2)
+    redis_sync.xack(k.events, CONSUMER_GROUP, ids[0])
+    unread = str(redis_sync.xadd(k.events, {"e": f"conv-s|1|1|{now}|{now + 3}|ag|m"}))
+    letter = dead_letter(redis_sync, "conv-s")
+    status, report = await get(client, "/admin/conversation?id=conv-s")
+    assert status == 200
+    assert sorted((e["kind"], e["id"], e.get("consumer")) for e in report["in_streams"]) == [
+        ("dead_letter", letter, None),
+        ("pending", f"{shard}-{ids[1]}", "pod-a-0"),
+        ("unread", f"{shard}-{unread}", None),
+    ]
+    assert [h["kind"] for h in report["history"]] == ["started"]
+    assert [v["status"] for v in report["conversation"]["levels"]] == ["scheduled"] * 3

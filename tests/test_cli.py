@@ -122,7 +122,7 @@ def test_conversation_shows_state_history_and_its_entries(
     tmp_path: Path,
     dead_letter: tuple[ShardKeys, str],
 ) -> None:
-    done = tracker(redis_server, tmp_path, "conversation", "conv-1")
+    done = tracker(redis_server, tmp_path, "conversation", "conv-1", "--json")
     assert done.returncode == 0, done.stderr
     report = orjson.loads(done.stdout)
     assert report["conversation"]["state"] == "waiting"
@@ -134,6 +134,17 @@ def test_conversation_shows_state_history_and_its_entries(
     assert [h["kind"] for h in report["history"]] == ["started", "dead_lettered"]
     assert report["history"][1]["reason"] == "max_deliveries: HTTP 500"
     assert [(e["kind"], e["id"]) for e in report["in_streams"]] == [("dead_letter", dead_letter[1])]
+    text = tracker(redis_server, tmp_path, "conversation", "conv-1").stdout.splitlines()
+    assert text[0].startswith("conv-1 (shard 0): waiting, generation 1, waiting since ")
+    assert text[1].split() == [
+        *("level", "status", "due_at", "delivered_at", "sinks", "attempts", "last_error")
+    ]
+    assert text[2].split()[:2] == ["1", "dead_lettered"]
+    assert text[2].endswith("max_deliveries: HTTP 500")
+    assert text[5] == "history (oldest first):"
+    assert [line.split()[1] for line in text[7:9]] == ["started", "dead_lettered"]
+    assert text[9] == "in its streams now:"
+    assert text[11].split()[:2] == ["dead_letter", dead_letter[1]]
     unknown = tracker(redis_server, tmp_path, "conversation", "nobody")
     assert (unknown.returncode, unknown.stderr) == (1, "tracker: no such conversation: nobody\n")
 

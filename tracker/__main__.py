@@ -120,8 +120,9 @@ def _operator_commands(sub: Any) -> None:
     purge.add_argument("ids", nargs="*", help=ids_help)
     purge.add_argument("--all", action="store_true", help="every dead letter (with --yes)")
     purge.add_argument("--yes", action="store_true", help="confirm --all")
-    conv = command("conversation", "one conversation's state and recent history")
+    conv = command("conversation", "one conversation: state, each level's fate, history")
     conv.add_argument("id", type=arguments.conversation_id)
+    conv.add_argument("--json", action="store_true", help="one JSON document")
 
 
 def shard_count(raw: str) -> int:
@@ -232,7 +233,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "pending": lambda r: cli.pending(
             r, settings, shard=args.shard, limit=args.limit, as_json=args.json
         ),
-        "conversation": lambda r: cli.conversation(r, settings, args.id),
+        "conversation": lambda r: cli.conversation(r, settings, args.id, as_json=args.json),
         "reshard": lambda r: cli.reshard(r, settings, args.to, args.drain_timeout),
     }
     if command == "dead-letters":

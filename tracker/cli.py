@@ -310,13 +310,71 @@ class _Progress:
 # --- one conversation, reshard -----------------------------------------------------------
 
 
-async def conversation(redis: Redis, settings: Settings, conversation_id: str) -> int:
-    """Its state, and its notifications still in the streams."""
+async def conversation(
+    redis: Redis, settings: Settings, conversation_id: str, *, as_json: bool
+) -> int:
+    """Its state, each level's fate, its history, and its entries in the streams now."""
     report = await conversation_ops.report(Store(redis, settings, Scripts()), conversation_id)
     if report is None:
         raise Failed(f"no such conversation: {conversation_id}")
-    _json(report)
+    _json(report) if as_json else print(conversation_text(report))
     return OK
+
+
+def conversation_text(r: dict[str, Any]) -> str:
+    c = r["conversation"]
+    lines = [
+        f"{clean(c['conversation_id'])} (shard {r['shard']}): {c['state']}, generation "
+        f"{c['generation']}, waiting since {c['waiting_since']}, timeout {c['timeout_ms']} ms, "
+        f"agent {clean(c['agent_id'])}, message {clean(c['message_id'])}"
+        + (f", answered in {c['response_time_ms']} ms" if c["response_time_ms"] is not None else "")
+    ]
+    level_rows = [
+        (
+            v["level"],
+            v["status"],
+            v["due_at"],
+            v["delivered_at"],
+            ",".join(v["sinks"]) if v["sinks"] else None,
+            v["attempts"],
+            v["last_error"] or "",
+        )
+        for v in c.get("levels", [])
+    ]
+    level_columns = ("level", "status", "due_at", "delivered_at", "sinks", "attempts", "last_error")
+    lines.append(table(level_columns, level_rows, right=("level", "attempts")))
+    known = {"at", "kind", "generation", "level"}
+    history_rows = [
+        (
+            h["at"],
+            h["kind"],
+            h["generation"],
+            h.get("level"),
+            "  ".join(f"{k}={_value(v)}" for k, v in h.items() if k not in known),
+        )
+        for h in r.get("history", [])
+    ]
+    lines.append("history (oldest first):")
+    lines.append(table(("at", "kind", "gen", "level", "details"), history_rows, ("gen", "level")))
+    stream_rows = [
+        (
+            e["kind"],
+            e["id"],
+            e["level"],
+            e["due_at"],
+            f"{e['reason']}: {e['last_error']}" if e["kind"] == "dead_letter" else e["consumer"],
+        )
+        for e in r["in_streams"]
+    ]
+    lines.append("in its streams now:" if stream_rows else "in its streams now: nothing")
+    if stream_rows:
+        columns = ("kind", "id", "level", "due_at", "consumer / reason")
+        lines.append(table(columns, stream_rows, right=("level",)))
+    return "\n".join(lines)
+
+
+def _value(v: Any) -> str:
+    return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
 
 
 async def reshard(redis: Redis, settings: Settings, to: int, drain_timeout_s: float) -> int:

@@ -35,27 +35,37 @@ async def report(store: Store, conversation_id: str) -> dict[str, Any] | None:
 
 
 async def in_streams(redis: Redis, shard: int, conversation_id: str) -> list[dict[str, Any]]:
-    """Its entries in the shard stream (pending: read and not acknowledged; else staged)
-    and among the shard's dead letters, oldest first."""
+    """Its entries still to be delivered: in the shard stream, unread or pending (read and
+    not acknowledged: held until due, being delivered or retried), and among the shard's
+    dead letters; oldest first. Acknowledged entries the stream still keeps are history."""
     k = ShardKeys.of(shard)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.xrevrange(k.events, count=STREAM_SCAN)
         pipe.xrevrange(k.dead_letters, count=STREAM_SCAN)
         pipe.xpending_range(k.events, CONSUMER_GROUP, "-", "+", STREAM_SCAN)
-        events, dead, pending = await pipe.execute(raise_on_error=False)
+        pipe.xinfo_groups(k.events)
+        events, dead, pending, groups = await pipe.execute(raise_on_error=False)
     owners = {str(p["message_id"]): p for p in pending} if isinstance(pending, list) else {}
+    group = (
+        next((g for g in groups if g["name"] == CONSUMER_GROUP), None)
+        if isinstance(groups, list)
+        else None
+    )
+    last_read = entry_order(str(group["last-delivered-id"])) if group else (0, 0)
     out: list[dict[str, Any]] = []
     for entry_id, fields in cast(Entries, events if isinstance(events, list) else []):
+        owner = owners.get(entry_id)
+        if owner is None and entry_order(entry_id) <= last_read:
+            continue  # acknowledged
         try:
             n = Notification.from_entry(shard, entry_id, fields)
-        except (KeyError, ValueError):
+        except ValueError:
             continue
         if n.conversation_id != conversation_id:
             continue
-        owner = owners.get(entry_id)
         out.append(
             {
-                "kind": "pending" if owner else "staged",
+                "kind": "pending" if owner else "unread",
                 "id": f"{shard}-{entry_id}",
                 "event_id": n.event_id,
                 "level": n.level,
