@@ -404,3 +404,17 @@ def test_reshard_to_the_current_count_changes_nothing(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "reshard: the layout already has 4 shards"
     assert redis_sync.hgetall(LAYOUT) == {"count": "4"}
+
+
+def test_a_long_replay_shows_its_progress(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tracker import cli
+
+    monkeypatch.setattr(cli, "PROGRESS_EVERY_S", 0.0)
+    progress = cli.ProgressLine("replay")
+    progress(500, 2000)
+    progress(1000, 2000)
+    progress(2000, 2000)  # done: the summary line says it
+    progress.finish()
+    assert capsys.readouterr().err == "replay: 500/2000\nreplay: 1000/2000\n"

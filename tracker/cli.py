@@ -246,7 +246,7 @@ async def dead_letters_replay(
 ) -> int:
     _ids_or_all(ids, every, "replay")
     scripts = Scripts()
-    report = _Progress("replay")
+    report = ProgressLine("replay")
     if every:
         done = await dl.replay_all(redis, scripts, await _span(redis, settings), report)
     else:
@@ -286,7 +286,7 @@ def _ids_or_all(ids: list[str], every: bool, action: str) -> None:
         raise Failed(f"{action}: name dead-letter ids, or --all for every one", UNUSABLE)
 
 
-class _Progress:
+class ProgressLine:
     """A progress line on stderr, at most every PROGRESS_EVERY_S, for long runs only."""
 
     def __init__(self, action: str) -> None:
