@@ -116,6 +116,32 @@ def test_status_watch_repeats_until_interrupted(
     assert "Traceback" not in errors
 
 
+def test_status_watch_keeps_watching_through_a_redis_outage(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = cli_env(redis_server, tmp_path, REDIS_URL="redis://127.0.0.1:1/0")
+    with subprocess.Popen(
+        [sys.executable, "-m", "tracker", "status", "--json", "--watch", "0.2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        try:
+            rounds = [orjson.loads(proc.stdout.readline()) for _ in range(2)]
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        errors = proc.stderr.read()
+    assert all(r["error"].startswith("cannot reach Redis: ") for r in rounds), rounds
+    assert code == 2
+    assert "Traceback" not in errors
+
+
 def test_conversation_shows_state_history_and_its_entries(
     redis_server: RedisServer,
     redis_sync: sync_redis.Redis,

@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import orjson
 import redis as sync_redis
 from redis.asyncio import Redis
 
@@ -145,6 +146,21 @@ async def test_this_pods_role_processes_are_shown(
     assert "role consumer-1: backing off from readonly" in "\n".join(report["problems"])
     text = status_text(report)
     assert "READONLY You can't write" in text
+
+
+async def test_a_role_whose_loop_stopped_writing_is_silent(
+    redis: Redis, redis_sync: sync_redis.Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    lead_all(redis_sync)
+    settings = four_shards(redis_server, tmp_path)
+    beat = heartbeat.Heartbeat(settings, "sweeper")
+    beat.progress()
+    stale = int(time.time() * 1000) - status.ROLE_SILENT_MS - 5000
+    data = orjson.loads(beat.path.read_bytes())
+    beat.path.write_bytes(orjson.dumps({**data, "written_ms": stale, "progress_ms": stale}))
+    report = await status.report(redis, settings)
+    assert [(r["state"], r["progress_age_ms"] // 1000) for r in report["roles"]] == [("silent", 15)]
+    assert f"role sweeper: silent (pid {os.getpid()})" in report["problems"]
 
 
 async def test_a_role_whose_process_is_gone_is_reported(

@@ -9,6 +9,7 @@ loading, read-only, nearly full or failing to persist, a role process backing of
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
@@ -25,7 +26,7 @@ from tracker.settings import Settings
 from tracker.timefmt import format_ms
 
 MEMORY_WARN = 0.9  # of maxmemory
-ROLE_SILENT_MS = 10_000  # a role file not rewritten for this long: its loop is stuck
+ROLE_SILENT_MS = 10_000  # a role file not rewritten for this long (or 3 sweep intervals)
 CHUNK = 256  # shards per pipelined round trip
 
 
@@ -60,7 +61,9 @@ async def report(redis: Redis, settings: Settings) -> dict[str, Any]:
         shards += await _shards(redis, layout, numbers[i : i + CHUNK], now)
     pods = cast(list[str], await redis.zrangebyscore(PODS, now, "+inf"))
     nodes = await redis_nodes(redis)
-    roles = [_role(r, now) for r in heartbeat.read_all(settings)]
+    silent_ms = max(ROLE_SILENT_MS, 3 * settings.check_interval_ms)
+    local_now = int(time.time() * 1000)  # the role files are written by this host's clock
+    roles = [_role(r, local_now, silent_ms) for r in heartbeat.read_all(settings)]
     problems = [
         *_shard_problems(shards, overdue_limit_ms(settings)),
         *_redis_problems(nodes),
@@ -186,12 +189,13 @@ def _node(name: str | None, info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _role(state: heartbeat.RoleState, now: int) -> dict[str, Any]:
+def _role(state: heartbeat.RoleState, now: int, silent_ms: int) -> dict[str, Any]:
+    """A role process's state: its loop stuck (silent) when its file is not rewritten."""
     if not _alive(state.pid):
         condition = "exited"
     elif state.error_kind is not None:
         condition = "backing_off"
-    elif now - state.written_ms > ROLE_SILENT_MS:
+    elif now - state.written_ms > silent_ms:
         condition = "silent"
     else:
         condition = "ok"
