@@ -132,18 +132,19 @@ async def list_dead_letters(
     `conversation`, dead-lettered at or after `since_ms`, when given."""
     found: list[DeadLetter] = []
     low = "-" if since_ms is None else str(since_ms)
-    for shard in shards:
+    size = PAGE if conversation else limit  # a filter reads page after page
+    for shard in shards:  # each shard's newest `limit` that match, at most
         key = ShardKeys.of(shard).dead_letters
         kept = 0
         high = "+"
         while kept < limit:
-            page = await _page(redis, key, high, low, PAGE if conversation else limit)
+            page = await _page(redis, key, high, low, size)
             for entry_id, fields in page:
                 letter = DeadLetter(shard, entry_id, fields)
                 if conversation is None or _conversation_of(letter) == conversation:
                     found.append(letter)
                     kept += 1
-            if len(page) < (PAGE if conversation else limit):
+            if len(page) < size:
                 break
             high = "(" + page[-1][0]
     found.sort(key=lambda d: (*entry_order(d.entry_id), d.shard), reverse=True)
