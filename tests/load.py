@@ -22,10 +22,21 @@ from tracker.timefmt import parse_rfc3339_ms
 async def pod_with_receiver(
     redis_url: str, tmp_path: Path, *, name: str = "pod-f", **env: str
 ) -> AsyncIterator[tuple[Pod, Receiver]]:
+    """A pod with FAST timings and `env`, delivering to a local webhook receiver."""
+    async with webhook_pod(redis_url, tmp_path, name, {**FAST, **env}) as pod_and_receiver:
+        yield pod_and_receiver
+
+
+@contextlib.asynccontextmanager
+async def webhook_pod(
+    redis_url: str, tmp_path: Path, name: str, env: dict[str, str]
+) -> AsyncIterator[tuple[Pod, Receiver]]:
+    """A pod delivering to a local webhook receiver, with `env` on top of the shipped
+    defaults (``env={}``: the defaults themselves)."""
     receiver = Receiver()
     await receiver.start()
     hook = {"NOTIFY_WEBHOOK_URL": receiver.url, "NOTIFY_WEBHOOK_SECRET": receiver.secret}
-    settings = {**FAST, "MODE": "phase2", "CONSUMER_PROCESSES": "2", "NOTIFY_SINK": "webhook"}
+    settings = {"MODE": "phase2", "CONSUMER_PROCESSES": "2", "NOTIFY_SINK": "webhook"}
     pod = Pod(name, redis_url, tmp_path, **{**settings, **hook, **env})
     try:
         await wait_http(f"{pod.base}/ready", timeout=30)
@@ -62,6 +73,8 @@ async def tally_settled(
     also: set[reliability.Pair] | None = None,
     timeout: float,
     quiet_s: float,
+    fault_end_ms: int | None = None,
+    settings: str = "tuned",
 ) -> Settled:
     """Wait until everything that must arrive (the load's, and `also`) has, then `quiet_s`
     more for anything stale to show up; check none arrived before its due time (levels are
@@ -72,7 +85,17 @@ async def tally_settled(
     await asyncio.sleep(quiet_s)
     lateness = receiver.lateness_ms()
     assert not lateness or lateness[0] >= 0, f"one arrived {-lateness[0]} ms before it was due"
-    row = reliability.tally(fault, conversations, must, pairs(receiver), lateness, allowed=may)
+    row = reliability.tally(
+        fault,
+        conversations,
+        must,
+        pairs(receiver),
+        lateness,
+        allowed=may,
+        arrivals=receiver.arrivals(),
+        fault_end_ms=fault_end_ms,
+        settings=settings,
+    )
     return Settled(row, must, may)
 
 

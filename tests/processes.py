@@ -22,6 +22,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
 from tests.redis_server import free_port
+from tests.reliability import Arrival
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -181,6 +182,21 @@ class Receiver:
         for r in self.events:
             out.setdefault(r.event["conversation_id"], []).append(int(r.event["level"]))
         return out
+
+    def arrivals(self) -> list[Arrival]:
+        """Every notification received, with its period, due and arrival times."""
+        from tracker.timefmt import parse_rfc3339_ms
+
+        return [
+            Arrival(
+                r.event["conversation_id"],
+                int(r.event["level"]),
+                parse_rfc3339_ms(r.event["waiting_since"]),
+                parse_rfc3339_ms(r.event["due_at"]),
+                r.received_ms,
+            )
+            for r in self.events
+        ]
 
     def lateness_ms(self) -> list[int]:
         from tracker.timefmt import parse_rfc3339_ms

@@ -66,7 +66,9 @@ def test_the_cool_down_starts_near_a_second_and_grows_while_the_receiver_stays_d
     receiver that stays down is probed every 1, 2, 4, 8, then 10 s (the configured cap)."""
     clock = Clock()
     b = Breaker(1, 10.0, clock)
+    assert b.closed.is_set()
     b.failure()
+    assert not b.closed.is_set()  # what it turns away waits on this
     waits = []
     for _ in range(6):
         opened = clock.now
@@ -78,6 +80,7 @@ def test_the_cool_down_starts_near_a_second_and_grows_while_the_receiver_stays_d
     while not b.allow():
         clock.now += 0.25
     b.success()
+    assert b.closed.is_set()  # everything waiting goes now
     b.failure()  # down again later: from the first cool-down
     opened = clock.now
     while not b.allow():

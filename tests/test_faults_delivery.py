@@ -131,6 +131,7 @@ async def test_no_lost_timeout_when_a_consumer_is_killed_between_read_and_ack(
             expected,
             pairs(receiver),
             receiver.lateness_ms(),
+            arrivals=receiver.arrivals(),
         )
         lost = expected - set(pairs(receiver))
         assert not lost, where_are(redis_sync, lost, SHARDS)
@@ -209,6 +210,7 @@ async def test_no_lost_timeout_when_the_webhook_fails_for_a_while(
             expected,
             pairs(receiver),
             receiver.lateness_ms(),
+            arrivals=receiver.arrivals(),
         )
         assert row.lost == 0
         assert row.unexpected == 0

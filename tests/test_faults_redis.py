@@ -9,6 +9,7 @@ import contextlib
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +22,7 @@ from tests.faults import (
     agent,
     every_level,
     program_pids,
+    reply,
     where_are,
 )
 from tests.load import Load, assert_healthy, pairs, pod_with_receiver, tally_settled
@@ -172,6 +174,7 @@ async def test_api_answers_503_while_redis_is_unreachable_and_everything_resumes
                 expected,
                 [(r.event["conversation_id"], r.event["level"]) for r in fresh],
                 late,
+                arrivals=[a for a in receiver.arrivals() if a.conversation_id in set(ids)],
             )
             lost = expected - {(r.event["conversation_id"], r.event["level"]) for r in fresh}
             assert not lost, where_are(server.client(), lost, SHARDS)
@@ -210,14 +213,26 @@ async def test_script_flush_under_load_is_invisible_to_every_caller(
                 await asyncio.sleep(0.02)
 
         batch_ids = [f"f7b-{i}" for i in range(300)]
+        answered_ids = [f"f7a-{i}" for i in range(300)]
+        mixed: list[Any] = []
 
         async def batches() -> None:
             for i in range(0, len(batch_ids), 30):
                 await post_events(pod.base, [agent(c) for c in batch_ids[i : i + 30]])
+                # the repro: an agent message and its answer in one batch
+                pair = [x for c in answered_ids[i : i + 30] for x in (agent(c), reply(c))]
+                mixed.extend(await post_events(pod.base, pair))
                 await asyncio.sleep(0.3)
 
         await asyncio.gather(flusher(), batches(), *(load.worker(w, 40, 0.05) for w in range(2)))
         assert set(load.statuses) == {200}, sorted(set(load.statuses))
+        # applied in request order whatever the script cache held: started, then answered
+        statuses = [r["result"]["status"] for r in mixed]
+        assert statuses == ["started", "answered"] * len(answered_ids), statuses[:10]
+        async with aiohttp.ClientSession() as session:
+            for c in answered_ids[::10]:
+                async with session.get(f"{pod.base}/conversations/{c}") as resp:
+                    assert (await resp.json())["state"] == "answered"
         row, must, _ = await tally_settled(
             "SCRIPT FLUSH every 20 ms for 4 s",
             len(batch_ids) + len(load.acked_agent),
@@ -280,6 +295,7 @@ async def test_deleted_streams_get_their_consumer_group_back(
             pairs(receiver),
             receiver.lateness_ms(),
             allowed={(c, 1) for c in third},
+            arrivals=receiver.arrivals(),
         )
         assert row.lost == 0
         assert row.unexpected == 0

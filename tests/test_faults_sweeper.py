@@ -109,6 +109,7 @@ async def test_no_lost_timeout_when_the_sweeper_is_killed_mid_sweep(
             expected,
             arrived,
             receiver.lateness_ms(),
+            arrivals=receiver.arrivals(),
         )
         assert lease_counts(redis_sync, SHARDS) == {"sweep-b": SHARDS}
         lost = expected - set(arrived)

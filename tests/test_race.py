@@ -153,6 +153,7 @@ async def test_an_answer_at_the_deadline_never_loses_to_the_sweeper(
     reliability.ROWS.append(
         reliability.Row(
             "answer exactly at the deadline, 10,000 races (scripts)",
+            "scripts",
             ROUNDS * PER_ROUND,
             sent,
             sent,

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tracker import console, metrics, progress, validation
-from tracker.connection import UNAVAILABLE, connect
+from tracker.connection import UNAVAILABLE, connect, is_outage
 from tracker.errors import RequestError
 from tracker.history import Level
 from tracker.lane import lane_for
@@ -76,8 +76,11 @@ def edge(handler: Handler, route: str) -> Handler:
             response = error_response(
                 503, "unavailable", "Redis is unavailable", {"Retry-After": "1"}
             )
-        except RedisError:
-            log.exception("redis error path=%s", request.path)
+        except RedisError as exc:
+            if is_outage(exc):  # full, loading, read-only...: it will answer again
+                log.warning("redis refused path=%s error=%s", request.path, exc)
+            else:
+                log.exception("redis error path=%s", request.path)
             response = error_response(
                 503, "unavailable", "Redis refused the request", {"Retry-After": "1"}
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import random
 import time
@@ -455,7 +456,8 @@ class Deliverer:
         self, keys: ShardKeys, n: Notification, sink: str, error: DeliveryError
     ) -> None:
         if isinstance(error, Deferred):  # not attempted: no attempt counted
-            self._schedule_retry(keys, n, min(self.retry_cap_s, error.retry_after_s))
+            delay = min(self.retry_cap_s, error.retry_after_s)
+            self._schedule_retry(keys, n, delay, error.until)
             return
         args: list[Arg] = [
             n.entry_id,
@@ -495,15 +497,24 @@ class Deliverer:
         )
         self._schedule_retry(keys, n, delay)
 
-    def _schedule_retry(self, keys: ShardKeys, n: Notification, delay: float) -> None:
+    def _schedule_retry(
+        self, keys: ShardKeys, n: Notification, delay: float, until: asyncio.Event | None = None
+    ) -> None:
+        """Try `n` again after `delay`, or as soon as `until` is set."""
         self.retrying.add((n.shard, n.entry_id))
-        task = asyncio.create_task(self._retry(keys, n, delay))
+        task = asyncio.create_task(self._retry(keys, n, delay, until))
         self.retries.add(task)
         task.add_done_callback(self.retries.discard)
 
-    async def _retry(self, keys: ShardKeys, n: Notification, delay: float) -> None:
+    async def _retry(
+        self, keys: ShardKeys, n: Notification, delay: float, until: asyncio.Event | None
+    ) -> None:
         try:
-            await asyncio.sleep(delay)
+            if until is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(until.wait(), delay)
             # Keep the entry ours (resets its idle time); nothing back means it was settled.
             claimed = await self.redis.xclaim(
                 keys.events, CONSUMER_GROUP, self.consumer, 0, [n.entry_id], justid=True

@@ -81,18 +81,22 @@ class StreamSink:
 
 class Deferred(DeliveryError):
     """Not attempted: the entry stays pending, keeps its attempts, and comes back after
-    `retry_after_s`. Nothing is wrong with the event; the way out is blocked for now."""
+    `retry_after_s`, or as soon as `until` is set. Nothing is wrong with the event; the way
+    out is blocked for now."""
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
+    def __init__(
+        self, message: str, retry_after_s: float, until: asyncio.Event | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.until = until
 
 
 class CircuitOpen(Deferred):
-    """The webhook breaker is open."""
+    """The webhook breaker is open: come back when it closes (or to probe it)."""
 
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__("webhook: circuit open, not sent", retry_after_s)
+    def __init__(self, retry_after_s: float, closed: asyncio.Event | None = None) -> None:
+        super().__init__("webhook: circuit open, not sent", retry_after_s, closed)
 
 
 #: When a stream sink whose Redis refuses writes (down, OOM, read-only) tries again.
@@ -127,6 +131,10 @@ class Breaker:
         self.failures = 0
         self.state = CLOSED
         self.opened_at = 0.0
+        # Set while closed: what the breaker turned away waits on it, so that everything
+        # goes again the moment a probe succeeds, not a spread-out cool-down later.
+        self.closed = asyncio.Event()
+        self.closed.set()
         metrics.WEBHOOK_BREAKER_STATE.set(CLOSED)
 
     def allow(self) -> bool:
@@ -161,6 +169,10 @@ class Breaker:
 
     def _set(self, state: int) -> None:
         self.state = state
+        if state == CLOSED:
+            self.closed.set()
+        else:
+            self.closed.clear()
         metrics.WEBHOOK_BREAKER_STATE.set(state)
         log.warning("webhook circuit %s failures=%d", STATE_NAMES[state], self.failures)
 
@@ -201,7 +213,7 @@ class WebhookSink:
         body = item.body()
         async with self.limit:
             if not self.breaker.allow():
-                return CircuitOpen(self.breaker.retry_after_s())
+                return CircuitOpen(self.breaker.retry_after_s(), self.breaker.closed)
             timestamp = int(time.time())  # signed when sent, not when queued
             headers = {
                 "content-type": "application/json",
