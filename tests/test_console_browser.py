@@ -115,10 +115,12 @@ def truth(client: sync_redis.Redis) -> dict[str, Any]:
         )
         for row in rows:
             entries: Any = client.xrange(k.events, row["message_id"], row["message_id"])
-            n_ = Notification.from_entry(n, row["message_id"], entries[0][1])
-            pending.add(
-                (f"{n}-{row['message_id']}", n_.conversation_id, str(n_.level), row["consumer"])
-            )
+            try:
+                p = Notification.from_entry(n, row["message_id"], entries[0][1])
+                conversation, level = p.conversation_id, str(p.level)
+            except (IndexError, ValueError):  # trimmed, or the foreign entry just read
+                conversation, level = "-", "-"
+            pending.add((f"{n}-{row['message_id']}", conversation, level, row["consumer"]))
         letters: Any = client.xrange(k.dead_letters)
         for entry_id, fields in letters:
             conversation = fields.get("c") if "c" in fields else "malformed"
