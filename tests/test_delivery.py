@@ -19,11 +19,11 @@ from tracker.connection import connect, redis_time_ms
 from tracker.delivery import Deliverer
 from tracker.errors import DeliveryError
 from tracker.events import Notification, Outgoing
-from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of
+from tracker.keys import CONSUMER_GROUP, LAYOUT, ShardKeys, shard_of
 from tracker.maintenance import drop_idle_consumers
 from tracker.scripts import Scripts
 from tracker.settings import Settings
-from tracker.sinks import Deferred, Outcomes, StreamSink
+from tracker.sinks import Deferred, Outcomes, StreamSink, build_sinks
 from tracker.store import AgentMessage, CustomerResponse, Store
 
 INTERVAL = 100
@@ -502,3 +502,41 @@ async def test_at_maxmemory_deliveries_are_acknowledged_and_the_stream_sink_wait
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_the_stream_sink_delivers_in_one_call_and_finds_moved_ones(
+    redis: Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """NOTIFY_SINK=stream alone: re-check, write and acknowledge in one deliver_stream.lua
+    call a shard; a conversation a reshard moved to another shard is found there by the
+    general path (re-check in its new shard, the sink, the ack script)."""
+    settings = make_settings(
+        redis_server.url,
+        tmp_path / "run",
+        SHARD_COUNT="1",
+        TIMEOUT_INTERVAL_MS=str(INTERVAL),
+        NOTIFY_SINK="stream",
+        NOTIFY_STREAM="out",
+    )
+    scripts = Scripts()
+    d = Deliverer(redis, settings, scripts, build_sinks(settings, redis), "consumer-test")
+    assert d.direct
+    await d.ensure_group(0)
+    moved = next(c for c in (f"m{i}" for i in range(100)) if shard_of(c, 2) == 1)
+    await fire(redis, settings, scripts, "c1", moved, "c3")
+    await Store(redis, settings, scripts).apply(CustomerResponse("c3", "u", "r", 0))
+    # a reshard to 2 shards moved one of them: its record now lives in shard 1
+    record = await redis.hget(ShardKeys.of(0).records, moved)
+    await redis.hdel(ShardKeys.of(0).records, moved)
+    await redis.hset(ShardKeys.of(1).records, moved, str(record))
+    await redis.hset(LAYOUT, mapping={"count": 2, "epoch": 1})
+    assert await d.read([0], block_ms=None) == 3
+    out = await xrange(redis, "out")
+    assert sorted(f["conversation_id"] for _, f in out) == sorted(["c1", moved])
+    assert await pending(redis) == 0
+    history = await redis.hget(ShardKeys.of(0).history, "c1")
+    assert str(history).split("|")[0::4] == ["D", "stream"]
+    assert str(await redis.hget(ShardKeys.of(0).history, "c3")).startswith("U|")
+    # no note left behind where the moved conversation has no record: nothing would retire it
+    assert await redis.hget(ShardKeys.of(0).history, moved) is None
+    await d.close()

@@ -154,7 +154,8 @@ def stale_sweeps(monitor_log: Path, sweep_sha: str) -> tuple[int, int]:
         if who != "lua":
             current_is_stale = False
             if command == "evalsha" and args[1] == sweep_sha:
-                leader_key, lease = args[3 + 5], args[3 + 7]
+                # KEYS[6] is the lease key, ARGV[1] the lease (tracker/lua/sweep.lua)
+                leader_key, lease = args[3 + 5], args[3 + int(args[2])]
                 if holder.get(leader_key, lease) != lease:
                     stale += 1
                     current_is_stale = True

@@ -14,6 +14,7 @@ from tracker.events import Notification
 from tracker.keys import CONSUMER_GROUP, ShardKeys, wake_channel
 from tracker.scripts import Arg, Scripts
 from tracker.store import AgentMessage, CustomerResponse, Event, apply_arg
+from tracker.timefmt import format_ms
 
 SCRIPTS = Scripts()
 K = ShardKeys.of(3)
@@ -677,6 +678,82 @@ async def test_recheck_supersedes_a_level_below_one_staged_and_due(redis: Redis)
     await asyncio.sleep((ts - 200 + T - await redis_now(redis)) / 1000 + 0.01)
     assert await recheck(redis, ("c1", 1), due_ms=ts - 200, level=1) == [4]
     assert await recheck(redis, ("c1", 1), due_ms=ts - 200 + T, level=2) == [1]
+
+
+# --- deliver_stream ------------------------------------------------------------------------
+
+OUTBOUND = "out"
+
+
+async def deliver_stream(r: Redis, *entries: tuple[str, dict[str, str]]) -> list[int]:
+    """deliver_stream.lua for these shard stream entries; the codes, then Redis's clock."""
+    args: list[Arg] = [CONSUMER_GROUP, 1000, *MULTIPLIERS, 0]
+    args += [Notification.from_entry(K.shard, i, f).direct_arg for i, f in entries]
+    reply = await SCRIPTS.deliver_stream.run(r, K.for_deliver_stream(OUTBOUND), args)
+    return [int(v) for v in reply]
+
+
+async def test_deliver_stream_writes_acknowledges_and_notes_in_one_call(redis: Redis) -> None:
+    sent = await fire_level_one(redis, "c1")
+    *codes, now = await deliver_stream(redis, sent)
+    assert codes == [1]
+    assert abs(now - await redis_now(redis)) < 1000
+    ((_, event),) = await xrange(redis, OUTBOUND)
+    n = Notification.from_entry(K.shard, *sent)
+    assert event == {
+        "event_id": n.event_id,
+        "conversation_id": "c1",
+        "level": "1",
+        "agent_id": "agent-1",
+        "message_id": "m1",
+        "waiting_since": format_ms(n.waiting_since_ms),
+        "due_at": format_ms(n.due_at_ms),
+        "fired_at": format_ms(now),  # Redis's clock when it became readable
+    }
+    assert await pending_ids(redis) == []
+    kind, at, gen, level, sinks, staged = str(await redis.hget(K.history, "c1")).split("|")
+    assert (kind, int(at), gen, level, sinks) == ("D", now, "1", "1", "stream")
+    assert staged == sent[0].split("-")[0]
+
+
+async def test_deliver_stream_suppresses_holds_back_and_points_elsewhere(redis: Redis) -> None:
+    """Answered: acknowledged unsent (0); not due on Redis's clock: left pending (2);
+    unknown here: left pending for the caller to look elsewhere (3)."""
+    answered = await fire_level_one(redis, "c1")
+    await respond(redis, "c1", "r1")
+    early_id, early = await fire_level_one(redis, "c2")
+    early = {**early, "e": early["e"].replace(early["e"].split("|")[4], "99999999999999")}
+    unknown_id = str(await redis.xadd(K.events, {"e": "gone|1|1|0|0|a|m"}))
+    (unknown,) = [e for e in await read_group(redis) if e[0] == unknown_id]
+    *codes, _ = await deliver_stream(redis, answered, (early_id, early), unknown)
+    assert codes == [0, 2, 3]
+    assert await xrange(redis, OUTBOUND) == []
+    assert sorted(await pending_ids(redis)) == sorted([early_id, unknown_id])
+    assert str(await redis.hget(K.history, "c1")).split("|")[0] == "U"
+
+
+async def test_deliver_stream_names_dates_as_python_does(redis: Redis) -> None:
+    """The script formats fired_at itself (Redis's clock): the same text as format_ms for
+    dates across leap years, month ends and the end of a century."""
+    script = (
+        "return {" + ", ".join(f"rfc3339({ms})" for ms in DATES) + "}"
+    )  # the function as deliver_stream.lua defines it
+    source = SCRIPTS.deliver_stream.source
+    start = source.index("local function rfc3339(ms)")
+    end = source.index("\nend\n", start) + 5
+    got = await redis.eval(source[start:end] + "\n" + script, 0)
+    assert got == [format_ms(ms) for ms in DATES]
+
+
+DATES = (
+    0,
+    951_782_400_000,  # 2000-02-29
+    951_868_799_999,  # 2000-02-29T23:59:59.999
+    1_709_251_199_123,  # 2024-02-29
+    1_735_689_599_999,  # 2024-12-31T23:59:59.999
+    4_107_542_400_000,  # 2100-03-01 (2100 is no leap year)
+    1_795_983_000_001,
+)
 
 
 # --- ack -----------------------------------------------------------------------------------

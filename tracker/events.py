@@ -53,6 +53,8 @@ class Notification(NamedTuple):
     #: The event's values but fired_at: made when the entry is read (before the due time,
     #: with prefetch), so that sending costs little.
     known_values: tuple[str, ...] = ()
+    #: This notification as deliver_stream.lua takes it, made when the entry is read too.
+    direct_arg: str = ""
 
     @classmethod
     def from_entry(cls, shard: int, entry_id: str, fields: dict[str, str]) -> Notification:
@@ -76,7 +78,10 @@ class Notification(NamedTuple):
         if not (gen.isdigit() and since.isdigit() and due.isdigit()):
             raise MalformedEntry("generation, waiting-since and due must be whole numbers")
         n = cls(entry_id, shard, c, int(level), int(gen), agent, message, int(since), int(due))
-        return n._replace(known_values=n.values_before_firing())
+        known = n.values_before_firing()
+        event, _, _, _, _, since_at, due_at = known
+        direct = "|".join((entry_id, c, gen, due, level, event, agent, message, since_at, due_at))
+        return n._replace(known_values=known, direct_arg=direct)
 
     def _entry_values(self) -> tuple[str, ...]:
         """The shard stream entry's values, in READABLE order."""

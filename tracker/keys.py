@@ -121,17 +121,29 @@ class ShardKeys:
     @property
     def for_ack(self) -> list[str]:
         """KEYS of the ack script."""
-        return [self.events, self.attempts, self.history]
+        return [self.events, self.attempts, self.history, self.records]
+
+    def for_deliver_stream(self, outbound: str) -> list[str]:
+        """KEYS of the deliver_stream script, with the outbound stream's name."""
+        return [
+            self.records,
+            self.moving,
+            self.states,
+            self.events,
+            self.attempts,
+            self.history,
+            outbound,
+        ]
 
     @property
     def for_attempt_failed(self) -> list[str]:
         """KEYS of the attempt_failed script."""
-        return [self.attempts, self.history]
+        return [self.attempts, self.history, self.records]
 
     @property
     def for_dead_letter(self) -> list[str]:
         """KEYS of the dead_letter script."""
-        return [self.events, self.dead_letters, self.attempts, self.history]
+        return [self.events, self.dead_letters, self.attempts, self.history, self.records]
 
     @property
     def for_replay(self) -> list[str]:

@@ -57,6 +57,7 @@ class Scripts:
         self.apply = Script.load("apply")
         self.sweep = Script.load("sweep")
         self.recheck = Script.load("recheck")
+        self.deliver_stream = Script.load("deliver_stream")
         self.ack = Script.load("ack")
         self.attempt_failed = Script.load("attempt_failed")
         self.dead_letter = Script.load("dead_letter")

@@ -2,6 +2,7 @@
 -- each conversation's history what became of its notification. The acknowledgement comes
 -- first: at maxmemory (OOM) Redis still takes it, and only the history is lost.
 -- KEYS[1] timeout_events:{N}  KEYS[2] delivery_attempts:{N}  KEYS[3] history:{N}
+-- KEYS[4] conversations:{N}
 -- ARGV[1] consumer group  ARGV[2] 1 when some entries had failed attempts to forget, else 0
 -- ARGV[3..] one per entry: entry id|conversation id|generation|level|outcome|sinks
 --   outcome: D delivered (to the sinks, ','-separated), U suppressed (answered or restarted
@@ -29,5 +30,5 @@ if ARGV[2] == '1' then
   end
   redis.call('HDEL', KEYS[2], unpack(fields))
 end
-append_history(KEYS[3], notes)
+append_history(KEYS[3], notes, KEYS[4])
 return acked

@@ -1,6 +1,6 @@
 -- Move one undeliverable entry to the dead-letter stream and acknowledge it, atomically.
 -- KEYS[1] timeout_events:{N}  KEYS[2] dead_letters:{N}  KEYS[3] delivery_attempts:{N}
--- KEYS[4] history:{N}
+-- KEYS[4] history:{N}  KEYS[5] conversations:{N}
 -- ARGV[1] consumer group  ARGV[2] entry id  ARGV[3] reason  ARGV[4] attempts
 -- ARGV[5] conversation id|generation|level for the history ('' for an entry that could not
 --   be read: it has no conversation to note it in)
@@ -19,6 +19,6 @@ if id then
   local notes = writes()
   local reason = string.gsub(ARGV[3], '[|\n]', ' ')
   note(notes, id, table.concat({'X', now_ms(), gen, level, reason}, '|'))
-  append_history(KEYS[4], notes)
+  append_history(KEYS[4], notes, KEYS[5])
 end
 return dl

@@ -105,21 +105,26 @@ local function note(notes, id, entry)
   list[#list + 1] = entry
 end
 
-local function append_history(key, notes)
+-- `records`, when given, is the shard's conversations key: notes about a conversation that
+-- has no record here (a reshard moved it away) are dropped, as nothing would retire them.
+local function append_history(key, notes, records)
   if #notes.order == 0 then return end
   local olds = redis.call('HMGET', key, unpack(notes.order))
+  local present = records and redis.call('HMGET', records, unpack(notes.order)) or nil
   local args = {}
   for k, id in ipairs(notes.order) do
-    local text = table.concat(notes.values[id], '\n')
-    if olds[k] then text = olds[k] .. '\n' .. text end
-    if #text > HISTORY_MAX then
-      local cut = string.find(text, '\n', #text - HISTORY_MAX, true)
-      text = cut and string.sub(text, cut + 1) or ''
+    if not present or present[k] then
+      local text = table.concat(notes.values[id], '\n')
+      if olds[k] then text = olds[k] .. '\n' .. text end
+      if #text > HISTORY_MAX then
+        local cut = string.find(text, '\n', #text - HISTORY_MAX, true)
+        text = cut and string.sub(text, cut + 1) or ''
+      end
+      args[#args + 1] = id
+      args[#args + 1] = text
     end
-    args[#args + 1] = id
-    args[#args + 1] = text
   end
-  redis.pcall('HSET', key, unpack(args))
+  if #args > 0 then redis.pcall('HSET', key, unpack(args)) end
 end
 
 -- Writers route by a shard layout epoch (see tracker/layout.py). A shard that has seen a newer
@@ -134,4 +139,29 @@ local function refuse_epoch(key, epoch)
   end
   if current < mine then redis.call('SET', key, mine) end
   return nil
+end
+
+-- What to do now with one notification staged for delivery (recheck.lua, deliver_stream.lua):
+-- 1 send, 0 stale (answered, or restarted: another generation), 2 not due yet (the caller's
+-- clock runs ahead of Redis's), 4 superseded (a higher level of its period is staged and
+-- due: it is sent, or was, and a lower level never follows it). `raw` is the conversation's
+-- record, `fired` the level its notification_states holds.
+local function recheck_code(raw, fired, gen, due, level, multipliers, now)
+  local state, g, since, interval = string.match(raw, '^(%a)|(%d+)|(%d+)|(%d+)|')
+  if g ~= gen or state == 'A' then return 0 end
+  if tonumber(due) > now then return 2 end
+  fired = tonumber(fired or 0)
+  if fired > tonumber(level)
+    and tonumber(since) + level_offset(multipliers[fired], tonumber(interval)) <= now then
+    return 4
+  end
+  return 1
+end
+
+-- A record a reshard is moving (moving_conversations, see migrate_out.lua): the record and
+-- the level fired, as recheck_code takes them.
+local function moving_record(payload)
+  local p = split(payload, RECORD_FIELDS + 3)
+  local fired = p[RECORD_FIELDS + 2]
+  return payload, fired ~= '' and fired or nil
 end
