@@ -217,7 +217,7 @@ def test_the_pod_passes_a_redis_url_file_on_and_starts_no_redis(tmp_path: Path) 
     env = {"POD_ID": "p", "RUN_DIR": str(tmp_path / "run"), "REDIS_URL_FILE": str(tmp_path / "url")}
     out = pod_environment(Settings.from_env(env), env)
     assert "REDIS_URL" not in out
-    assert out["REDIS_AUTOSTART"] == "false"
+    assert out["POD_REDIS_PROCESSES"] == "0"
     Settings.from_env(out)  # what each role reads back is valid
 
 

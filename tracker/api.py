@@ -201,6 +201,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app.on_cleanup.append(lambda _: lane.aclose())
     app[TALLY] = metrics.HttpTally()
     app[EDGE] = edge = Edge(settings, app[TALLY])
+    from tracker.admin import ROUTES as ADMIN_ROUTES  # it imports this module
+
     # Any id reaches its handler, so a malformed one gets a 422 that says why, not a 404.
     for method, path, handler in (
         ("POST", "/conversations/{id:[^/]+}/agent-message", agent_message),
@@ -212,6 +214,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
         ("GET", "/ready", ready),
         ("GET", "/metrics", metrics_handler),
         ("GET", "/openapi.json", openapi),
+        *ADMIN_ROUTES,  # the operator's /admin endpoints and the /console page
         ("*", ANY_PATH, unmatched),  # last: the others are matched first
     ):
         resource = app.router.add_resource(path)

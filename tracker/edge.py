@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from tracker import metrics
+from tracker import console, metrics
 from tracker.connection import error_kind, is_outage
 from tracker.errors import RequestError
 from tracker.logs import REQUEST_ID
@@ -95,6 +95,7 @@ class Edge:
 
     def __init__(self, settings: Settings, tally: metrics.HttpTally) -> None:
         self.digests = tuple(_digest(token) for token in settings.api_tokens)
+        self.console_digests = tuple(_digest(token) for token in settings.console_tokens)
         self.body_timeout_s = settings.http_body_timeout_ms / 1000
         self.access_log = settings.access_log
         self.tally = tally
@@ -173,15 +174,21 @@ class Edge:
         The token sent and each configured one are compared as SHA-256 digests (32 bytes
         whatever the lengths) by `hmac.compare_digest`, against every configured token
         without stopping at a match: the time taken tells neither how much of a token was
-        right, nor its length, nor which token matched."""
-        if not self.digests or request.path in OPEN_PATHS:
+        right, nor its length, nor which token matched. A CONSOLE_TOKEN (compared the same
+        way) may only read the console's endpoints; the console's own files need none."""
+        if not self.digests or request.path in OPEN_PATHS or console.is_asset(request.path):
             return
         header = request.headers.get("Authorization", "")
         bearer = header[:7].lower() in ("bearer ", "bearer\t")  # RFC 6750: then 1*SP
         presented = _digest(header[7:].lstrip(" \t"))
-        ok = False
+        ok = read_only = False
         for expected in self.digests:
             ok |= hmac.compare_digest(presented, expected)
+        for expected in self.console_digests:
+            read_only |= hmac.compare_digest(presented, expected)
+        if bearer and read_only and not ok:
+            console.check_read_only(request)
+            return
         if not (ok and bearer):
             raise RequestError(
                 401,

@@ -145,6 +145,11 @@ class ShardKeys:
         """KEYS of the dead_letter script."""
         return [self.events, self.dead_letters, self.attempts, self.history, self.records]
 
+    @property
+    def for_replay(self) -> list[str]:
+        """KEYS of the dead_letter_replay script."""
+        return [self.dead_letters, self.events]
+
 
 def all_shards(shard_count: int) -> list[ShardKeys]:
     return [ShardKeys.of(n) for n in range(shard_count)]

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from tracker.edge import MAX_BODY, REQUEST_ID_HEADER
+from tracker.ops import schema as admin
 from tracker.settings import Settings
 from tracker.validation import ID_PATTERN, MAX_BATCH
 
@@ -34,6 +35,7 @@ ERRORS = {
     400: "Malformed request or body: invalid_json, invalid_body, or a code of the HTTP parser"
     " (bad_method, bad_url, line_too_long, bad_request)",
     401: "Missing or wrong bearer token (unauthorized)",
+    403: "The read-only CONSOLE_TOKEN on anything but a read of /admin or /console (forbidden)",
     404: "Unknown conversation or path (not_found)",
     405: "The path does not take this method (method_not_allowed; Allow lists those it takes)",
     408: "The body did not arrive within HTTP_BODY_TIMEOUT_MS (body_timeout)",
@@ -368,9 +370,15 @@ def document(settings: Settings) -> dict[str, Any]:
             {"name": "conversations", "description": "Where a conversation stands"},
             {"name": "operations", "description": "Probes, metrics and this document"},
             {"name": "notifications", "description": "What the tracker sends (webhooks)"},
+            {"name": "admin", "description": "The operator's queries and actions (tracker CLI)"},
+            {"name": "console", "description": "The web console's files"},
         ],
         "components": {
-            "schemas": {**schemas(settings), "Notification": notification_schema()},
+            "schemas": {
+                **schemas(settings),
+                "Notification": notification_schema(),
+                **admin.schemas(),
+            },
             "parameters": {
                 "ConversationId": {
                     "name": "id",
@@ -460,6 +468,7 @@ def document(settings: Settings) -> dict[str, Any]:
             "/openapi.json": {
                 "get": _open("getOpenApi", "This document", {"200": {"description": "OpenAPI"}})
             },
+            **admin.paths(_errors, _json),  # the operator's /admin endpoints, the console
         },
         "webhooks": webhooks(),
     }

@@ -61,6 +61,7 @@ class Scripts:
         self.ack = Script.load("ack")
         self.attempt_failed = Script.load("attempt_failed")
         self.dead_letter = Script.load("dead_letter")
+        self.dead_letter_replay = Script.load("dead_letter_replay")
         self.lease_acquire = Script.load("lease_acquire")
         self.lease_renew = Script.load("lease_renew")
         self.lease_release = Script.load("lease_release")

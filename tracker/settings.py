@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from tracker.errors import ConfigError
 from tracker.signing import decode_secret
@@ -65,6 +65,7 @@ class Settings:
     http_idle_timeout_ms: int
     http_body_timeout_ms: int
     access_log: bool
+    console_tokens: tuple[str, ...]  # read-only: GET under /admin and /console
     answered_retention_ms: int
     history_retention_ms: int
     run_dir: Path
@@ -130,6 +131,7 @@ class Settings:
             http_idle_timeout_ms=r.integer("HTTP_IDLE_TIMEOUT_MS", 75_000, 100, 3_600_000),
             http_body_timeout_ms=r.integer("HTTP_BODY_TIMEOUT_MS", 30_000, 100, 3_600_000),
             access_log=r.flag("ACCESS_LOG", False),
+            console_tokens=_items(r.secret("CONSOLE_TOKEN") or ""),
             answered_retention_ms=r.integer(
                 "ANSWERED_RETENTION_MS", 86_400_000, 1000, 365 * 86_400_000
             ),
@@ -142,6 +144,7 @@ class Settings:
             log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
             build_commit=r.token("TRACKER_COMMIT", "unknown"),
         )
+        _check_console_tokens(settings)
         if settings.min_timeout_ms > settings.max_timeout_ms:
             raise ConfigError("MIN_TIMEOUT_MS: must not exceed MAX_TIMEOUT_MS")
         if settings.prefetch_ms * 4 > settings.delivery_timeout_ms:
@@ -273,12 +276,34 @@ def _ca_file(path: str, redis_url: str) -> Path | None:
     return Path(path)
 
 
+def _check_console_tokens(settings: Settings) -> None:
+    if settings.console_tokens and not settings.api_tokens:
+        raise ConfigError("CONSOLE_TOKEN: needs API_TOKEN (without it every endpoint is open)")
+    if set(settings.console_tokens) & set(settings.api_tokens):
+        raise ConfigError("CONSOLE_TOKEN: must differ from every API_TOKEN")
+
+
 def _redis_url(url: str, mode: str) -> str:
-    scheme = urlsplit(url).scheme
+    parts = urlsplit(url)
+    scheme = parts.scheme
     if scheme not in REDIS_SCHEMES:
         raise ConfigError(f"REDIS_URL: scheme must be one of {', '.join(REDIS_SCHEMES)}")
     if mode != "standalone" and scheme == "unix":
         raise ConfigError(f"REDIS_URL: REDIS_MODE={mode} needs redis:// or rediss://")
+    hosts = parts.netloc.rpartition("@")[2]
+    for address in hosts.split(",") if mode == "sentinel" else [hosts]:
+        port = address.rpartition("]")[2].partition(":")[2]
+        if port and not (port.isdigit() and 0 < int(port) <= 65535):
+            raise ConfigError(f"REDIS_URL: port {port!r} is not a number from 1 to 65535")
+    query = parse_qs(parts.query)
+    if "db" in query:
+        db = query["db"][0]
+    else:  # a unix socket's path is the socket's
+        db = "" if scheme == "unix" else unquote(parts.path).strip("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"REDIS_URL: database {db!r} is not a number")
+    if mode == "cluster" and db.strip("0"):
+        raise ConfigError("REDIS_URL: Redis Cluster has only database 0")
     return url
 
 

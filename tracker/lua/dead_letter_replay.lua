@@ -1,0 +1,17 @@
+-- Put dead letters back on their shard stream, each at most once (two operators replaying
+-- the same entry at the same time put it back once).
+-- KEYS[1] dead_letters:{N}  KEYS[2] timeout_events:{N}
+-- ARGV[1] the shard stream entry's field name (e)
+-- ARGV[2..] pairs: dead-letter entry id, the shard stream entry's value
+-- returns: per pair, the new shard stream entry id, or false when that dead letter is gone
+local out = {}
+for i = 2, #ARGV, 2 do
+  local id = ARGV[i]
+  if #redis.call('XRANGE', KEYS[1], id, id) == 1 then
+    out[#out + 1] = redis.call('XADD', KEYS[2], '*', ARGV[1], ARGV[i + 1])
+    redis.call('XDEL', KEYS[1], id)
+  else
+    out[#out + 1] = false
+  end
+end
+return out
