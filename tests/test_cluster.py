@@ -143,6 +143,14 @@ async def test_phase2_flow_runs_on_redis_cluster(cluster: RedisCluster, tmp_path
         await asyncio.sleep(0.7)
         got = {(r.event["conversation_id"], r.event["level"]) for r in run.receiver.events}
         assert got == expected
+        async with aiohttp.ClientSession() as session:  # GET and its history, on a cluster
+            async with session.get(f"{run.base}/conversations/{ids[0]}") as resp:
+                view = await resp.json()
+                assert resp.status == 200, view
+            assert [v["status"] for v in view["levels"]] == ["delivered"] * 3
+            async with session.get(f"{run.base}/conversations/{ids[1]}/history") as resp:
+                kinds = [h["kind"] for h in (await resp.json())["history"]]
+            assert kinds == ["started", "answered"]
         masters = cluster.masters()
         holding = [m.port for m in masters if m.client().dbsize() > 0]
         assert len(holding) == 3, "the shards' keys should spread over every master"

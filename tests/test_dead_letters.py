@@ -185,6 +185,8 @@ async def test_replay_puts_the_notification_back_as_the_sweep_wrote_it(
     redis: Redis, redis_sync: sync_redis.Redis
 ) -> None:
     entry = add(redis_sync, 3, letter_fields("conv-a", level=2))
+    record = f"W|1|{SINCE_MS}|1000|agent|m1|{SINCE_MS}|||"
+    redis_sync.hset(ShardKeys.of(3).records, "conv-a", record)  # the conversation is here
     done = await dl.replay(redis, Scripts(), 3, [entry, "1-0"])
     assert done.replayed == [f"3-{entry}"]
     assert done.gone == ["3-1-0"]
@@ -199,6 +201,8 @@ async def test_replay_puts_the_notification_back_as_the_sweep_wrote_it(
         SINCE_MS,
     )
     assert fields == n.entry_fields()  # one packed field, as the sweep script writes
+    kind, _, gen, level = str(redis_sync.hget(ShardKeys.of(3).history, "conv-a")).split("|")
+    assert (kind, gen, level) == ("R", "1", "2")  # the replay is in its history
 
 
 async def test_the_replay_script_puts_an_entry_back_once(

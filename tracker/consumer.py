@@ -42,6 +42,7 @@ async def serve(
     idle that long by any dead consumer. A Redis error is backed off from; what it left
     pending (a batch read or held when it struck) is read again as soon as Redis answers."""
     claim_idle_ms = claim_idle_ms or settings.delivery_timeout_ms
+    deliverer.heartbeat = heartbeat
     known: set[int] = set()
     next_claim = 0.0
     backoff = Backoff()

@@ -22,6 +22,7 @@ from tracker import metrics
 from tracker.connection import error_kind, is_cluster, redis_time_ms
 from tracker.errors import DeliveryError
 from tracker.events import Entries, MalformedEntry, Notification, Outgoing
+from tracker.heartbeat import Heartbeat
 from tracker.hold import Held, Hold
 from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of_key
 from tracker.layout import LiveLayout
@@ -41,6 +42,8 @@ READ_COUNT = 512
 #: Notifications a deliver_stream.lua call takes: short calls, so that Redis serves the
 #: API and the sweeper in between.
 DIRECT_CHUNK = 500
+#: While the hold is full, the read loop reports itself alive this often.
+ROOM_BEAT_S = 5.0
 CLUSTER_POLL_MS = 20
 
 
@@ -97,6 +100,7 @@ class Deliverer:
         # The stream sink alone, off Redis Cluster: re-check, write and acknowledge in one
         # script call a shard (deliver_stream.lua) instead of three round trips.
         self.direct = settings.notify_sinks == ("stream",) and not self.cluster
+        self.heartbeat: Heartbeat | None = None  # the read loop's, set by consumer.serve
 
     async def ensure_group(self, shard: int) -> None:
         """Create the delivery group (and the stream) when missing."""
@@ -137,8 +141,17 @@ class Deliverer:
         for name, entries in _stream_items(reply):
             batch += await self._parse(shard_of_key(name), entries)
         await self.submit(batch)
-        await self.hold.wait_room()
+        await self._wait_room()
         return len(batch)
+
+    async def _wait_room(self) -> None:
+        """Wait until the hold has room (a burst can fill it), telling the role's heartbeat
+        meanwhile that the loop is alive: waiting for due times is progress too."""
+        while not self.hold.has_room():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.hold.wait_room(), ROOM_BEAT_S)
+            if self.heartbeat is not None:
+                self.heartbeat.progress()
 
     async def _parse(self, shard: int, entries: Entries) -> list[Notification]:
         """The notifications of `entries`; one that cannot be read is dead-lettered at once
@@ -202,7 +215,7 @@ class Deliverer:
                 entries = [e for _, entries in _stream_items(reply) for e in entries]
                 batch = await self._parse(shard, entries)
                 await self.submit(batch, retried=True, just_read_pending=True)
-                await self.hold.wait_room()
+                await self._wait_room()
                 if len(entries) < READ_COUNT:
                     break
                 start = entries[-1][0]

@@ -90,6 +90,9 @@ class Hold:
         """Cut a `wait_due` short."""
         self._changed.set()
 
+    def has_room(self) -> bool:
+        return self._room.is_set()
+
     async def wait_room(self) -> None:
         await self._room.wait()
 

@@ -148,7 +148,7 @@ class ShardKeys:
     @property
     def for_replay(self) -> list[str]:
         """KEYS of the dead_letter_replay script."""
-        return [self.dead_letters, self.events]
+        return [self.dead_letters, self.events, self.history, self.records]
 
 
 def all_shards(shard_count: int) -> list[ShardKeys]:

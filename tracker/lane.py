@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -89,7 +90,9 @@ class Lane:
         """The connection, opened once for every batch that asks meanwhile: while Redis is
         away they all fail with the same attempt instead of queueing one attempt each."""
         if self._opening is None or self._opening.done():
-            self._opening = asyncio.create_task(self._connect())
+            # a context of its own: not the request's that happened to open it (its log
+            # lines would carry that request's id)
+            self._opening = asyncio.create_task(self._connect(), context=contextvars.Context())
             self._opening.add_done_callback(_retrieve)
         return await asyncio.shield(self._opening)
 
@@ -104,7 +107,8 @@ class Lane:
         if reader is None or writer is None:
             raise ConnectionError("the connection to Redis did not open")
         self._conn, self._writer = conn, writer
-        self._reading = asyncio.create_task(self._read(reader, writer))
+        reading = self._read(reader, writer)
+        self._reading = asyncio.create_task(reading, context=contextvars.Context())
         return writer
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

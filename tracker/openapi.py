@@ -352,9 +352,40 @@ def webhooks() -> dict[str, Any]:
 
 
 def document(settings: Settings) -> dict[str, Any]:
+    report = {
+        "type": "object",
+        "properties": {
+            "redis": {
+                "type": "string",
+                "description": "ok, or why Redis did not answer: reported, not failed on (an"
+                " outage every pod shares would empty the Service)",
+            },
+            "roles": {
+                "type": "object",
+                "description": "Each role process of the pod: its progress and the Redis error"
+                " it is backing off from",
+            },
+        },
+    }
     ready = {
-        "200": {"description": "Ready"},
-        "503": {"description": "Not ready (unavailable, not_sweeping)", **_error_ref()},
+        "200": {
+            "description": "Ready: this pod's programs are up and making progress",
+            "content": {
+                "application/json": {
+                    "schema": {"allOf": [{"properties": {"status": {"const": "ready"}}}, report]}
+                }
+            },
+        },
+        "503": {
+            "description": "Not ready: a program down (not_running), a role that has not"
+            " completed its first round (starting), a role without progress (stalled), a led"
+            " shard not swept (not_sweeping)",
+            "content": {
+                "application/json": {
+                    "schema": {"allOf": [{"$ref": "#/components/schemas/Error"}, report]}
+                }
+            },
+        },
     }
     return {
         "openapi": "3.1.0",
@@ -456,7 +487,9 @@ def document(settings: Settings) -> dict[str, Any]:
             },
             "/health": {"get": _open("getHealth", "Liveness", {"200": {"description": "Alive"}})},
             "/ready": {
-                "get": _open("getReady", "Redis reachable and led shards swept recently", ready)
+                "get": _open(
+                    "getReady", "This pod's processes up and making progress (readiness)", ready
+                )
             },
             "/metrics": {
                 "get": _open(

@@ -284,8 +284,8 @@ class Store:
             pipe.zscore(k.waiting, conversation_id)
             pipe.hget(k.moving, conversation_id)
             pipe.hget(k.history, conversation_id)
-            pipe.time()
-            raw, fired, due, moving, history, (seconds, micros) = await pipe.execute()
+            raw, fired, due, moving, history = await pipe.execute()
+        seconds, micros = await self.redis.time()  # apart: a cluster pipeline is one slot
         if raw is None and moving is not None:  # taken out by a move in progress
             parts = moving.split("|", RECORD_FIELDS + 3)  # record|due|level|retire|history
             raw = "|".join(parts[:RECORD_FIELDS])
