@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from tests.processes import Pod, Role, role_env, wait_http, wait_until
@@ -204,8 +205,9 @@ async def test_ctl_status_exits_0_on_a_healthy_pod_run_from_another_directory(
 
 async def test_phase1_pod_with_its_own_redis_is_healthy(tmp_path: Path) -> None:
     """No REDIS_URL: the embedded redis-server runs (its config shipped in the package) and
-    phase 1 defines no consumer: `ctl status` exits 0."""
-    pod = Pod("embedded", "", tmp_path, cwd=str(tmp_path), MODE="phase1")
+    phase 1 defines no consumer: `ctl status` exits 0. With LOG_FORMAT=json, redis-server's
+    own text goes to RUN_DIR/redis.log: the pod's stream holds JSON only."""
+    pod = Pod("embedded", "", tmp_path, cwd=str(tmp_path), MODE="phase1", LOG_FORMAT="json")
     try:
         await wait_http(f"{pod.base}/ready", timeout=30)
         assert await wait_until(lambda: "STARTING" not in pod.ctl("status"), timeout=20)
@@ -218,6 +220,9 @@ async def test_phase1_pod_with_its_own_redis_is_healthy(tmp_path: Path) -> None:
         assert body["roles"] == {"sweeper": "ok", "sweeper-delivery": "ok"}, body
     finally:
         pod.stop()
+    for line in pod.role.output().splitlines():
+        assert orjson.loads(line)["pod"] == "embedded", line
+    assert "Redis is starting" in (pod.run_dir / "redis.log").read_text()
 
 
 async def test_ready_fails_when_a_consumer_is_stuck_and_recovers(

@@ -52,6 +52,7 @@ def pod_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str
         # numprocs of the programs the pod may not run (0: the program has no process)
         POD_CONSUMER_PROCESSES=str(settings.consumer_processes if settings.mode == "phase2" else 0),
         POD_REDIS_PROCESSES="1" if embedded else "0",
+        REDIS_LOG=str(run_dir / "redis.log") if settings.log_format == "json" else "/dev/stdout",
         REDIS_DATA_DIR=str(Path(env.get("REDIS_DATA_DIR") or run_dir.parent / "redis").resolve()),
         REDIS_SERVER=shutil.which("redis-server") or "redis-server",
     )
