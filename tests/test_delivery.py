@@ -534,9 +534,10 @@ async def test_the_stream_sink_delivers_in_one_call_and_finds_moved_ones(
     out = await xrange(redis, "out")
     assert sorted(f["conversation_id"] for _, f in out) == sorted(["c1", moved])
     assert await pending(redis) == 0
+    assert await redis.hget(ShardKeys.of(0).history, "c1") is None  # noted a moment later
+    await d.close()  # which writes the notes waiting
     history = await redis.hget(ShardKeys.of(0).history, "c1")
     assert str(history).split("|")[0::4] == ["D", "stream"]
     assert str(await redis.hget(ShardKeys.of(0).history, "c3")).startswith("U|")
     # no note left behind where the moved conversation has no record: nothing would retire it
     assert await redis.hget(ShardKeys.of(0).history, moved) is None
-    await d.close()

@@ -28,7 +28,7 @@ from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of_key
 from tracker.layout import LiveLayout
 from tracker.scripts import Arg, Call, Scripts, run_batch
 from tracker.settings import Settings
-from tracker.sinks import Deferred, Outcomes, Sink
+from tracker.sinks import Deferred, Outcomes, Sink, StreamSink
 from tracker.timefmt import format_ms
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ READ_COUNT = 512
 #: Notifications a deliver_stream.lua call takes: short calls, so that Redis serves the
 #: API and the sweeper in between.
 DIRECT_CHUNK = 500
+#: The stream sink's history notes are written this long after their delivery, together.
+NOTE_DELAY_S = 0.25
 #: While the hold is full, the read loop reports itself alive this often.
 ROOM_BEAT_S = 5.0
 CLUSTER_POLL_MS = 20
@@ -101,6 +103,9 @@ class Deliverer:
         # script call a shard (deliver_stream.lua) instead of three round trips.
         self.direct = settings.notify_sinks == ("stream",) and not self.cluster
         self.heartbeat: Heartbeat | None = None  # the read loop's, set by consumer.serve
+        self.notes: list[Call] = []  # history notes to write (_note_later)
+        self.writing: set[asyncio.Task[None]] = set()
+        self.noting: asyncio.TimerHandle | None = None
 
     async def ensure_group(self, shard: int) -> None:
         """Create the delivery group (and the stream) when missing."""
@@ -271,7 +276,8 @@ class Deliverer:
 
     async def _release(self) -> None:
         """Handle held notifications as they fall due, everything due at once in one batch.
-        A batch that fails on Redis stays pending in its stream: a claim finds it."""
+        A batch that fails on Redis stays pending in its stream: the read loop reads it
+        again."""
         while not (self.closing and not self.hold):
             await self.hold.wait_due()
             items = self.hold.take_due()
@@ -348,8 +354,10 @@ class Deliverer:
         self, batch: Sequence[Notification], retried: bool, just_read_pending: bool
     ) -> list[Notification]:
         """The stream sink's delivery: one deliver_stream.lua call a shard (DIRECT_CHUNK
-        notifications a call), all in one round trip. Returns those not in their entry's
-        shard (a reshard moved them), for the general path to find."""
+        notifications a call), all in one round trip; then, off the path to the reader, the
+        outcomes noted in the history (ack.lua: its acknowledgement is a no-op by then).
+        Returns those not in their entry's shard (a reshard moved them), for the general
+        path to find."""
         calls: list[Call] = []
         chunks: list[Sequence[Notification]] = []
         by_shard: dict[int, list[Notification]] = defaultdict(list)
@@ -361,32 +369,63 @@ class Deliverer:
             keys = ShardKeys.of(shard).for_deliver_stream(self.settings.notify_stream)
             for i in range(0, len(items), DIRECT_CHUNK):
                 chunk = items[i : i + DIRECT_CHUNK]
-                calls.append(
-                    (self.scripts.deliver_stream, keys, [*head, *(n.direct_arg for n in chunk)])
-                )
+                args = head + [a for n in chunk for a in n.direct_args]
+                calls.append((self.scripts.deliver_stream, keys, args))
                 chunks.append(chunk)
         elsewhere: list[Notification] = []
         sent = collections.Counter[int]()
         lateness: list[float] = []
+        notes: list[Call] = []
         for done, reply in zip(chunks, await run_batch(self.redis, calls), strict=True):
             *codes, now = reply
-            now = int(now)
-            self.hold.clock.observe(now)
+            self.hold.clock.observe(int(now))
+            acked: list[Arg] = []
             for n, code in zip(done, codes, strict=True):
-                code = int(code)
                 if code == SEND:
                     sent[n.level] += 1
                     lateness.append(max(0, now - n.due_at_ms) / 1000)
+                    acked.append(_ack_arg(n, DELIVERED, StreamSink.name))
                 elif code == EARLY:
                     self._hold(Held(n, retried, just_read_pending))
                 elif code == ELSEWHERE:
                     elsewhere.append(n)
                 else:
-                    metrics.SUPPRESSED.labels("superseded" if code == SUPERSEDED else "stale").inc()
+                    stale = code != SUPERSEDED
+                    metrics.SUPPRESSED.labels("stale" if stale else "superseded").inc()
+                    acked.append(_ack_arg(n, SUPPRESSED if stale else SUPERSEDED_MARK))
+            if acked:
+                keys = ShardKeys.of(done[0].shard).for_ack
+                notes.append((self.scripts.ack, keys, [CONSUMER_GROUP, 0, now, *acked]))
         metrics.observe_many(metrics.LATENESS, lateness)
         for level, count in sent.items():
             metrics.SENT.labels(str(level)).inc(count)
+        self._note_later(notes)
         return elsewhere
+
+    def _note_later(self, calls: list[Call]) -> None:
+        """Write history notes NOTE_DELAY_S from now, with whatever else comes meanwhile, a
+        call at a time: while a burst goes out, Redis's time is the burst's. A note is best
+        effort (a process killed before it writes loses it; the delivery itself stands)."""
+        self.notes += calls
+        if calls and self.noting is None:
+            self.noting = asyncio.get_running_loop().call_later(NOTE_DELAY_S, self._write_notes)
+
+    def _write_notes(self) -> None:
+        self.noting = None
+        calls, self.notes = self.notes, []
+        task = asyncio.create_task(self._write(calls))
+        self.writing.add(task)
+        task.add_done_callback(self.writing.discard)
+
+    async def _write(self, calls: list[Call]) -> None:
+        """One call at a time (DIRECT_CHUNK notes, about a millisecond of Redis's): the
+        deliveries of a burst still going out go in between."""
+        for i, call in enumerate(calls):
+            try:
+                await run_batch(self.redis, [call])
+            except RedisError as exc:
+                log.warning("history notes not written count=%d error=%s", len(calls) - i, exc)
+                return
 
     async def _recheck(
         self, batch: Sequence[Notification]
@@ -486,7 +525,7 @@ class Deliverer:
         for shard, entries in done.items():
             if entries:
                 k = ShardKeys.of(shard)
-                args: list[Arg] = [CONSUMER_GROUP, int(retried), *entries]
+                args: list[Arg] = [CONSUMER_GROUP, int(retried), 0, *entries]
                 calls.append((self.scripts.ack, k.for_ack, args))
         if calls:
             await run_batch(self.redis, calls)
@@ -615,9 +654,12 @@ class Deliverer:
                 log.warning(
                     "held notifications left pending count=%d error=%r", len(self.hold), exc
                 )
+        if self.noting is not None:  # the notes waiting: now
+            self.noting.cancel()
+            self._write_notes()
         for task in list(self.retries):
             task.cancel()
-        await asyncio.gather(*self.retries, return_exceptions=True)
+        await asyncio.gather(*self.retries, *self.writing, return_exceptions=True)
         for sink in self.sinks:
             await sink.close()
 

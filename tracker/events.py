@@ -54,7 +54,7 @@ class Notification(NamedTuple):
     #: with prefetch), so that sending costs little.
     known_values: tuple[str, ...] = ()
     #: This notification as deliver_stream.lua takes it, made when the entry is read too.
-    direct_arg: str = ""
+    direct_args: tuple[str, ...] = ()
 
     @classmethod
     def from_entry(cls, shard: int, entry_id: str, fields: dict[str, str]) -> Notification:
@@ -80,8 +80,8 @@ class Notification(NamedTuple):
         n = cls(entry_id, shard, c, int(level), int(gen), agent, message, int(since), int(due))
         known = n.values_before_firing()
         event, _, _, _, _, since_at, due_at = known
-        direct = "|".join((entry_id, c, gen, due, level, event, agent, message, since_at, due_at))
-        return n._replace(known_values=known, direct_arg=direct)
+        direct = (entry_id, c, gen, due, level, event, agent, message, since_at, due_at)
+        return n._replace(known_values=known, direct_args=direct)
 
     def _entry_values(self) -> tuple[str, ...]:
         """The shard stream entry's values, in READABLE order."""

@@ -125,15 +125,7 @@ class ShardKeys:
 
     def for_deliver_stream(self, outbound: str) -> list[str]:
         """KEYS of the deliver_stream script, with the outbound stream's name."""
-        return [
-            self.records,
-            self.moving,
-            self.states,
-            self.events,
-            self.attempts,
-            self.history,
-            outbound,
-        ]
+        return [self.records, self.moving, self.states, self.events, self.attempts, outbound]
 
     @property
     def for_attempt_failed(self) -> list[str]:

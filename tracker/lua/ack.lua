@@ -4,13 +4,16 @@
 -- KEYS[1] timeout_events:{N}  KEYS[2] delivery_attempts:{N}  KEYS[3] history:{N}
 -- KEYS[4] conversations:{N}
 -- ARGV[1] consumer group  ARGV[2] 1 when some entries had failed attempts to forget, else 0
--- ARGV[3..] one per entry: entry id|conversation id|generation|level|outcome|sinks
+-- ARGV[3] when it happened, ms (0: now; deliver_stream.lua's callers give the time it gave,
+--   noting after the fact what that script acknowledged already)
+-- ARGV[4..] one per entry: entry id|conversation id|generation|level|outcome|sinks
 --   outcome: D delivered (to the sinks, ','-separated), U suppressed (answered or restarted
 --   before its due time), P superseded (a higher level of its period is due)
 -- returns: number of entries acknowledged
-if #ARGV < 3 then return 0 end
-local entries, notes, now = {}, writes(), now_ms()
-for i = 3, #ARGV do
+if #ARGV < 4 then return 0 end
+local at = tonumber(ARGV[3])
+local entries, notes, now = {}, writes(), at > 0 and at or now_ms()
+for i = 4, #ARGV do
   local entry, id, gen, level, outcome, sinks =
     string.match(ARGV[i], '^([^|]*)|([^|]*)|(%d+)|(%d)|(%a)|([^|]*)$')
   entries[#entries + 1] = entry
