@@ -17,6 +17,7 @@ import contextlib
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import httptools
 import orjson
@@ -61,8 +62,7 @@ class Connection(asyncio.Protocol):
         self.body: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's, not asyncio's class
 
     def data_received(self, data: bytes) -> None:
         try:

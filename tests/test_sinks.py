@@ -73,7 +73,7 @@ async def test_a_redirect_is_a_failure_that_names_its_location_not_a_delivery(
             finally:
                 await sink.close()
             assert isinstance(outcome, DeliveryError)
-            assert str(outcome) == f"webhook: HTTP {status} redirect to /final"
+            assert str(outcome) == f"webhook: HTTP {status} redirect to {base}/final"
             assert not outcome.permanent  # retried: the address may be fixed meanwhile
     assert followed == []
 
@@ -136,3 +136,42 @@ async def test_the_signed_timestamp_is_taken_when_the_request_is_sent(
     (first, _), (second, arrived) = stamps
     assert second >= first + 1
     assert abs(second - arrived) < 1.0
+
+
+async def test_no_answer_is_a_failure_that_says_why(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Nobody listening, and a receiver slower than NOTIFY_WEBHOOK_TIMEOUT_MS: each a
+    DeliveryError naming curl's error (retried, counted by the breaker), not a hang."""
+
+    async def stalls(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(status=204)
+
+    closed = webhook(redis_server, tmp_path, f"http://127.0.0.1:{free_port()}/hook")
+    try:
+        (outcome,) = await closed.send([NOTIFICATION.outgoing(200)])
+    finally:
+        await closed.close()
+    assert isinstance(outcome, DeliveryError)
+    assert str(outcome).startswith("webhook: curl 7:")  # could not connect
+    assert closed.breaker.failures == 1
+    async with receiver({("POST", "/hook"): stalls}) as base:
+        settings = make_settings(
+            redis_server.url,
+            tmp_path / "run",
+            NOTIFY_SINK="webhook",
+            NOTIFY_WEBHOOK_URL=f"{base}/hook",
+            NOTIFY_WEBHOOK_SECRET=SECRET,
+            NOTIFY_WEBHOOK_TIMEOUT_MS="300",
+        )
+        slow = WebhookSink(settings)
+        try:
+            started = time.monotonic()
+            (outcome,) = await slow.send([NOTIFICATION.outgoing(200)])
+            took = time.monotonic() - started
+        finally:
+            await slow.close()
+    assert isinstance(outcome, DeliveryError)
+    assert str(outcome).startswith("webhook: curl 28:")  # timed out
+    assert took < 2.0

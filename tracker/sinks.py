@@ -9,12 +9,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tracker import metrics
 from tracker.connection import is_outage
+from tracker.curl import CurlClient, CurlError
 from tracker.errors import DeliveryError
 from tracker.events import OUTBOUND, Outgoing
 from tracker.scripts import Arg, Script
@@ -182,9 +182,10 @@ MAX_RESPONSE_BYTES = 64 * 1024
 
 
 class WebhookSink:
-    """One signed POST per event (Standard Webhooks); 4xx but 408 and 429 is permanent.
-    Redirects are not followed: a 3xx is a failure that names its Location (aiohttp would
-    follow a 301/302 as a GET without the body, and the event would be lost unseen).
+    """One signed POST per event (Standard Webhooks), through libcurl (tracker/curl.py);
+    4xx but 408 and 429 is permanent. Redirects are not followed: a 3xx is a failure that
+    names where it points (following a 301/302 turns the POST into a GET without the body:
+    the event would be lost unseen). At most MAX_RESPONSE_BYTES of an answer are read.
 
     A circuit breaker stops sending while the endpoint keeps failing.
     """
@@ -194,16 +195,11 @@ class WebhookSink:
     def __init__(self, settings: Settings, concurrency: int = 64) -> None:
         self.url = settings.webhook_url
         self.keys = tuple(decode_secret(s) for s in settings.webhook_secrets)
-        self.timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_ms / 1000)
         self.limit = asyncio.Semaphore(concurrency)
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown_ms / 1000)
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
-        return self._session
+        self.client = CurlClient(
+            concurrency, settings.webhook_timeout_ms / 1000, MAX_RESPONSE_BYTES
+        )
 
     async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
         return list(await asyncio.gather(*(self._post(item) for item in batch)))
@@ -222,16 +218,18 @@ class WebhookSink:
                 "webhook-signature": sign(self.keys, event_id, timestamp, body),
             }
             try:
-                status, location = await self._request(body, headers)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                answer = await self.client.post(self.url, body, headers)
+            except CurlError as exc:
                 self.breaker.failure()
-                return DeliveryError(f"webhook: {type(exc).__name__}: {exc}")
+                return DeliveryError(f"webhook: {exc}")
+        status = answer.status
         if status < 300:
             self.breaker.success()
             return None
         if status < 400:
             self.breaker.success()  # the endpoint answers; it is the address that is wrong
-            return DeliveryError(f"webhook: HTTP {status} redirect to {location or '(none)'}")
+            where = answer.location or "(none)"
+            return DeliveryError(f"webhook: HTTP {status} redirect to {where}")
         permanent = 400 <= status < 500 and status not in (408, 429)
         if permanent:
             self.breaker.success()  # the endpoint is up; this one event is refused
@@ -239,19 +237,8 @@ class WebhookSink:
             self.breaker.failure()
         return DeliveryError(f"webhook: HTTP {status}", permanent=permanent)
 
-    async def _request(self, body: bytes, headers: dict[str, str]) -> tuple[int, str | None]:
-        """POST once, no redirects followed; read at most MAX_RESPONSE_BYTES of the answer
-        (a connection with more unread is closed, not reused)."""
-        client = self._client()
-        async with client.post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
-            await resp.content.read(MAX_RESPONSE_BYTES)
-            if not resp.content.at_eof():
-                resp.close()
-            return resp.status, resp.headers.get("Location")
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.client.close()
 
 
 def build_sinks(settings: Settings, redis: Redis) -> list[Sink]:
