@@ -330,6 +330,7 @@ class Deliverer:
         fired_at = format_ms(fired_at_ms)
         outgoing = [n.outgoing(fired_at_ms, fired_at) for n in to_send]
         failures = await self._send(outgoing)
+        accepted_ms = self.hold.clock.now_ms()  # the lateness that counts: sinks have it
         sent = collections.Counter[int]()
         lateness: list[float] = []
         delivered_to = ",".join(sink.name for sink in self.sinks)
@@ -338,7 +339,7 @@ class Deliverer:
             if (n.shard, n.entry_id) not in failures:
                 done[n.shard].append(_ack_arg(n, DELIVERED, delivered_to))
                 sent[n.level] += 1
-                lateness.append(max(0, fired_at_ms - n.due_at_ms) / 1000)
+                lateness.append(max(0, accepted_ms - n.due_at_ms) / 1000)
         metrics.observe_many(metrics.LATENESS, lateness)
         for level, count in sent.items():
             metrics.SENT.labels(str(level)).inc(count)

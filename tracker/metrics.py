@@ -66,7 +66,8 @@ RESPONSE_TIME = Histogram(
 )
 LATENESS = Histogram(
     "timeout_firing_lateness_seconds",
-    "Delivery time minus due time of each notification",
+    "When every sink had accepted a notification (written to the outbound stream, the webhook"
+    " answered 2xx) minus its due time",
     buckets=LATENCY_BUCKETS,
 )
 BACKLOG = Gauge(
