@@ -33,6 +33,7 @@ class Downstream:
     redis_port: int
     stream: str = "bench_notifications"
     timeout_s: float = 180.0
+    delay_ms: float = 0.0  # the webhook receiver answers this late
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
@@ -57,6 +58,7 @@ class Downstream:
         else:
             self.port = free_port()
             args = ["bench.receiver", "--port", str(self.port), "--secret", self.secret]
+            args += ["--delay-ms", str(self.delay_ms)]
         self.proc = subprocess.Popen([sys.executable, "-m", *args, *common], stdout=subprocess.PIPE)
         if self.sink == "webhook":  # listening before anything is sent
             assert self.proc.stdout is not None

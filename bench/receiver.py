@@ -3,6 +3,7 @@ downstream service would, checks every Standard Webhooks signature (the official
 answers 204, and stamps each notification when its request is complete.
 
     python -m bench.receiver --port P --secret whsec_... --expect N --out FILE [--timeout S]
+        [--delay-ms MS]
 
 uvloop and httptools, no framework: it must not be what limits the rate. Writes one line
 per notification, ``received_ms due_ms fired_ms``, exits once N arrived (1 when not in time), and
@@ -31,9 +32,10 @@ REFUSED = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
 
 
 class Tally:
-    def __init__(self, secret: str, expect: int) -> None:
+    def __init__(self, secret: str, expect: int, delay_s: float = 0.0) -> None:
         self.hook = Webhook(secret)
         self.expect = expect
+        self.delay_s = delay_s
         self.rows: list[tuple[int, int, int]] = []
         self.bad = 0
         self.done = asyncio.Event()
@@ -84,12 +86,18 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         ok = self.tally.take(self.headers, b"".join(self.body))
-        if self.transport is not None:
+        if self.tally.delay_s:  # a receiver farther away: the answer takes this long
+            asyncio.get_running_loop().call_later(self.tally.delay_s, self._answer, ok)
+        else:
+            self._answer(ok)
+
+    def _answer(self, ok: bool) -> None:
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.write(NO_CONTENT if ok else REFUSED)
 
 
 async def serve(args: argparse.Namespace) -> int:
-    tally = Tally(args.secret, args.expect)
+    tally = Tally(args.secret, args.expect, args.delay_ms / 1000)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: Connection(tally), "127.0.0.1", args.port, backlog=4096
@@ -114,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expect", type=int, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--delay-ms", type=float, default=0.0, help="answer each request this late")
     return uvloop.run(serve(p.parse_args(argv)))
 
 

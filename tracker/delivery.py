@@ -42,6 +42,8 @@ READ_COUNT = 512
 #: Notifications a deliver_stream.lua call takes: short calls, so that Redis serves the
 #: API and the sweeper in between.
 DIRECT_CHUNK = 500
+#: Batches of held notifications handled at once (a webhook's answers take their time).
+RELEASES_IN_FLIGHT = 16
 #: The stream sink's history notes are written this long after their delivery, together.
 NOTE_DELAY_S = 0.25
 #: While the hold is full, the read loop reports itself alive this often.
@@ -275,27 +277,47 @@ class Deliverer:
             self.releaser = asyncio.create_task(self._release())
 
     async def _release(self) -> None:
-        """Handle held notifications as they fall due, everything due at once in one batch.
-        A batch that fails on Redis stays pending in its stream: the read loop reads it
-        again."""
-        while not (self.closing and not self.hold):
-            await self.hold.wait_due()
-            items = self.hold.take_due()
-            groups: dict[tuple[bool, bool], list[Notification]] = defaultdict(list)
-            for item in items:
-                groups[item.retried, item.just_read_pending].append(item.notification)
-            try:
-                for (retried, pending), batch in groups.items():
-                    await self.handle(batch, retried=retried, just_read_pending=pending)
-            except RedisError as exc:
-                if is_nogroup(exc):
-                    log.warning("stream gone, held batch dropped error=%s", exc)
-                else:  # left pending: the read loop reads it again once Redis answers
-                    self.failures += 1
-                    metrics.REDIS_ERRORS.labels(self.role, error_kind(exc)).inc()
-                    log.warning("redis error, held batch left pending error=%s", exc)
-            finally:
-                self.hold.settle(items)
+        """Handle held notifications as they fall due, everything due at once in one batch,
+        without waiting for the batch before (up to RELEASES_IN_FLIGHT at once): what falls
+        due a few milliseconds after a batch goes out does not wait for that batch's
+        webhook answers. A batch that fails on Redis stays pending in its stream: the read
+        loop reads it again."""
+        slots = asyncio.Semaphore(RELEASES_IN_FLIGHT)
+        handling: set[asyncio.Task[None]] = set()
+        try:
+            while not (self.closing and not self.hold):
+                await self.hold.wait_due()
+                items = self.hold.take_due()
+                if not items:
+                    continue
+                await slots.acquire()
+                task = asyncio.create_task(self._handle_held(items))
+                task.add_done_callback(lambda _: slots.release())
+                handling.add(task)
+                task.add_done_callback(handling.discard)
+                for done in [t for t in handling if t.done()]:
+                    done.result()  # a bug in handling stops the releaser: the process restarts
+        finally:
+            for outcome in await asyncio.gather(*handling, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.error("handling held notifications failed error=%r", outcome)
+
+    async def _handle_held(self, items: list[Held]) -> None:
+        groups: dict[tuple[bool, bool], list[Notification]] = defaultdict(list)
+        for item in items:
+            groups[item.retried, item.just_read_pending].append(item.notification)
+        try:
+            for (retried, pending), batch in groups.items():
+                await self.handle(batch, retried=retried, just_read_pending=pending)
+        except RedisError as exc:
+            if is_nogroup(exc):
+                log.warning("stream gone, held batch dropped error=%s", exc)
+            else:  # left pending: the read loop reads it again once Redis answers
+                self.failures += 1
+                metrics.REDIS_ERRORS.labels(self.role, error_kind(exc)).inc()
+                log.warning("redis error, held batch left pending error=%s", exc)
+        finally:
+            self.hold.settle(items)
 
     def check_releaser(self) -> None:
         """Raise what stopped the releaser, if anything did (the process then restarts)."""
