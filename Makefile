@@ -130,7 +130,7 @@ docker-constraints: $(STAMP)
 
 ## openapi: write docs/openapi.json (a test checks it equals what the API serves)
 openapi: $(STAMP)
-	$(PY) -m tracker.openapi > docs/openapi.json
+	$(PY) -m tracker.api.openapi > docs/openapi.json
 
 ## fmt, lint: ruff format and fix; ruff format --check, ruff check and mypy --strict
 fmt: $(STAMP)

@@ -9,9 +9,9 @@ import redis as sync_redis
 from bench.harness import redis_benchmark
 from bench.report import Report
 from tests.redis_server import RedisServer
-from tracker.keys import ShardKeys, wake_channel
-from tracker.scripts import Script
-from tracker.store import AgentMessage, apply_arg
+from tracker.redis.keys import ShardKeys, wake_channel
+from tracker.redis.scripts import Script
+from tracker.state.store import AgentMessage, apply_arg
 
 BATCH = 64  # events per script call: 1000 events over 16 shards
 # the sweep's entry: one field, conversation|level|generation|since|due|agent|message

@@ -20,11 +20,11 @@ import uvloop
 from bench import harness
 from bench.report import Report
 from tests.redis_cluster import RedisCluster
-from tracker.connection import connect
-from tracker.keys import ShardKeys
-from tracker.scripts import Scripts
+from tracker.redis.connection import connect
+from tracker.redis.keys import ShardKeys
+from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
-from tracker.store import Store
+from tracker.state.store import Store
 
 CONVERSATIONS = 60_000
 SHARDS = 16

@@ -13,9 +13,9 @@ import redis as sync_redis
 
 from bench.report import Report
 from tests.redis_server import RedisServer
-from tracker.keys import ShardKeys, shard_of, wake_channel
-from tracker.scripts import Script
-from tracker.store import AgentMessage, apply_arg
+from tracker.redis.keys import ShardKeys, shard_of, wake_channel
+from tracker.redis.scripts import Script
+from tracker.state.store import AgentMessage, apply_arg
 
 CONVERSATIONS = 1_000_000
 SHARDS = 16

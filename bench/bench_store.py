@@ -13,9 +13,9 @@ import uvloop
 from bench import harness
 from bench.report import Report
 from tests.redis_server import RedisServer
-from tracker.connection import connect
-from tracker.scripts import Scripts
-from tracker.store import Store
+from tracker.redis.connection import connect
+from tracker.redis.scripts import Scripts
+from tracker.state.store import Store
 
 CONVERSATIONS = 100_000
 ROUNDS = 3

@@ -14,9 +14,9 @@ from redis.asyncio import Redis
 
 from bench import harness
 from bench.downstream import Arrival, Downstream
-from tracker.connection import connect
-from tracker.scripts import Scripts
-from tracker.store import Store
+from tracker.redis.connection import connect
+from tracker.redis.scripts import Scripts
+from tracker.state.store import Store
 
 INTERVAL_MS = 60_000  # level 2 is a minute away: one level fires per conversation in a run
 STREAM = "bench_notifications"

@@ -14,7 +14,7 @@ import redis as sync_redis
 
 from tests.processes import Pod, Receiver, post_events, wait_http, wait_until
 from tests.redis_server import RedisServer
-from tracker.keys import ShardKeys
+from tracker.redis.keys import ShardKeys
 from tracker.timefmt import parse_rfc3339_ms
 
 SHARDS = 8

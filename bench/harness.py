@@ -15,9 +15,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from tests.processes import Role, role_env
-from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
 from tracker.settings import Settings
-from tracker.store import AgentMessage, CustomerResponse, Event, Store
+from tracker.state.store import AgentMessage, CustomerResponse, Event, Store
 
 BENCH_DIR = Path(__file__).parent
 CHUNK = 1000  # events per Store.apply_many call and per POST /events (the API's MAX_BATCH)

@@ -28,8 +28,8 @@ import uvloop
 
 from tests.processes import SECRET
 from tests.redis_server import free_port
-from tracker.events import Notification
-from tracker.signing import decode_secret, sign
+from tracker.delivery.notification import Notification
+from tracker.delivery.signing import decode_secret, sign
 
 CONCURRENCY = 64
 Sender = Callable[[str, int], Coroutine[Any, Any, None]]

@@ -10,8 +10,8 @@ from typing import Any
 import redis as sync_redis
 
 from tests.processes import Pod
-from tracker.events import Notification
-from tracker.keys import ShardKeys
+from tracker.delivery.notification import Notification
+from tracker.redis.keys import ShardKeys
 from tracker.timefmt import format_ms
 
 #: Short timings every fault test starts from.
@@ -122,7 +122,7 @@ def program_pids(pod: Pod, programs: tuple[str, ...] = POD_PROGRAMS) -> dict[str
 
 def where_are(client: sync_redis.Redis, lost: set[tuple[str, int]], shard_count: int) -> str:
     """For a failure message: what Redis holds about the notifications that never arrived."""
-    from tracker.keys import CONSUMER_GROUP, shard_of
+    from tracker.redis.keys import CONSUMER_GROUP, shard_of
 
     streams = {(e.conversation_id, e.level) for e in enqueued(client, shard_count)}
     lines = []
@@ -143,7 +143,7 @@ def where_are(client: sync_redis.Redis, lost: set[tuple[str, int]], shard_count:
 
 def pending_of(client: sync_redis.Redis, consumer: str, shards: list[int]) -> int:
     """Entries read by ``consumer`` and not acknowledged yet, over the given shards."""
-    from tracker.keys import CONSUMER_GROUP
+    from tracker.redis.keys import CONSUMER_GROUP
 
     total = 0
     for shard in shards:

@@ -1,5 +1,5 @@
 """The API as a client on the wire sees it: raw HTTP/1.1 requests over a real socket to the
-application served as `tracker api` serves it (`tracker.server.start`), on the test's Redis."""
+application served as `tracker api` serves it (`tracker.api.server.start`), on the test's Redis."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.redis_server import free_port
-from tracker.api import TALLY, create_app
-from tracker.server import start
+from tracker.api.app import TALLY, create_app
+from tracker.api.server import start
 from tracker.settings import Settings
 
 TOKENS = ("token-a", "token-b")

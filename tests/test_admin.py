@@ -17,10 +17,10 @@ from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
-from tracker.api import create_app
-from tracker.console import ASSETS
+from tracker.api.app import create_app
+from tracker.api.console import ASSETS
 from tracker.errors import ConfigError
-from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys, shard_of
 from tracker.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
@@ -107,7 +107,7 @@ async def test_the_script_never_writes_html() -> None:
     """Every value reaches the page as text: the script has no way to write markup."""
     from importlib import resources
 
-    script = (resources.files("tracker.console") / "console.js").read_text()
+    script = (resources.files("tracker.api.console") / "console.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script
 

@@ -20,14 +20,14 @@ from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer, free_port
-from tracker import progress
-from tracker.api import create_app
-from tracker.edge import MAX_BODY
-from tracker.events import event_id
-from tracker.keys import LAYOUT
+from tracker.api.app import create_app
+from tracker.api.edge import MAX_BODY
+from tracker.api.validation import MAX_BATCH
+from tracker.delivery.notification import event_id
+from tracker.redis.keys import LAYOUT
 from tracker.settings import Settings
 from tracker.timefmt import format_ms
-from tracker.validation import MAX_BATCH
+from tracker.timing import progress
 
 Client = TestClient[web.Request, web.Application]
 Json = dict[str, Any]

@@ -2,7 +2,7 @@
 body as the OpenAPI document describes them.
 
 The cases are generated at collection time, before the API runs, from
-``tracker.openapi.document`` built with the API's own settings; a test checks that the
+``tracker.api.openapi.document`` built with the API's own settings; a test checks that the
 live /openapi.json is that same document. (schemathesis' lazy ``from_fixture`` loader
 does not run on pytest 9.)"""
 
@@ -20,7 +20,7 @@ from schemathesis import checks
 
 from tests.processes import running_api
 from tests.redis_server import RedisServer
-from tracker.openapi import document
+from tracker.api.openapi import document
 from tracker.settings import Settings
 
 pytestmark = pytest.mark.slow

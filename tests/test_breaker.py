@@ -13,14 +13,22 @@ from redis.asyncio import Redis
 from tests.conftest import make_settings
 from tests.processes import SECRET
 from tests.redis_server import RedisServer, free_port
-from tracker.connection import redis_time_ms
-from tracker.delivery import Deliverer
+from tracker.delivery.notification import Notification, Outgoing
+from tracker.delivery.pipeline import Deliverer
+from tracker.delivery.sinks import (
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    Breaker,
+    CircuitOpen,
+    Outcomes,
+    WebhookSink,
+)
 from tracker.errors import DeliveryError
-from tracker.events import Notification, Outgoing
-from tracker.keys import CONSUMER_GROUP, ShardKeys
-from tracker.scripts import Scripts
-from tracker.sinks import CLOSED, HALF_OPEN, OPEN, Breaker, CircuitOpen, Outcomes, WebhookSink
-from tracker.store import AgentMessage, Store
+from tracker.redis.connection import redis_time_ms
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
+from tracker.redis.scripts import Scripts
+from tracker.state.store import AgentMessage, Store
 
 
 class Clock:

@@ -15,8 +15,8 @@ import pytest
 import redis as sync_redis
 
 from tests.redis_server import RedisServer
-from tracker.events import Notification
-from tracker.keys import CONSUMER_GROUP, LAYOUT, ShardKeys, shard_of
+from tracker.delivery.notification import Notification
+from tracker.redis.keys import CONSUMER_GROUP, LAYOUT, ShardKeys, shard_of
 
 
 def cli_env(redis_server: RedisServer, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -435,7 +435,7 @@ def test_reshard_to_the_current_count_changes_nothing(
 def test_a_long_replay_shows_its_progress(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tracker import cli
+    from tracker.ops import cli
 
     monkeypatch.setattr(cli, "PROGRESS_EVERY_S", 0.0)
     progress = cli.ProgressLine("replay")

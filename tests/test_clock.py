@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tracker import clock
-from tracker.clock import RedisClock
+from tracker.redis import clock
+from tracker.redis.clock import RedisClock
 
 
 class FakeTime:
@@ -23,8 +23,8 @@ class FakeTime:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     fake = FakeTime()
-    monkeypatch.setattr("tracker.clock.time.time", fake.time)
-    monkeypatch.setattr("tracker.clock.time.monotonic", fake.monotonic)
+    monkeypatch.setattr("tracker.redis.clock.time.time", fake.time)
+    monkeypatch.setattr("tracker.redis.clock.time.monotonic", fake.monotonic)
     return fake
 
 

@@ -25,9 +25,9 @@ from tests.conftest import make_settings
 from tests.processes import Receiver, Role, percentile, post_events, role_env, wait_http, wait_until
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import free_port
-from tracker.connection import UNAVAILABLE, connect
-from tracker.keys import ShardKeys, shard_of
-from tracker.lane import ClusterLane, lane_for
+from tracker.redis.connection import UNAVAILABLE, connect
+from tracker.redis.keys import ShardKeys, shard_of
+from tracker.redis.lane import ClusterLane, lane_for
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from redis.typing import EncodableT
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
-from tracker.connection import connect, packed
+from tracker.redis.connection import connect, packed
 
 COMMANDS = [
     ("SET", "key", "value"),

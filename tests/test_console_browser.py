@@ -23,8 +23,8 @@ from aiohttp import web
 from tests.browser import Page, chromium
 from tests.processes import Pod, Receiver, wait_http, wait_until
 from tests.redis_server import RedisServer
-from tracker.events import Notification
-from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of
+from tracker.delivery.notification import Notification
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys, shard_of
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from tracker.events import Notification, event_id
-from tracker.keys import ShardKeys
+from tracker.delivery.notification import Notification, event_id
 from tracker.ops import dead_letters as dl
-from tracker.scripts import Scripts
+from tracker.redis.keys import ShardKeys
+from tracker.redis.scripts import Scripts
 
 SHARDS = [0, 1, 2, 3]
 SINCE_MS = 1_764_000_000_000

@@ -15,16 +15,16 @@ from redis.exceptions import OutOfMemoryError
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
-from tracker.connection import connect, redis_time_ms
-from tracker.delivery import Deliverer
+from tracker.delivery.notification import Notification, Outgoing
+from tracker.delivery.pipeline import Deliverer
+from tracker.delivery.sinks import Deferred, Outcomes, StreamSink, build_sinks
 from tracker.errors import DeliveryError
-from tracker.events import Notification, Outgoing
-from tracker.keys import CONSUMER_GROUP, LAYOUT, ShardKeys, shard_of
-from tracker.maintenance import drop_idle_consumers
-from tracker.scripts import Scripts
+from tracker.redis.connection import connect, redis_time_ms
+from tracker.redis.keys import CONSUMER_GROUP, LAYOUT, ShardKeys, shard_of
+from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
-from tracker.sinks import Deferred, Outcomes, StreamSink, build_sinks
-from tracker.store import AgentMessage, CustomerResponse, Store
+from tracker.state.store import AgentMessage, CustomerResponse, Store
+from tracker.timing.maintenance import drop_idle_consumers
 
 INTERVAL = 100
 
@@ -367,8 +367,8 @@ async def test_a_batch_left_pending_by_a_redis_error_is_read_again_at_once(
     """Guarantee 9: the releaser's batch fails on Redis (here: its connection is killed) and
     stays pending; the read loop reads its own pending list again on its next round, instead
     of waiting DELIVERY_TIMEOUT_MS for a claim (before: about a minute with the defaults)."""
-    from tracker.consumer import serve
-    from tracker.heartbeat import Heartbeat
+    from tracker.delivery.consumer import serve
+    from tracker.pod.heartbeat import Heartbeat
 
     slow = make_settings(
         redis_server.url, tmp_path / "slow", SHARD_COUNT="1", TIMEOUT_INTERVAL_MS="300"

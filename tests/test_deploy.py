@@ -23,7 +23,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tracker.pod import packaged_config
+from tracker.pod.supervisor import packaged_config
 from tracker.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import redis as sync_redis
 
 from tests.processes import Pod, Receiver, percentile, post_events, wait_http, wait_until
 from tests.redis_server import RedisServer
-from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
 
 pytestmark = pytest.mark.slow
 

@@ -1,6 +1,6 @@
 """The API's edge as a hostile or careless client meets it (issue 13): a table of bad
 requests, each sent as raw bytes over a real socket to the API as `tracker api` serves it
-(`tracker.server.start`: the JSON parser errors, the timeouts), and a table of bad settings.
+(`tracker.api.server.start`: the JSON parser errors, the timeouts), and a table of bad settings.
 
 Every row states its status and error code; each request row also checks the JSON
 envelope, the X-Request-ID echo, the request counted in http_requests_total, no warning or
@@ -43,10 +43,10 @@ from tests.rawhttp import (
     start_api,
 )
 from tests.redis_server import RedisServer, free_port
-from tracker.api import create_app
-from tracker.edge import EDGE, MAX_BODY
+from tracker.api.app import create_app
+from tracker.api.edge import EDGE, MAX_BODY
+from tracker.api.server import start
 from tracker.errors import ConfigError
-from tracker.server import start
 from tracker.settings import Settings
 from tracker.timefmt import format_ms
 

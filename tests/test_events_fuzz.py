@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.processes import running_api
 from tests.redis_server import RedisServer
-from tracker.keys import ShardKeys, shard_of
+from tracker.redis.keys import ShardKeys, shard_of
 from tracker.timefmt import format_ms
 
 pytestmark = pytest.mark.slow

@@ -33,7 +33,7 @@ from tests.faults import now_ms, program_pids, where_are
 from tests.load import assert_healthy, pairs, webhook_pod
 from tests.processes import Pod, Receiver, wait_until
 from tests.redis_server import RedisServer
-from tracker.keys import ShardKeys, shard_of
+from tracker.redis.keys import ShardKeys, shard_of
 from tracker.timefmt import parse_rfc3339_ms
 
 pytestmark = pytest.mark.slow

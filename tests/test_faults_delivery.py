@@ -18,8 +18,8 @@ from tests import reliability
 from tests.faults import FAST, SPACED, agent, every_level, now_ms, pending_of, where_are
 from tests.processes import Receiver, Role, post_events, role_env, wait_http, wait_until
 from tests.redis_server import RedisServer, free_port
-from tracker.events import event_id
-from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.delivery.notification import event_id
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
 
 pytestmark = pytest.mark.slow
 

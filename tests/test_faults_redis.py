@@ -28,7 +28,7 @@ from tests.faults import (
 from tests.load import Load, assert_healthy, pairs, pod_with_receiver, tally_settled
 from tests.processes import post_events, wait_until
 from tests.redis_server import RedisServer
-from tracker.keys import ShardKeys, shard_of
+from tracker.redis.keys import ShardKeys, shard_of
 from tracker.timefmt import parse_rfc3339_ms
 
 pytestmark = pytest.mark.slow

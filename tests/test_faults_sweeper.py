@@ -32,7 +32,7 @@ from tests.faults import (
 )
 from tests.processes import Receiver, Role, post_events, role_env, wait_http, wait_until
 from tests.redis_server import RedisServer, free_port
-from tracker.scripts import Script
+from tracker.redis.scripts import Script
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer, free_port
-from tracker.connection import UNAVAILABLE, connect
-from tracker.lane import Lane, lane_for
-from tracker.scripts import Scripts
-from tracker.store import AgentMessage, Store, TrackResult
+from tracker.redis.connection import UNAVAILABLE, connect
+from tracker.redis.lane import Lane, lane_for
+from tracker.redis.scripts import Scripts
+from tracker.state.store import AgentMessage, Store, TrackResult
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def record(msg: str, *args: Any, level: int = logging.INFO) -> logging.LogRecord:
-    return logging.LogRecord("tracker.sweeper", level, __file__, 1, msg, args, None)
+    return logging.LogRecord("tracker.timing.sweeper", level, __file__, 1, msg, args, None)
 
 
 def as_json(line: str) -> dict[str, Any]:
@@ -46,7 +46,7 @@ def test_json_line_has_ms_utc_time_role_pid_pod_and_typed_fields() -> None:
     assert TIMESTAMP.fullmatch(data["ts"])
     assert data["level"] == "info"
     assert (data["role"], data["pod"], data["pid"]) == ("consumer-1", "pod-a", os.getpid())
-    assert data["logger"] == "tracker.sweeper"
+    assert data["logger"] == "tracker.timing.sweeper"
     assert data["msg"] == "swept"
     assert (data["shard"], data["moved"], data["took"]) == (3, 12, 0.013)  # as formatted
     assert data["lag"] == "2.0s"  # not a lone conversion: the text as written
@@ -94,7 +94,7 @@ def test_text_lines_tell_the_processes_apart() -> None:
     assert role_name(parser(command="sweeper"), {}) == "sweeper"
     line = TextFormatter("consumer-1").format(record("delivered n=%d", 3))
     assert re.fullmatch(
-        rf"{TIMESTAMP.pattern} INFO role=consumer-1 tracker.sweeper: delivered n=3", line
+        rf"{TIMESTAMP.pattern} INFO role=consumer-1 tracker.timing.sweeper: delivered n=3", line
     )
     token = REQUEST_ID.set("req-9")
     try:

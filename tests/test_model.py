@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.redis_server import RedisServer
-from tracker.events import Notification
-from tracker.keys import ShardKeys, wake_channel
-from tracker.scripts import Scripts
-from tracker.store import AgentMessage, CustomerResponse, apply_arg
-from tracker.store import Event as StoredEvent
+from tracker.delivery.notification import Notification
+from tracker.redis.keys import ShardKeys, wake_channel
+from tracker.redis.scripts import Scripts
+from tracker.state.store import AgentMessage, CustomerResponse, apply_arg
+from tracker.state.store import Event as StoredEvent
 
 INTERVAL = 1000
 MULTIPLIERS = (1.0, 2.0, 3.0)

@@ -29,7 +29,7 @@ from tests import promseries
 from tests.processes import Pod
 from tests.redis_server import RedisServer, free_port
 from tracker import metrics
-from tracker.connection import ERROR_KINDS
+from tracker.redis.connection import ERROR_KINDS
 from tracker.settings import SINKS
 
 ROOT = Path(__file__).resolve().parent.parent

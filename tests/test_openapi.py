@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
-from tracker.api import create_app
-from tracker.events import OUTBOUND
-from tracker.openapi import published
+from tracker.api.app import create_app
+from tracker.api.openapi import published
+from tracker.delivery.notification import OUTBOUND
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")

@@ -9,8 +9,8 @@ from typing import Any
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from tracker.keys import CONSUMER_GROUP, ShardKeys
 from tracker.ops.pending import LastError, list_pending
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
 
 LONG_OWNER = "tracker-7d9f8b6c5-x2x9q-a-kubernetes-pod-name-that-goes-on-and-on-0"
 

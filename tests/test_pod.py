@@ -22,9 +22,10 @@ import pytest
 
 from tests.processes import Pod, Role, role_env, wait_http, wait_until
 from tests.redis_server import RedisServer, free_port
-from tracker import heartbeat, progress
-from tracker.readiness import stall_ms
+from tracker.pod import heartbeat
+from tracker.pod.readiness import stall_ms
 from tracker.settings import Settings
+from tracker.timing import progress
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -287,4 +288,4 @@ def test_the_wheel_ships_the_supervisord_and_redis_configuration(tmp_path: Path)
     assert done.returncode == 0, done.stderr
     [wheel] = (tmp_path / "dist").glob("tracker-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"tracker/conf/supervisord.conf", "tracker/conf/redis.conf"} <= names
+    assert {"tracker/pod/conf/supervisord.conf", "tracker/pod/conf/redis.conf"} <= names

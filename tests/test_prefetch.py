@@ -14,13 +14,13 @@ from redis.asyncio import Redis
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
 from tests.test_delivery import RecordingSink, deliverer, pending
-from tracker.connection import redis_time_ms
-from tracker.events import Outgoing
-from tracker.keys import ShardKeys
-from tracker.scripts import Scripts
+from tracker.delivery.notification import Outgoing
+from tracker.delivery.sinks import Outcomes
+from tracker.redis.connection import redis_time_ms
+from tracker.redis.keys import ShardKeys
+from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
-from tracker.sinks import Outcomes
-from tracker.store import AgentMessage, CustomerResponse, Store
+from tracker.state.store import AgentMessage, CustomerResponse, Store
 
 INTERVAL = 1000
 AHEAD_MS = 400  # level 1 is due this long after it is staged

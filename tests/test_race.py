@@ -26,10 +26,10 @@ from redis.asyncio import Redis
 
 from tests import reliability
 from tests.redis_server import RedisServer
-from tracker.events import Notification
-from tracker.keys import ShardKeys, wake_channel
-from tracker.scripts import Arg, Script, Scripts
-from tracker.store import AgentMessage, CustomerResponse, apply_arg
+from tracker.delivery.notification import Notification
+from tracker.redis.keys import ShardKeys, wake_channel
+from tracker.redis.scripts import Arg, Script, Scripts
+from tracker.state.store import AgentMessage, CustomerResponse, apply_arg
 
 pytestmark = pytest.mark.slow
 

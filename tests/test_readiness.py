@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_settings
-from tracker import heartbeat
-from tracker.heartbeat import Heartbeat, RoleState
-from tracker.programs import Pod, Program
-from tracker.readiness import judge, stall_ms
+from tracker.pod import heartbeat
+from tracker.pod.heartbeat import Heartbeat, RoleState
+from tracker.pod.programs import Pod, Program
+from tracker.pod.readiness import judge, stall_ms
 from tracker.settings import Settings
 
 PID = os.getpid()

@@ -14,17 +14,16 @@ from redis.exceptions import ResponseError
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
-from tracker.connection import redis_time_ms
-from tracker.delivery import Deliverer
-from tracker.events import Outgoing
-from tracker.keys import LAYOUT, ShardKeys, shard_of
-from tracker.layout import Layout, LiveLayout, read_layout
-from tracker.moves import move
-from tracker.reshard import Resharder
-from tracker.scripts import Arg, Scripts
+from tracker.delivery.notification import Outgoing
+from tracker.delivery.pipeline import Deliverer
+from tracker.delivery.sinks import Outcomes
+from tracker.ops.reshard import Resharder
+from tracker.redis.connection import redis_time_ms
+from tracker.redis.keys import LAYOUT, ShardKeys, shard_of
+from tracker.redis.scripts import Arg, Scripts
 from tracker.settings import Settings
-from tracker.sinks import Outcomes
-from tracker.store import (
+from tracker.state.moves import move
+from tracker.state.store import (
     AgentMessage,
     Conversation,
     CustomerResponse,
@@ -33,6 +32,7 @@ from tracker.store import (
     TrackResult,
     apply_arg,
 )
+from tracker.timing.layout import Layout, LiveLayout, read_layout
 
 INTERVAL = 60_000  # nothing comes due during these tests unless a test says so
 

@@ -17,7 +17,7 @@ from tests.faults import SPACED, agent, every_level, program_pids, where_are
 from tests.load import Load, assert_healthy, pairs, pod_with_receiver, tally_settled
 from tests.processes import post_events
 from tests.redis_server import RedisServer
-from tracker.keys import LAYOUT, ShardKeys, shard_of
+from tracker.redis.keys import LAYOUT, ShardKeys, shard_of
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import ResponseError
 
-from tracker.events import Notification
-from tracker.keys import CONSUMER_GROUP, ShardKeys, wake_channel
-from tracker.scripts import Arg, Scripts
-from tracker.store import AgentMessage, CustomerResponse, Event, apply_arg
+from tracker.delivery.notification import Notification
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys, wake_channel
+from tracker.redis.scripts import Arg, Scripts
+from tracker.state.store import AgentMessage, CustomerResponse, Event, apply_arg
 from tracker.timefmt import format_ms
 
 SCRIPTS = Scripts()

@@ -28,7 +28,7 @@ from tests.faults import agent, every_level
 from tests.load import pod_with_receiver
 from tests.processes import Receiver, Role, post_events, role_env, wait_http, wait_until
 from tests.redis_server import RedisServer, free_port
-from tracker.keys import LAYOUT
+from tracker.redis.keys import LAYOUT
 
 pytestmark = pytest.mark.slow
 
@@ -403,8 +403,8 @@ async def events_go_through(settings_env: dict[str, str], tmp_path: Path) -> lis
     """The API, on the tracker's own client for these settings, takes an agent message for
     conversations on many shards: their statuses."""
     from tests.rawhttp import exchange, http
-    from tracker.api import create_app
-    from tracker.server import start
+    from tracker.api.app import create_app
+    from tracker.api.server import start
     from tracker.settings import Settings
 
     env = {"RUN_DIR": str(tmp_path / "run"), "POD_ID": "tls", "HOST": "127.0.0.1"}

@@ -10,7 +10,7 @@ import pytest
 from tests.processes import Receiver, Role, post_events, role_env, wait_http, wait_until
 from tests.redis_cluster import SentinelSetup
 from tests.redis_server import free_port
-from tracker.keys import PODS
+from tracker.redis.keys import PODS
 
 pytestmark = pytest.mark.slow
 

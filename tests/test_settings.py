@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tracker.errors import ConfigError
-from tracker.layout import Layout
 from tracker.settings import Settings
+from tracker.timing.layout import Layout
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes, from the Standard Webhooks spec
 WEBHOOK = {
@@ -211,7 +211,7 @@ def test_secrets_can_come_from_files(tmp_path: Path) -> None:
 def test_the_pod_passes_a_redis_url_file_on_and_starts_no_redis(tmp_path: Path) -> None:
     """With REDIS_URL_FILE the roles read the file themselves: the pod puts no REDIS_URL
     (the secret, and a second way of giving it) in their environment."""
-    from tracker.pod import pod_environment
+    from tracker.pod.supervisor import pod_environment
 
     (tmp_path / "url").write_text("redis://redis.example.test:6379/0")
     env = {"POD_ID": "p", "RUN_DIR": str(tmp_path / "run"), "REDIS_URL_FILE": str(tmp_path / "url")}

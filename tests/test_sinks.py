@@ -13,9 +13,9 @@ from aiohttp import web
 from tests.conftest import make_settings
 from tests.processes import SECRET
 from tests.redis_server import RedisServer, free_port
+from tracker.delivery.notification import Notification
+from tracker.delivery.sinks import MAX_RESPONSE_BYTES, WebhookSink
 from tracker.errors import DeliveryError
-from tracker.events import Notification
-from tracker.sinks import MAX_RESPONSE_BYTES, WebhookSink
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -13,10 +13,10 @@ from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
-from tracker import heartbeat
-from tracker.cli import status_text
-from tracker.keys import CONSUMER_GROUP, LAYOUT, ShardKeys
 from tracker.ops import status
+from tracker.ops.cli import status_text
+from tracker.pod import heartbeat
+from tracker.redis.keys import CONSUMER_GROUP, LAYOUT, ShardKeys
 from tracker.settings import Settings
 
 SHARDS = 4

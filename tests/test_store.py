@@ -11,11 +11,11 @@ from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
-from tracker.connection import connect
-from tracker.keys import LAYOUT, ShardKeys
-from tracker.lane import lane_for
-from tracker.scripts import Scripts
-from tracker.store import CALL_SIZE, AgentMessage, CustomerResponse, Event, Store
+from tracker.redis.connection import connect
+from tracker.redis.keys import LAYOUT, ShardKeys
+from tracker.redis.lane import lane_for
+from tracker.redis.scripts import Scripts
+from tracker.state.store import CALL_SIZE, AgentMessage, CustomerResponse, Event, Store
 
 
 @contextlib.asynccontextmanager

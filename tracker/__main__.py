@@ -144,7 +144,7 @@ def prepare_metrics_dir(settings: Settings) -> None:
 
 def run_role(coro_factory: Any, settings: Settings) -> int:
     from tracker import metrics
-    from tracker.pod import tracker_programs
+    from tracker.pod.supervisor import tracker_programs
 
     metrics.declare_known(tracker_programs(settings))
 
@@ -162,8 +162,8 @@ def run_role(coro_factory: Any, settings: Settings) -> int:
 def run_cli(coro_factory: Any, settings: Settings) -> int:
     """Run an operator command; every expected failure is one line on stderr and an exit
     code (EXIT_CODES), never a traceback."""
-    from tracker.cli import Failed, is_redis_failure
-    from tracker.connection import UNAVAILABLE, connect
+    from tracker.ops.cli import Failed, is_redis_failure
+    from tracker.redis.connection import UNAVAILABLE, connect
 
     async def runner() -> int:
         redis = connect(settings)
@@ -204,35 +204,35 @@ def one_line(exc: BaseException) -> str:
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     if command == "pod":
-        from tracker.pod import run_pod
+        from tracker.pod.supervisor import run_pod
 
         run_pod(settings, os.environ)
     if command == "ctl":
-        from tracker.pod import run_ctl
+        from tracker.pod.supervisor import run_ctl
 
         run_ctl(settings, os.environ, args.args)
     prepare_metrics_dir(settings)
     if command == "listener":
-        from tracker import listener
+        from tracker.pod import listener
 
         listener.serve(args.kind, settings)
     if command == "api":
-        from tracker.server import serve
+        from tracker.api.server import serve
 
         return run_role(lambda stop: serve(settings, stop, API_SHUTDOWN_S), settings)
     if command == "sweeper":
-        from tracker import sweeper
+        from tracker.timing import sweeper
 
         return run_role(lambda stop: sweeper.main(settings, stop), settings)
     if command == "consumer":
-        from tracker import consumer
+        from tracker.delivery import consumer
 
         if not 0 <= args.index < settings.consumer_processes:
             raise ConfigError(
                 f"--index: {args.index} is outside 0..{settings.consumer_processes - 1}"
             )
         return run_role(lambda stop: consumer.main(settings, args.index, stop), settings)
-    from tracker import cli
+    from tracker.ops import cli
 
     handlers: dict[str, Any] = {
         "status": lambda r: cli.status(r, settings, as_json=args.json, watch_s=args.watch),

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tracker.delivery.signing import decode_secret
 from tracker.errors import ConfigError
-from tracker.signing import decode_secret
 
 T = TypeVar("T")
 

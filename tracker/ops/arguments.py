@@ -11,10 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 
-from tracker.connection import redis_time_ms
+from tracker.api.validation import check_id
 from tracker.errors import RequestError
+from tracker.redis.connection import redis_time_ms
 from tracker.timefmt import parse_rfc3339_ms
-from tracker.validation import check_id
 
 MAX_LIMIT = 100_000
 _SPAN = re.compile(r"(\d{1,9})(s|m|h|d)")

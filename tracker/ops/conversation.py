@@ -7,12 +7,12 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from tracker.api import conversation_json
-from tracker.events import Entries, Notification
-from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.api.app import conversation_json
+from tracker.delivery.notification import Entries, Notification
 from tracker.ops import entry_order
 from tracker.ops.dead_letters import DeadLetter
-from tracker.store import Store
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
+from tracker.state.store import Store
 from tracker.timefmt import format_ms
 
 STREAM_SCAN = 10_000  # newest entries of each stream looked through

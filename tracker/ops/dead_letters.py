@@ -15,10 +15,10 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from tracker.events import OUTBOUND, PACKED, Entries, Notification
-from tracker.keys import ShardKeys
+from tracker.delivery.notification import OUTBOUND, PACKED, Entries, Notification
 from tracker.ops import entry_order, readable, readable_fields
-from tracker.scripts import Scripts
+from tracker.redis.keys import ShardKeys
+from tracker.redis.scripts import Scripts
 from tracker.timefmt import format_ms
 
 ID_FORMS = "SHARD-MS-SEQ (e.g. 7-1795975119440-0) or an event id (evt_ and 32 hex digits)"

@@ -9,9 +9,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from tracker.events import Notification
-from tracker.keys import CONSUMER_GROUP, ShardKeys
+from tracker.delivery.notification import Notification
 from tracker.ops import entry_order, readable, readable_fields
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
 from tracker.timefmt import format_ms
 
 #: The attempts hash's field of an entry's last failed attempt: ``<unix ms>|<sink>|<error>``.

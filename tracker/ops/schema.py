@@ -1,12 +1,12 @@
 """The OpenAPI description of the operator's `/admin` endpoints and the `/console` files
-(merged into `tracker.openapi`'s document): the JSON answers of `tracker.ops`."""
+(merged into `tracker.api.openapi`'s document): the JSON answers of `tracker.ops`."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from tracker.api.validation import ID_PATTERN
 from tracker.ops.dead_letters import ID_FORMS
-from tracker.validation import ID_PATTERN
 
 MAX_LIMIT = 1000  # of the endpoints' lists (the CLI allows more)
 MAX_IDS = 1000

@@ -16,14 +16,15 @@ from typing import Any, cast
 
 from redis.asyncio import Redis, RedisCluster
 
-from tracker import heartbeat, progress
-from tracker.connection import is_cluster, redis_time_ms
-from tracker.events import Notification
-from tracker.keys import CONSUMER_GROUP, PODS, ShardKeys
-from tracker.layout import Layout, read_layout
+from tracker.delivery.notification import Notification
 from tracker.ops.text import duration
+from tracker.pod import heartbeat
+from tracker.redis.connection import is_cluster, redis_time_ms
+from tracker.redis.keys import CONSUMER_GROUP, PODS, ShardKeys
 from tracker.settings import Settings
 from tracker.timefmt import format_ms
+from tracker.timing import progress
+from tracker.timing.layout import Layout, read_layout
 
 MEMORY_WARN = 0.9  # of maxmemory
 ROLE_SILENT_MS = 10_000  # a role file not rewritten for this long (or 3 sweep intervals)

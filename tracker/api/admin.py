@@ -9,10 +9,10 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from tracker import console
-from tracker.api import REDIS, SETTINGS, STORE
-from tracker.connection import redis_time_ms
-from tracker.edge import json_response, read_json
+from tracker.api import console
+from tracker.api.app import REDIS, SETTINGS, STORE
+from tracker.api.edge import json_response, read_json
+from tracker.api.validation import check_id, invalid
 from tracker.errors import RequestError
 from tracker.ops import arguments
 from tracker.ops import conversation as conversation_ops
@@ -20,7 +20,7 @@ from tracker.ops import dead_letters as dl
 from tracker.ops import pending as pending_ops
 from tracker.ops import status as status_ops
 from tracker.ops.schema import MAX_IDS, MAX_LIMIT
-from tracker.validation import check_id, invalid
+from tracker.redis.connection import redis_time_ms
 
 T = TypeVar("T", int, None)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

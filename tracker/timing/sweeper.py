@@ -18,18 +18,20 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from tracker import consumer, maintenance, metrics, progress
-from tracker.backoff import Backoff, report
-from tracker.clock import RedisClock
-from tracker.connection import connect, pubsub_client
-from tracker.delivery import Deliverer
-from tracker.heartbeat import Heartbeat
-from tracker.keys import WAKE_CHANNEL_PREFIX, ShardKeys
-from tracker.layout import LiveLayout
-from tracker.lease import Leases
-from tracker.scripts import Scripts
+from tracker import metrics
+from tracker.delivery import consumer
+from tracker.delivery.pipeline import Deliverer
+from tracker.delivery.sinks import build_sinks
+from tracker.pod.heartbeat import Heartbeat
+from tracker.redis.backoff import Backoff, report
+from tracker.redis.clock import RedisClock
+from tracker.redis.connection import connect, pubsub_client
+from tracker.redis.keys import WAKE_CHANNEL_PREFIX, ShardKeys
+from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
-from tracker.sinks import build_sinks
+from tracker.timing import maintenance, progress
+from tracker.timing.layout import LiveLayout
+from tracker.timing.lease import Leases
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, InvalidURLError, LineTooLong
 from aiohttp.web_request import BaseRequest
 
-from tracker.api import create_app
-from tracker.edge import EDGE, REQUEST_ID_HEADER, Edge, error_response
+from tracker.api.app import create_app
+from tracker.api.edge import EDGE, REQUEST_ID_HEADER, Edge, error_response
 from tracker.logs import REQUEST_ID
 from tracker.settings import Settings
 

@@ -17,17 +17,17 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tracker.connection import redis_time_ms
-from tracker.layout import read_layout
 from tracker.ops import conversation as conversation_ops
 from tracker.ops import dead_letters as dl
 from tracker.ops import pending as pending_ops
 from tracker.ops import status as status_ops
 from tracker.ops.arguments import Since
 from tracker.ops.text import clean, duration, size, table
-from tracker.scripts import Scripts
+from tracker.redis.connection import redis_time_ms
+from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
-from tracker.store import Store
+from tracker.state.store import Store
+from tracker.timing.layout import read_layout
 
 OK, FAILED, UNUSABLE = 0, 1, 2
 PROGRESS_EVERY_S = 1.0
@@ -378,6 +378,6 @@ def _value(v: Any) -> str:
 
 
 async def reshard(redis: Redis, settings: Settings, to: int, drain_timeout_s: float) -> int:
-    from tracker.reshard import Resharder
+    from tracker.ops.reshard import Resharder
 
     return await Resharder(redis, settings, drain_timeout_s=drain_timeout_s).run(to)

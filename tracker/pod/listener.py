@@ -20,7 +20,7 @@ from prometheus_client import multiprocess
 from prometheus_client.mmap_dict import MmapedDict
 
 from tracker import metrics
-from tracker.pod import tracker_programs
+from tracker.pod.supervisor import tracker_programs
 from tracker.settings import Settings
 
 log = logging.getLogger(__name__)

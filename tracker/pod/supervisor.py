@@ -2,7 +2,7 @@
 
 `tracker ctl ...`: supervisorctl for that same pod (same RUN_DIR).
 
-Both use the supervisord configuration shipped in the package (``tracker/conf/``), so they
+Both use the supervisord configuration shipped in the package (``tracker/pod/conf/``), so they
 work from any directory; SUPERVISOR_CONFIG names another file.
 """
 
@@ -30,7 +30,9 @@ def _bin(name: str) -> str:
 
 def packaged_config() -> Path:
     """The supervisord.conf inside the installed package."""
-    return Path(str(importlib.resources.files("tracker").joinpath("conf", "supervisord.conf")))
+    return Path(
+        str(importlib.resources.files("tracker").joinpath("pod", "conf", "supervisord.conf"))
+    )
 
 
 def tracker_programs(settings: Settings) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from tracker.errors import RequestError
 from tracker.settings import Settings
-from tracker.store import AgentMessage, CustomerResponse, Event
+from tracker.state.store import AgentMessage, CustomerResponse, Event
 from tracker.timefmt import parse_rfc3339_ms
 
 ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"

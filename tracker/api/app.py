@@ -12,18 +12,19 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tracker import metrics, validation
-from tracker.connection import UNAVAILABLE, close, connect, error_kind
-from tracker.edge import EDGE, MAX_BODY, Edge, json_response, read_json
+from tracker import metrics
+from tracker.api import validation
+from tracker.api.edge import EDGE, MAX_BODY, Edge, json_response, read_json
+from tracker.api.openapi import document
 from tracker.errors import RequestError
-from tracker.history import Level
-from tracker.lane import lane_for
-from tracker.openapi import document
-from tracker.podmetrics import PodCollector
-from tracker.readiness import assess
-from tracker.scripts import Scripts
+from tracker.pod.podmetrics import PodCollector
+from tracker.pod.readiness import assess
+from tracker.redis.connection import UNAVAILABLE, close, connect, error_kind
+from tracker.redis.lane import lane_for
+from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
-from tracker.store import Conversation, Event, RespondResult, Result, Store
+from tracker.state.history import Level
+from tracker.state.store import Conversation, Event, RespondResult, Result, Store
 from tracker.timefmt import format_ms
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> web.Applicatio
     app.on_cleanup.append(lambda _: lane.aclose())
     app[TALLY] = metrics.HttpTally()
     app[EDGE] = edge = Edge(settings, app[TALLY])
-    from tracker.admin import ROUTES as ADMIN_ROUTES  # it imports this module
+    from tracker.api.admin import ROUTES as ADMIN_ROUTES  # it imports this module
 
     # Any id reaches its handler, so a malformed one gets a 422 that says why, not a 404.
     for method, path, handler in (

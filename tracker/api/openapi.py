@@ -1,5 +1,5 @@
 """The OpenAPI 3.1 document of the HTTP API and of the webhook it calls, built from the
-validation constants. ``python -m tracker.openapi`` prints the published copy
+validation constants. ``python -m tracker.api.openapi`` prints the published copy
 (docs/openapi.json: the default settings with API_TOKEN set; `make openapi` writes it)."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 
-from tracker.edge import MAX_BODY, REQUEST_ID_HEADER
+from tracker.api.edge import MAX_BODY, REQUEST_ID_HEADER
+from tracker.api.validation import ID_PATTERN, MAX_BATCH
 from tracker.ops import schema as admin
 from tracker.settings import Settings
-from tracker.validation import ID_PATTERN, MAX_BATCH
 
 TIMESTAMP = {
     "type": "string",

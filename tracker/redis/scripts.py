@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from tracker.lane import AnyLane
+from tracker.redis.lane import AnyLane
 
 Arg = str | int | float | bytes
 

@@ -18,8 +18,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from tracker.keys import LAYOUT, ShardKeys, shard_of
-from tracker.scripts import Call, Scripts, run_batch
+from tracker.redis.keys import LAYOUT, ShardKeys, shard_of
+from tracker.redis.scripts import Call, Scripts, run_batch
 from tracker.settings import Settings
 
 log = logging.getLogger(__name__)

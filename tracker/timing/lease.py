@@ -10,9 +10,9 @@ from typing import cast
 from redis.asyncio import Redis, RedisCluster
 
 from tracker import metrics
-from tracker.connection import is_cluster, redis_time_ms
-from tracker.keys import PODS, ShardKeys
-from tracker.scripts import Call, Scripts, run_batch
+from tracker.redis.connection import is_cluster, redis_time_ms
+from tracker.redis.keys import PODS, ShardKeys
+from tracker.redis.scripts import Call, Scripts, run_batch
 from tracker.settings import Settings
 
 log = logging.getLogger(__name__)

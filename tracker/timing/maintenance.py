@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from tracker import metrics
-from tracker.keys import CONSUMER_GROUP, ShardKeys
-from tracker.scripts import Scripts
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
+from tracker.redis.scripts import Scripts
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import heapq
 import itertools
 from typing import NamedTuple
 
-from tracker.clock import RedisClock
-from tracker.events import Notification
+from tracker.delivery.notification import Notification
+from tracker.redis.clock import RedisClock
 
 #: Notifications held by one process at most; the reader waits for room beyond it.
 MAX_HELD = 50_000

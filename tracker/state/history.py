@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tracker.events import event_id
+from tracker.delivery.notification import event_id
 from tracker.timefmt import format_ms
 
 #: Entry kinds that end a level's story, and what a level's status then is.

@@ -11,14 +11,14 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from tracker.backoff import Backoff, report
-from tracker.connection import connect, is_cluster
-from tracker.delivery import Deliverer, is_nogroup
-from tracker.heartbeat import Heartbeat
-from tracker.layout import REFRESH_S, LiveLayout
-from tracker.scripts import Scripts
+from tracker.delivery.pipeline import Deliverer, is_nogroup
+from tracker.delivery.sinks import build_sinks
+from tracker.pod.heartbeat import Heartbeat
+from tracker.redis.backoff import Backoff, report
+from tracker.redis.connection import connect, is_cluster
+from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
-from tracker.sinks import build_sinks
+from tracker.timing.layout import REFRESH_S, LiveLayout
 
 log = logging.getLogger(__name__)
 

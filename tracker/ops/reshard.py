@@ -24,13 +24,13 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from tracker.consumer import BLOCK_MS
-from tracker.events import Entries
-from tracker.keys import CONSUMER_GROUP, ShardKeys
-from tracker.layout import REFRESH_S, Layout, fence, read_layout, set_layout
-from tracker.moves import move
-from tracker.scripts import Scripts
+from tracker.delivery.consumer import BLOCK_MS
+from tracker.delivery.notification import Entries
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
+from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
+from tracker.state.moves import move
+from tracker.timing.layout import REFRESH_S, Layout, fence, read_layout, set_layout
 
 SCAN_COUNT = 1000
 # a consumer reloads the layout within REFRESH_S, after the blocking read in hand (BLOCK_MS)

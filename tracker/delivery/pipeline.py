@@ -19,17 +19,17 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from tracker import metrics
-from tracker.connection import error_kind, is_cluster, redis_time_ms
+from tracker.delivery.hold import Held, Hold
+from tracker.delivery.notification import Entries, MalformedEntry, Notification, Outgoing
+from tracker.delivery.sinks import Deferred, Outcomes, Sink, StreamSink
 from tracker.errors import DeliveryError
-from tracker.events import Entries, MalformedEntry, Notification, Outgoing
-from tracker.heartbeat import Heartbeat
-from tracker.hold import Held, Hold
-from tracker.keys import CONSUMER_GROUP, ShardKeys, shard_of_key
-from tracker.layout import LiveLayout
-from tracker.scripts import Arg, Call, Scripts, run_batch
+from tracker.pod.heartbeat import Heartbeat
+from tracker.redis.connection import error_kind, is_cluster, redis_time_ms
+from tracker.redis.keys import CONSUMER_GROUP, ShardKeys, shard_of_key
+from tracker.redis.scripts import Arg, Call, Scripts, run_batch
 from tracker.settings import Settings
-from tracker.sinks import Deferred, Outcomes, Sink, StreamSink
 from tracker.timefmt import format_ms
+from tracker.timing.layout import LiveLayout
 
 log = logging.getLogger(__name__)
 

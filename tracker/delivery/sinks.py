@@ -13,13 +13,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tracker import metrics
-from tracker.connection import is_outage
-from tracker.curl import CurlClient, CurlError
+from tracker.delivery.curl import CurlClient, CurlError
+from tracker.delivery.notification import OUTBOUND, Outgoing
+from tracker.delivery.signing import decode_secret, sign
 from tracker.errors import DeliveryError
-from tracker.events import OUTBOUND, Outgoing
-from tracker.scripts import Arg, Script
+from tracker.redis.connection import is_outage
+from tracker.redis.scripts import Arg, Script
 from tracker.settings import Settings
-from tracker.signing import decode_secret, sign
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,15 @@ from typing import Any, NamedTuple, cast
 from redis.asyncio import Redis
 from redis.exceptions import TryAgainError
 
-from tracker.history import Entry, Level, Period, levels, timeline
-from tracker.history import parse as parse_history
-from tracker.keys import ShardKeys, wake_channel
-from tracker.lane import AnyLane
-from tracker.layout import Layout, LiveLayout, refused_epoch
-from tracker.moves import move
-from tracker.scripts import Arg, Scripts, run_batch
-from tracker.scripts import Call as ScriptCall
+from tracker.redis.keys import ShardKeys, wake_channel
+from tracker.redis.lane import AnyLane
+from tracker.redis.scripts import Arg, Scripts, run_batch
+from tracker.redis.scripts import Call as ScriptCall
 from tracker.settings import Settings
+from tracker.state.history import Entry, Level, Period, levels, timeline
+from tracker.state.history import parse as parse_history
+from tracker.state.moves import move
+from tracker.timing.layout import Layout, LiveLayout, refused_epoch
 
 STATES = {"W": "waiting", "E": "escalated", "A": "answered"}
 #: Fields of a conversation record (tracker/lua/prelude.lua names them).

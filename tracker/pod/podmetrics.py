@@ -20,9 +20,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from tracker import heartbeat, metrics, progress
-from tracker.programs import read_pod
+from tracker import metrics
+from tracker.pod import heartbeat
+from tracker.pod.programs import read_pod
 from tracker.settings import Settings
+from tracker.timing import progress
 
 #: The API process itself when no supervisord answers (roles started one by one).
 ALONE = ("api", "api")

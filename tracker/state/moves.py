@@ -11,9 +11,9 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
-from tracker.keys import ShardKeys, wake_channel
-from tracker.layout import Layout
-from tracker.scripts import Call, Scripts, run_batch
+from tracker.redis.keys import ShardKeys, wake_channel
+from tracker.redis.scripts import Call, Scripts, run_batch
+from tracker.timing.layout import Layout
 
 CHUNK = 500  # conversations per script call
 

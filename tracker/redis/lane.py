@@ -38,7 +38,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tracker.connection import UNAVAILABLE, pack_command
+from tracker.redis.connection import UNAVAILABLE, pack_command
 
 Command = Sequence[str | int | float | bytes]
 READ_CHUNK = 1 << 16

@@ -23,10 +23,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tracker import heartbeat, progress
-from tracker.heartbeat import RoleState
-from tracker.programs import Pod, read_pod
+from tracker.pod import heartbeat
+from tracker.pod.heartbeat import RoleState
+from tracker.pod.programs import Pod, read_pod
 from tracker.settings import Settings
+from tracker.timing import progress
 
 STALL_MIN_MS = 30_000
 

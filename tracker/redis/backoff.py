@@ -11,8 +11,8 @@ import logging
 from redis.exceptions import RedisError
 
 from tracker import metrics
-from tracker.connection import error_kind
-from tracker.heartbeat import Heartbeat
+from tracker.pod.heartbeat import Heartbeat
+from tracker.redis.connection import error_kind
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,11 @@ import orjson
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from tracker import console, metrics
-from tracker.connection import error_kind, is_outage
+from tracker import metrics
+from tracker.api import console
 from tracker.errors import RequestError
 from tracker.logs import REQUEST_ID
+from tracker.redis.connection import error_kind, is_outage
 from tracker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,3 @@
+"""One pod under supervisord: the glue, the event listeners, readiness, heartbeats, pod-wide
+metrics.
+"""

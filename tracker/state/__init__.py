@@ -1,0 +1,3 @@
+"""Conversations in Redis: applying events, reading a conversation and its history, moving it
+between shards.
+"""

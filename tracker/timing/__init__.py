@@ -1,0 +1,3 @@
+"""When notifications fall due: shard leases, the live shard layout, the sweeper, its
+housekeeping.
+"""
