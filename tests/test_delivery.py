@@ -21,6 +21,7 @@ from tracker.delivery.sinks import Deferred, Outcomes, StreamSink, build_sinks
 from tracker.errors import DeliveryError
 from tracker.redis.connection import connect, redis_time_ms
 from tracker.redis.keys import CONSUMER_GROUP, LAYOUT, ShardKeys, shard_of
+from tracker.redis.replies import NoGroupError
 from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
 from tracker.state.store import AgentMessage, CustomerResponse, Store
@@ -204,7 +205,7 @@ async def test_trim_keeps_unacknowledged_entries(redis: Redis, settings: Setting
 async def test_a_deleted_stream_gets_its_group_back(redis: Redis, settings: Settings) -> None:
     d = await deliverer(redis, settings, RecordingSink())
     await redis.delete(ShardKeys.of(0).events)
-    with pytest.raises(Exception, match="NOGROUP"):
+    with pytest.raises(NoGroupError):
         await d.read([0], block_ms=None)
     await d.recreate_group([0])
     assert await d.read([0], block_ms=None) == 0

@@ -8,10 +8,10 @@ from typing import Any, cast
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.exceptions import ResponseError
 
 from tracker.delivery.notification import Notification
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys, wake_channel
+from tracker.redis.replies import FencedError
 from tracker.redis.scripts import Arg, Scripts
 from tracker.state.store import AgentMessage, CustomerResponse, Event, apply_arg
 from tracker.timefmt import format_ms
@@ -530,7 +530,7 @@ async def test_sweep_without_the_lease_is_fenced(redis: Redis, holder: str | Non
     if holder is not None:
         await lease(redis, holder)
     before = await snapshot(redis, "c1")
-    with pytest.raises(ResponseError, match="FENCED"):
+    with pytest.raises(FencedError):
         await sweep(redis, f"{POD}|1")
     assert await snapshot(redis, "c1") == before
     assert await redis.exists(K.events, K.counters) == 0
@@ -540,7 +540,7 @@ async def test_sweep_with_a_stale_token_of_the_same_pod_is_fenced(redis: Redis) 
     await track(redis, "c1", "m1", await redis_now(redis) - 10 * T)
     old = await lease(redis)
     new = await lease(redis)
-    with pytest.raises(ResponseError, match="FENCED"):
+    with pytest.raises(FencedError):
         await sweep(redis, old)
     assert await events(redis) == []
     assert (await sweep(redis, new))[0] == 1

@@ -1,4 +1,5 @@
-"""The exception hierarchy; the edges (API middleware, role loops, __main__) catch it."""
+"""The exception hierarchy; the edges catch it (the API's request handling in api/edge.py,
+the role loops, __main__). Redis's error replies have their classes in redis/replies.py."""
 
 from __future__ import annotations
 
@@ -22,10 +23,6 @@ class RequestError(TrackerError):
         self.code = code
         self.message = message
         self.headers = headers
-
-
-class FencedError(TrackerError):
-    """A shard script ran without the lease it was given: this process lost it."""
 
 
 class DeliveryError(TrackerError):

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from tracker import metrics
 from tracker.delivery.hold import Held, Hold
@@ -26,6 +26,7 @@ from tracker.errors import DeliveryError
 from tracker.pod.heartbeat import Heartbeat
 from tracker.redis.connection import error_kind, is_cluster, redis_time_ms
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys, shard_of_key
+from tracker.redis.replies import BusyGroupError, NoGroupError, UnblockedError
 from tracker.redis.scripts import Arg, Call, Scripts, run_batch
 from tracker.settings import Settings
 from tracker.timefmt import format_ms
@@ -55,7 +56,7 @@ def is_nogroup(exc: BaseException) -> bool:
     """The stream or its group is gone: NOGROUP, or a blocked XREADGROUP that Redis
     unblocked because its stream key was deleted ("UNBLOCKED the stream key no longer
     exists")."""
-    return isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED"))
+    return isinstance(exc, NoGroupError | UnblockedError)
 
 
 def one_line(text: str) -> str:
@@ -111,13 +112,10 @@ class Deliverer:
 
     async def ensure_group(self, shard: int) -> None:
         """Create the delivery group (and the stream) when missing."""
-        try:
+        with contextlib.suppress(BusyGroupError):
             await self.redis.xgroup_create(
                 ShardKeys.of(shard).events, CONSUMER_GROUP, id="0", mkstream=True
             )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     async def sync_clock(self) -> None:
         """Read Redis's clock, so held notifications are released on it from the start."""

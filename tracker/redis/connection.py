@@ -22,12 +22,12 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
-    ResponseError,
     TimeoutError,
     TryAgainError,
 )
 
 from tracker.errors import ConfigError
+from tracker.redis.replies import BusyError, MisconfError
 from tracker.settings import Settings
 
 C = TypeVar("C", bound=AbstractConnection)
@@ -45,7 +45,7 @@ UNAVAILABLE = (
 #: Error replies that mean "not now": a full, busy, loading or read-only server, a cluster
 #: or a failover in progress, a lost script cache. Like UNAVAILABLE they are backed off and
 #: retried by the role loops and answered 503 by the API; any other error reply is a bug.
-#: redis-py turns some prefixes into classes (and drops the prefix from the message).
+#: (tracker/redis/replies.py adds BUSY and MISCONF to redis-py's reply classes.)
 OUTAGE_CLASSES: dict[type[RedisError], str] = {
     OutOfMemoryError: "oom",
     BusyLoadingError: "loading",
@@ -54,8 +54,9 @@ OUTAGE_CLASSES: dict[type[RedisError], str] = {
     ClusterDownError: "clusterdown",
     TryAgainError: "tryagain",
     NoScriptError: "noscript",
+    BusyError: "busy",
+    MisconfError: "misconf",
 }
-OUTAGE_REPLIES = ("BUSY", "MISCONF")  # the prefixes it leaves in the message
 
 
 def error_kind(exc: BaseException) -> str:
@@ -68,10 +69,6 @@ def error_kind(exc: BaseException) -> str:
             return kind
     if isinstance(exc, ConnectionError | OSError):
         return "connection"
-    if isinstance(exc, ResponseError):
-        prefix = str(exc).split(" ", 1)[0]
-        if prefix in OUTAGE_REPLIES:
-            return prefix.lower()
     return "other"
 
 
@@ -85,7 +82,6 @@ ERROR_KINDS = (
     "connection",
     "timeout",
     *OUTAGE_CLASSES.values(),
-    *(p.lower() for p in OUTAGE_REPLIES),
     "other",
 )
 

@@ -13,13 +13,14 @@ from redis.exceptions import TryAgainError
 
 from tracker.redis.keys import ShardKeys, wake_channel
 from tracker.redis.lane import AnyLane
+from tracker.redis.replies import EpochRefused
 from tracker.redis.scripts import Arg, Scripts, run_batch
 from tracker.redis.scripts import Call as ScriptCall
 from tracker.settings import Settings
 from tracker.state.history import Entry, Level, Period, levels, timeline
 from tracker.state.history import parse as parse_history
 from tracker.state.moves import move
-from tracker.timing.layout import Layout, LiveLayout, refused_epoch
+from tracker.timing.layout import Layout, LiveLayout
 
 STATES = {"W": "waiting", "E": "escalated", "A": "answered"}
 #: Fields of a conversation record (tracker/lua/prelude.lua names them).
@@ -200,11 +201,8 @@ class Store:
                 await move(
                     self.redis, self.scripts, layout, {events[i].conversation_id for i in todo}
                 )
-            except Exception as exc:
-                epoch = refused_epoch(exc)
-                if epoch is not None:
-                    return Refused(list(todo), epoch)
-                raise
+            except EpochRefused as exc:
+                return Refused(list(todo), exc.epoch)
         refused = Refused([], 0)
         closed: set[int] = set()  # shards that refused: their later calls are not sent
         for calls in plan(events, todo, layout):
@@ -219,11 +217,10 @@ class Store:
             script_calls = [self._script_call(c, events, layout.epoch) for c in live]
             replies = await run_batch(self.lane or self.redis, script_calls, raise_on_error=False)
             for call, reply in zip(live, replies, strict=True):
-                epoch = refused_epoch(reply)
-                if epoch is not None:
+                if isinstance(reply, EpochRefused):
                     closed.add(call.shard)
                     refused.indices += call.indices
-                    refused.epoch = max(refused.epoch, epoch)
+                    refused.epoch = max(refused.epoch, reply.epoch)
                 elif isinstance(reply, Exception):
                     raise reply
                 else:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from tracker.redis.keys import LAYOUT, ShardKeys, shard_of
+from tracker.redis.replies import EpochRefused
 from tracker.redis.scripts import Call, Scripts, run_batch
 from tracker.settings import Settings
 
@@ -62,18 +63,6 @@ class Layout:
         return [n for n in self.shards() if n % processes == index]
 
 
-def refused_epoch(error: object) -> int | None:
-    """The epoch a shard named when a write script refused the caller's (``EPOCH 3 ...``),
-    or None when `error` is no such refusal."""
-    if not isinstance(error, ResponseError):
-        return None
-    head, _, rest = str(error).partition(" ")
-    if head != "EPOCH":
-        return None
-    number = rest.split(" ", 1)[0]
-    return int(number) if number.isdigit() else 0
-
-
 async def set_layout(redis: Redis, scripts: Scripts, read: Layout, new: Layout) -> bool:
     """Compare-and-set the layout on the epoch read."""
     previous = "" if new.previous is None else new.previous
@@ -89,7 +78,7 @@ async def fence(redis: Redis, scripts: Scripts, layout: Layout) -> bool:
         for shard in layout.shards()
     ]
     for reply in await run_batch(redis, calls, raise_on_error=False):
-        if refused_epoch(reply) is not None:
+        if isinstance(reply, EpochRefused):
             return False
         if isinstance(reply, Exception):
             raise reply

@@ -16,7 +16,7 @@ import math
 import time
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from tracker import metrics
 from tracker.delivery import consumer
@@ -27,6 +27,7 @@ from tracker.redis.backoff import Backoff, report
 from tracker.redis.clock import RedisClock
 from tracker.redis.connection import connect, pubsub_client
 from tracker.redis.keys import WAKE_CHANNEL_PREFIX, ShardKeys
+from tracker.redis.replies import FencedError
 from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
 from tracker.timing import maintenance, progress
@@ -104,9 +105,7 @@ class Sweeper:
                 n, next_due, now, more = await self.scripts.sweep.run(
                     self.redis, keys, [lease, *self.sweep_args]
                 )
-            except ResponseError as exc:
-                if "FENCED" not in str(exc):
-                    raise
+            except FencedError:
                 log.warning("fenced: lease lost shard=%d pod=%s", shard, self.settings.pod_id)
                 self.leases.drop(shard)
                 self.forget(shard)
