@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import redis as sync_redis
 
-from bench.harness import redis_benchmark
+from bench.harness import redis_benchmark, settings_for
 from bench.report import Report
 from tests.redis_server import RedisServer
-from tracker.redis.keys import ShardKeys, wake_channel
-from tracker.redis.scripts import Script
-from tracker.state.store import AgentMessage, apply_arg
+from tracker.model import AgentMessage
+from tracker.settings import Settings
+from tracker.state.store import APPLY, apply_call
 
 BATCH = 64  # events per script call: 1000 events over 16 shards
 # the sweep's entry: one field, conversation|level|generation|since|due|agent|message
@@ -36,28 +37,28 @@ def test_ceiling_xadd(
     report.add("ceiling_xadd", rate, command=" ".join(command))
 
 
-def track_command(sha: str, events: int) -> list[str]:
+def track_command(settings: Settings, events: int) -> list[str]:
     """EVALSHA apply.lua on shard 0 for `events` agent messages of new conversations (random
     ids)."""
-    k = ShardKeys.of(0)
-    head = ["EVALSHA", sha, str(len(k.for_apply)), *k.for_apply, "0", "1", wake_channel(0)]
-    command = [*head, "60000"]
     event = AgentMessage("conv-__rand_int__", "agent-1", "m-__rand_int__", 0)
-    command += [apply_arg(event, 30000)] * events
-    return command
+    return [str(part) for part in apply_call(0, 0, [event] * events, settings).command()]
 
 
 def test_ceiling_evalsha_track(
-    benchmark: Any, redis_server: RedisServer, redis_sync: sync_redis.Redis, report: Report
+    benchmark: Any,
+    redis_server: RedisServer,
+    redis_sync: sync_redis.Redis,
+    report: Report,
+    tmp_path: Path,
 ) -> None:
     """The apply script on agent messages: one event per call (a lone request), and BATCH
     events per call (what Store.apply_many sends per shard for a 1000-event POST /events)."""
-    script = Script.load("apply")
-    redis_sync.script_load(script.source)
-    single = redis_benchmark(redis_server.port, track_command(script.sha, 1))
+    redis_sync.script_load(APPLY.source)
+    settings = settings_for(redis_server.url, tmp_path, TIMEOUT_INTERVAL_MS="30000")
+    single = redis_benchmark(redis_server.port, track_command(settings, 1))
     calls = benchmark.pedantic(
         redis_benchmark,
-        args=(redis_server.port, track_command(script.sha, BATCH), 20_000),
+        args=(redis_server.port, track_command(settings, BATCH), 20_000),
         rounds=1,
     )
     noop = redis_sync.script_load("return 1")

@@ -21,10 +21,11 @@ from bench import harness
 from bench.report import Report
 from tests.redis_cluster import RedisCluster
 from tracker.redis.connection import connect
-from tracker.redis.keys import ShardKeys
-from tracker.redis.scripts import Scripts
+from tracker.redis.scripts import run
 from tracker.settings import Settings
 from tracker.state.store import Store
+from tracker.timing.lease import acquire_call
+from tracker.timing.sweeper import sweep_call
 
 CONVERSATIONS = 60_000
 SHARDS = 16
@@ -34,29 +35,24 @@ INTERVAL_MS = 60_000
 async def sweep_all(settings: Settings) -> tuple[int, float]:
     """Load, take every lease, then sweep every shard until nothing is due."""
     client = connect(settings)
-    scripts = Scripts()
     try:
         seconds, micros = await client.time()
         due_since = int(seconds) * 1000 + int(micros) // 1000 - INTERVAL_MS - 1000
-        store = Store(client, settings, scripts)
+        store = Store(client, settings)
         messages = harness.starts("m", CONVERSATIONS, [due_since] * CONVERSATIONS)
         await harness.apply_all(store, messages)
         leases = {}
         for n in range(SHARDS):
-            k = ShardKeys.of(n)
-            taken, value = await scripts.lease_acquire.run(client, k.for_lease, ["bench", 60_000])
-            assert int(taken)
-            leases[n] = str(value)
-        args = [1000, *settings.level_multipliers, settings.answered_retention_ms]
+            lease = await run(client, acquire_call(n, "bench", 60_000))
+            assert lease is not None
+            leases[n] = lease
 
         async def sweep(n: int) -> int:
-            k = ShardKeys.of(n)
-            keys = k.for_sweep
             fired = 0
             while True:
-                moved, _, _, more = await scripts.sweep.run(client, keys, [leases[n], *args])
-                fired += int(moved)
-                if not int(more):
+                swept = await run(client, sweep_call(n, leases[n], settings, batch=1000))
+                fired += swept.fired
+                if not swept.more:
                     return fired
 
         started = time.perf_counter()

@@ -7,15 +7,18 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import redis as sync_redis
 
+from bench.harness import settings_for
 from bench.report import Report
 from tests.redis_server import RedisServer
-from tracker.redis.keys import ShardKeys, shard_of, wake_channel
-from tracker.redis.scripts import Script
-from tracker.state.store import AgentMessage, apply_arg
+from tracker.model import AgentMessage, Event
+from tracker.redis.keys import ShardKeys, shard_of
+from tracker.settings import Settings
+from tracker.state.store import APPLY, apply_call
 
 CONVERSATIONS = 1_000_000
 SHARDS = 16
@@ -28,24 +31,21 @@ def resp(parts: list[str]) -> str:
     return f"*{len(parts)}\r\n" + "".join(f"${len(p)}\r\n{p}\r\n" for p in parts)
 
 
-def track_commands(sha: str, n: int) -> Iterator[bytes]:
+def track_commands(settings: Settings, n: int) -> Iterator[bytes]:
     """EVALSHA apply for n new conversations (timestamp 0: Redis's now), PER_CALL per call
     and shard, in chunks of CHUNK calls."""
-    keys = [ShardKeys.of(s) for s in range(SHARDS)]
-    by_shard: list[list[str]] = [[] for _ in range(SHARDS)]
+    by_shard: list[list[Event]] = [[] for _ in range(SHARDS)]
     chunk: list[str] = []
 
     def call(shard: int) -> None:
-        k = keys[shard]
-        head = ["EVALSHA", sha, str(len(k.for_apply)), *k.for_apply, "0"]
-        chunk.append(resp([*head, "1", wake_channel(shard), "60000", *by_shard[shard]]))
+        command = apply_call(shard, 0, by_shard[shard], settings).command()
+        chunk.append(resp([str(part) for part in command]))
         by_shard[shard] = []
 
     for i in range(n):
         conversation = f"conv-{i:07d}"
         shard = shard_of(conversation, SHARDS)
-        event = AgentMessage(conversation, f"agent-{i % 500}", f"msg-{i:07d}", 0)
-        by_shard[shard].append(apply_arg(event, 30000))
+        by_shard[shard].append(AgentMessage(conversation, f"agent-{i % 500}", f"msg-{i:07d}", 0))
         if len(by_shard[shard]) == PER_CALL:
             call(shard)
         if len(chunk) >= CHUNK:
@@ -57,7 +57,7 @@ def track_commands(sha: str, n: int) -> Iterator[bytes]:
     yield "".join(chunk).encode()
 
 
-def mass_insert(port: int, sha: str, n: int) -> str:
+def mass_insert(port: int, settings: Settings, n: int) -> str:
     cli = shutil.which("redis-cli")
     assert cli, "redis-cli is not installed (it comes with redis-server)"
     with subprocess.Popen(
@@ -69,7 +69,7 @@ def mass_insert(port: int, sha: str, n: int) -> str:
         assert proc.stdin is not None
         assert proc.stdout is not None
         try:
-            for data in track_commands(sha, n):
+            for data in track_commands(settings, n):
                 proc.stdin.write(data)
             proc.stdin.close()
             out = proc.stdout.read().decode()
@@ -85,13 +85,17 @@ def used_memory(client: sync_redis.Redis) -> int:
 
 
 def test_memory_per_waiting_conversation(
-    benchmark: Any, redis_server: RedisServer, redis_sync: sync_redis.Redis, report: Report
+    benchmark: Any,
+    redis_server: RedisServer,
+    redis_sync: sync_redis.Redis,
+    report: Report,
+    tmp_path: Path,
 ) -> None:
-    script = Script.load("apply")
-    redis_sync.script_load(script.source)
+    redis_sync.script_load(APPLY.source)
+    settings = settings_for(redis_server.url, tmp_path, TIMEOUT_INTERVAL_MS="30000")
     before = used_memory(redis_sync)
     out = benchmark.pedantic(
-        mass_insert, args=(redis_server.port, script.sha, CONVERSATIONS), rounds=1
+        mass_insert, args=(redis_server.port, settings, CONVERSATIONS), rounds=1
     )
     found = re.search(r"errors: (\d+), replies: (\d+)", out)
     assert found, out

@@ -14,7 +14,6 @@ from bench import harness
 from bench.report import Report
 from tests.redis_server import RedisServer
 from tracker.redis.connection import connect
-from tracker.redis.scripts import Scripts
 from tracker.state.store import Store
 
 CONVERSATIONS = 100_000
@@ -26,7 +25,7 @@ async def one_round(redis_url: str, run_dir: Path, prefix: str) -> tuple[float, 
     client = connect(settings)
     try:
         await client.flushall()
-        store = Store(client, settings, Scripts())
+        store = Store(client, settings)
         messages = harness.starts(prefix, CONVERSATIONS)
         answers = harness.cancels(messages[::2])
         schedule_s = await harness.apply_all(store, messages)

@@ -10,12 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 from bench import harness
 from bench.downstream import Arrival, Downstream
-from tracker.redis.connection import connect
-from tracker.redis.scripts import Scripts
+from tracker.redis.connection import Client, connect
+from tracker.redis.scripts import LOADED
 from tracker.state.store import Store
 
 INTERVAL_MS = 60_000  # level 2 is a minute away: one level fires per conversation in a run
@@ -152,10 +150,9 @@ async def run(
     pipeline = harness.Pipeline(redis_url, workdir, **env)
     try:
         await harness.wait_pipeline_ready(client, settings.shard_count)
-        scripts = Scripts()
-        for script in scripts.all():  # warm, as in a running pod: no NOSCRIPT reruns
+        for script in LOADED.values():  # warm, as in a running pod: no NOSCRIPT reruns
             await client.script_load(script.source)
-        store = Store(client, settings, scripts)
+        store = Store(client, settings)
         commands_before = await harness.total_commands(client)
         stats_before = await harness.commandstats(client)
         first_due = await harness.redis_now_ms(client) + int(workload.lead_s * 1000)
@@ -205,7 +202,7 @@ async def run(
     )
 
 
-async def _wait_acked(client: Redis, shard_count: int) -> None:
+async def _wait_acked(client: Client, shard_count: int) -> None:
     deadline = time.monotonic() + 30.0
     while await harness.pending_total(client, shard_count) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)

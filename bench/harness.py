@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
-
 from tests.processes import Role, role_env
+from tracker.model import AgentMessage, CustomerResponse, Event
+from tracker.redis.connection import Client
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
 from tracker.settings import Settings
-from tracker.state.store import AgentMessage, CustomerResponse, Event, Store
+from tracker.state.store import Store
 
 BENCH_DIR = Path(__file__).parent
 CHUNK = 1000  # events per Store.apply_many call and per POST /events (the API's MAX_BATCH)
@@ -107,23 +107,23 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 # --- Redis -----------------------------------------------------------------------------------
 
 
-async def redis_now_ms(client: Redis) -> int:
+async def redis_now_ms(client: Client) -> int:
     seconds, micros = await client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-async def total_commands(client: Redis) -> int:
+async def total_commands(client: Client) -> int:
     """INFO stats total_commands_processed (it counts the commands scripts run, too)."""
     return int((await client.info("stats"))["total_commands_processed"])
 
 
-async def commandstats(client: Redis, field: str = "calls") -> dict[str, int]:
+async def commandstats(client: Client, field: str = "calls") -> dict[str, int]:
     """INFO commandstats: calls (or usec) by command."""
     stats = await client.info("commandstats")
     return {k.removeprefix("cmdstat_"): int(v[field]) for k, v in stats.items()}
 
 
-async def redis_cpu_s(client: Redis) -> float:
+async def redis_cpu_s(client: Client) -> float:
     """CPU seconds the redis-server process has used (user + system)."""
     cpu = await client.info("cpu")
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
@@ -134,7 +134,7 @@ def stats_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]
     return dict(sorted(((k, v) for k, v in delta.items() if v), key=lambda kv: -kv[1]))
 
 
-async def wait_pipeline_ready(client: Redis, shard_count: int, wait_s: float = 30.0) -> None:
+async def wait_pipeline_ready(client: Client, shard_count: int, wait_s: float = 30.0) -> None:
     """Every shard leased by the sweeper and every delivery group created by the consumers."""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
@@ -142,7 +142,7 @@ async def wait_pipeline_ready(client: Redis, shard_count: int, wait_s: float = 3
         async with client.pipeline(transaction=False) as pipe:
             for k in shards:
                 pipe.exists(k.leader)
-                pipe.xinfo_groups(k.events)
+                pipe.xinfo_groups(k.outbox)
             replies = await pipe.execute(raise_on_error=False)
         leased = all(r == 1 for r in replies[0::2])
         grouped = all(
@@ -155,10 +155,10 @@ async def wait_pipeline_ready(client: Redis, shard_count: int, wait_s: float = 3
     raise TimeoutError("sweeper leases or consumer groups did not appear")
 
 
-async def pending_total(client: Redis, shard_count: int) -> int:
+async def pending_total(client: Client, shard_count: int) -> int:
     total = 0
     for n in range(shard_count):
-        groups = await client.xinfo_groups(ShardKeys.of(n).events)
+        groups = await client.xinfo_groups(ShardKeys.of(n).outbox)
         total += sum(int(g["pending"]) + int(g.get("lag") or 0) for g in groups)
     return total
 

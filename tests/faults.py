@@ -77,7 +77,7 @@ class Enqueued:
 def enqueued(client: sync_redis.Redis, shard_count: int) -> list[Enqueued]:
     out = []
     for shard in range(shard_count):
-        entries: Any = client.xrange(ShardKeys.of(shard).events)
+        entries: Any = client.xrange(ShardKeys.of(shard).outbox)
         for entry_id, fields in entries:
             n = Notification.from_entry(shard, entry_id, fields)
             at = int(entry_id.split("-")[0])
@@ -130,13 +130,13 @@ def where_are(client: sync_redis.Redis, lost: set[tuple[str, int]], shard_count:
         k = ShardKeys.of(shard_of(c, shard_count))
         lines.append(
             f"{c} level {level}: shard {k.shard} record={client.hget(k.records, c)!r}"
-            f" fired={client.hget(k.states, c)!r} due={client.zscore(k.waiting, c)!r}"
+            f" fired={client.hget(k.fired, c)!r} due={client.zscore(k.waiting, c)!r}"
             f" in_stream={(c, level) in streams}"
         )
     pending: Any = [
-        client.xpending(ShardKeys.of(s).events, CONSUMER_GROUP)
+        client.xpending(ShardKeys.of(s).outbox, CONSUMER_GROUP)
         for s in range(shard_count)
-        if client.exists(ShardKeys.of(s).events)
+        if client.exists(ShardKeys.of(s).outbox)
     ]
     return "\n".join([*lines, f"pending per shard: {pending}"])
 
@@ -147,7 +147,7 @@ def pending_of(client: sync_redis.Redis, consumer: str, shards: list[int]) -> in
 
     total = 0
     for shard in shards:
-        stream = ShardKeys.of(shard).events
+        stream = ShardKeys.of(shard).outbox
         if not client.exists(stream):
             continue
         try:

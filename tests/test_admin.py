@@ -173,10 +173,10 @@ async def test_pending_lists_entries_and_checks_its_parameters(
     client: Client, redis_sync: sync_redis.Redis
 ) -> None:
     k = ShardKeys.of(2)
-    redis_sync.xgroup_create(k.events, CONSUMER_GROUP, id="0", mkstream=True)
+    redis_sync.xgroup_create(k.outbox, CONSUMER_GROUP, id="0", mkstream=True)
     now = int(time.time() * 1000)
-    entry = str(redis_sync.xadd(k.events, {"e": f"conv-p|1|1|{now - 1000}|{now}|a|m"}))
-    redis_sync.xreadgroup(CONSUMER_GROUP, "pod-a-0", {k.events: ">"})
+    entry = str(redis_sync.xadd(k.outbox, {"e": f"conv-p|1|1|{now - 1000}|{now}|a|m"}))
+    redis_sync.xreadgroup(CONSUMER_GROUP, "pod-a-0", {k.outbox: ">"})
     status, body = await get(client, "/admin/pending?shard=2")
     assert status == 200
     assert [(p["id"], p["conversation_id"], p["consumer"]) for p in body["pending"]] == [
@@ -203,7 +203,7 @@ async def test_dead_letters_listed_filtered_replayed_and_purged(
     status, body = await post(client, "/admin/dead-letters/replay", {"ids": [first]})
     assert (status, body) == (200, {"replayed": [first], "refused": {}, "gone": []})
     k = ShardKeys.of(int(first.split("-")[0]))
-    assert redis_sync.xlen(k.events) == 1
+    assert redis_sync.xlen(k.outbox) == 1
     status, body = await post(client, "/admin/dead-letters/purge", {"ids": [second]})
     assert (status, body) == (200, {"purged": 1})
     assert await get(client, "/admin/dead-letters") == (
@@ -279,16 +279,16 @@ async def test_a_conversations_entries_still_to_deliver(
     assert status == 200
     shard = shard_of("conv-s", SHARDS)
     k = ShardKeys.of(shard)
-    redis_sync.xgroup_create(k.events, CONSUMER_GROUP, id="0", mkstream=True)
+    redis_sync.xgroup_create(k.outbox, CONSUMER_GROUP, id="0", mkstream=True)
     now = int(time.time() * 1000)
     ids = [
-        str(redis_sync.xadd(k.events, {"e": f"conv-s|1|1|{now}|{now + level}|ag|m"}))
+        str(redis_sync.xadd(k.outbox, {"e": f"conv-s|1|1|{now}|{now + level}|ag|m"}))
         for level in (1, 2)
     ]
-    redis_sync.xadd(k.events, {"e": f"other|1|1|{now}|{now}|ag|m"})
-    redis_sync.xreadgroup(CONSUMER_GROUP, "pod-a-0", {k.events: ">"}, count=2)
-    redis_sync.xack(k.events, CONSUMER_GROUP, ids[0])
-    unread = str(redis_sync.xadd(k.events, {"e": f"conv-s|1|1|{now}|{now + 3}|ag|m"}))
+    redis_sync.xadd(k.outbox, {"e": f"other|1|1|{now}|{now}|ag|m"})
+    redis_sync.xreadgroup(CONSUMER_GROUP, "pod-a-0", {k.outbox: ">"}, count=2)
+    redis_sync.xack(k.outbox, CONSUMER_GROUP, ids[0])
+    unread = str(redis_sync.xadd(k.outbox, {"e": f"conv-s|1|1|{now}|{now + 3}|ag|m"}))
     letter = dead_letter(redis_sync, "conv-s")
     status, report = await get(client, "/admin/conversation?id=conv-s")
     assert status == 200

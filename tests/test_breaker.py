@@ -11,10 +11,11 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
+from tests.delivering import reader, sweep_once
 from tests.processes import SECRET
 from tests.redis_server import RedisServer, free_port
 from tracker.delivery.notification import Notification, Outgoing
-from tracker.delivery.pipeline import Deliverer
+from tracker.delivery.reader import StreamReader
 from tracker.delivery.sinks import (
     CLOSED,
     HALF_OPEN,
@@ -25,10 +26,10 @@ from tracker.delivery.sinks import (
     WebhookSink,
 )
 from tracker.errors import DeliveryError
+from tracker.model import AgentMessage
 from tracker.redis.connection import redis_time_ms
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
-from tracker.redis.scripts import Scripts
-from tracker.state.store import AgentMessage, Store
+from tracker.state.store import Store
 
 
 class Clock:
@@ -132,19 +133,14 @@ class FailingSink(RefusingSink):
 
 async def fired_notification(
     redis: Redis, tmp_path: Path, url: str, conversation: str, **env: str
-) -> Deliverer:
+) -> StreamReader:
     settings = make_settings(
         url, tmp_path / "run", SHARD_COUNT="1", TIMEOUT_INTERVAL_MS="100", **env
     )
-    scripts = Scripts()
     since = await redis_time_ms(redis) - 200
-    await Store(redis, settings, scripts).apply(AgentMessage(conversation, "agent", "m1", since))
-    k = ShardKeys.of(0)
-    _, lease = await scripts.lease_acquire.run(redis, k.for_lease, ["p", 10_000])
-    keys = k.for_sweep
-    await scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000])
-    deliverer = Deliverer(redis, settings, scripts, [], "consumer-test")
-    await deliverer.ensure_group(0)
+    await Store(redis, settings).apply(AgentMessage(conversation, "agent", "m1", since))
+    assert (await sweep_once(redis, settings)).fired == 1
+    deliverer = await reader(redis, settings, [])
     return deliverer
 
 
@@ -152,7 +148,10 @@ async def test_a_refused_event_stays_pending_and_keeps_its_attempts(
     redis: Redis, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     d = await fired_notification(redis, tmp_path, redis_server.url, "c1", MAX_DELIVERIES="1")
-    d.sinks = [RefusingSink(), FailingSink()]  # a real failure elsewhere outranks the refusal
+    d.pipeline.sinks = [
+        RefusingSink(),
+        FailingSink(),
+    ]  # a real failure elsewhere outranks the refusal
     assert await d.read([0], block_ms=None) == 1
     k = ShardKeys.of(0)
     assert await redis.xlen(k.dead_letters) == 1  # MAX_DELIVERIES=1: one real attempt
@@ -160,13 +159,15 @@ async def test_a_refused_event_stays_pending_and_keeps_its_attempts(
 
     d = await fired_notification(redis, tmp_path, redis_server.url, "c2", MAX_DELIVERIES="1")
     await redis.delete(k.dead_letters)
-    d.sinks = [RefusingSink(), RefusingSink()]
+    d.pipeline.sinks = [RefusingSink(), RefusingSink()]
     assert await d.read([0], block_ms=None) == 1
     assert await redis.hlen(k.attempts) == 0
     assert await redis.xlen(k.dead_letters) == 0
-    info = await redis.xpending(k.events, CONSUMER_GROUP)
+    info = await redis.xpending(k.outbox, CONSUMER_GROUP)
     assert int(info["pending"]) == 1
-    assert len(d.retries) == 1  # it comes back after the cool-down (capped by the retry cap)
+    assert (
+        len(d.pipeline.failures.retries) == 1
+    )  # it comes back after the cool-down (capped by the retry cap)
     await d.close()
 
 

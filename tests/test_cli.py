@@ -47,7 +47,7 @@ def dead_letter(redis_sync: sync_redis.Redis) -> tuple[ShardKeys, str]:
     """One conversation with a notification in the dead-letter stream of its shard."""
     k = ShardKeys.of(shard_of("conv-1", 4))
     redis_sync.hset(k.records, "conv-1", "W|1|1764000000000|1000|agent|m1|1764000000000|0||")
-    redis_sync.xgroup_create(k.events, CONSUMER_GROUP, id="0", mkstream=True)
+    redis_sync.xgroup_create(k.outbox, CONSUMER_GROUP, id="0", mkstream=True)
     fields: dict[Any, Any] = {
         "c": "conv-1",
         "l": "1",
@@ -193,7 +193,7 @@ def test_dead_letters_list_replay_and_purge(
     replayed = tracker(redis_server, tmp_path, "dead-letters", "replay", letter)
     assert (replayed.returncode, replayed.stdout) == (0, "replayed 1\n")
     assert redis_sync.xlen(k.dead_letters) == 0
-    entries: Any = redis_sync.xrange(k.events)
+    entries: Any = redis_sync.xrange(k.outbox)
     ((entry_id, fields),) = entries
     n = Notification.from_entry(k.shard, entry_id, fields)
     assert (n.conversation_id, n.level, n.generation) == ("conv-1", 1, 1)
@@ -240,9 +240,9 @@ def test_pending_lists_entries_with_owner_and_last_error(
     redis_server: RedisServer, redis_sync: sync_redis.Redis, tmp_path: Path
 ) -> None:
     k = ShardKeys.of(3)
-    redis_sync.xgroup_create(k.events, CONSUMER_GROUP, id="0", mkstream=True)
-    entry = str(redis_sync.xadd(k.events, {"e": "conv-9|2|1|1764000000000|1764000002000|a|m"}))
-    redis_sync.xreadgroup(CONSUMER_GROUP, "pod-a-1", {k.events: ">"})
+    redis_sync.xgroup_create(k.outbox, CONSUMER_GROUP, id="0", mkstream=True)
+    entry = str(redis_sync.xadd(k.outbox, {"e": "conv-9|2|1|1764000000000|1764000002000|a|m"}))
+    redis_sync.xreadgroup(CONSUMER_GROUP, "pod-a-1", {k.outbox: ">"})
     redis_sync.hset(
         k.attempts, mapping={entry: 2, f"{entry}:last": "1764000003000|webhook|HTTP 502"}
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import DataError
 from redis.typing import EncodableT
@@ -39,6 +40,7 @@ async def test_the_client_packs_with_hiredis_and_works(
 ) -> None:
     client = connect(make_settings(redis_server.url, tmp_path / "run"))
     try:
+        assert isinstance(client, Redis)
         cls = client.connection_pool.connection_class
         assert issubclass(cls, Connection | UnixDomainSocketConnection)
         assert cls.pack_command is packed(Connection).pack_command

@@ -101,7 +101,7 @@ def truth(client: sync_redis.Redis) -> dict[str, Any]:
         k = ShardKeys.of(n)
         leader = client.get(k.leader)
         try:
-            rows: Any = client.xpending_range(k.events, CONSUMER_GROUP, "-", "+", 100)
+            rows: Any = client.xpending_range(k.outbox, CONSUMER_GROUP, "-", "+", 100)
         except sync_redis.ResponseError:  # the consumer has not created the group yet
             rows = []
         shards.append(
@@ -114,7 +114,7 @@ def truth(client: sync_redis.Redis) -> dict[str, Any]:
             }
         )
         for row in rows:
-            entries: Any = client.xrange(k.events, row["message_id"], row["message_id"])
+            entries: Any = client.xrange(k.outbox, row["message_id"], row["message_id"])
             try:
                 p = Notification.from_entry(n, row["message_id"], entries[0][1])
                 conversation, level = p.conversation_id, str(p.level)
@@ -194,7 +194,7 @@ async def test_the_console_shows_the_pod_and_replays_from_the_page(
     await agent_message(live, STUCK, 100)
     await agent_message(live, UNDELIVERABLE, 100)
     malformed_shard = 2  # an entry some other client wrote into a shard stream
-    redis_sync.xadd(ShardKeys.of(malformed_shard).events, {"e": "<script>window.__xss=2</script>"})
+    redis_sync.xadd(ShardKeys.of(malformed_shard).outbox, {"e": "<script>window.__xss=2</script>"})
 
     def settled() -> bool:
         t = truth(redis_sync)

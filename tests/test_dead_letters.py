@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from tracker.delivery.notification import Notification, event_id
 from tracker.ops import dead_letters as dl
 from tracker.redis.keys import ShardKeys
-from tracker.redis.scripts import Scripts
+from tracker.redis.scripts import run
 
 SHARDS = [0, 1, 2, 3]
 SINCE_MS = 1_764_000_000_000
@@ -174,11 +174,11 @@ async def test_a_malformed_dead_letter_is_listed_raw_and_never_replayed(
     assert shown[f"1-{entry}"]["malformed"] is True
     assert shown[f"1-{entry}"]["fields"] == raw
     assert shown[f"1-{unparsable}"]["fields"]["x"] == "<img src=x>"
-    done = await dl.replay(redis, Scripts(), 1, [entry, unparsable])
+    done = await dl.replay(redis, 1, [entry, unparsable])
     assert done.replayed == []
     assert set(done.refused) == {f"1-{entry}", f"1-{unparsable}"}
     assert redis_sync.xlen(ShardKeys.of(1).dead_letters) == 2
-    assert redis_sync.xlen(ShardKeys.of(1).events) == 0
+    assert redis_sync.xlen(ShardKeys.of(1).outbox) == 0
 
 
 async def test_replay_puts_the_notification_back_as_the_sweep_wrote_it(
@@ -187,11 +187,11 @@ async def test_replay_puts_the_notification_back_as_the_sweep_wrote_it(
     entry = add(redis_sync, 3, letter_fields("conv-a", level=2))
     record = f"W|1|{SINCE_MS}|1000|agent|m1|{SINCE_MS}|||"
     redis_sync.hset(ShardKeys.of(3).records, "conv-a", record)  # the conversation is here
-    done = await dl.replay(redis, Scripts(), 3, [entry, "1-0"])
+    done = await dl.replay(redis, 3, [entry, "1-0"])
     assert done.replayed == [f"3-{entry}"]
     assert done.gone == ["3-1-0"]
     assert redis_sync.xlen(ShardKeys.of(3).dead_letters) == 0
-    entries: Any = redis_sync.xrange(ShardKeys.of(3).events)
+    entries: Any = redis_sync.xrange(ShardKeys.of(3).outbox)
     ((new_id, fields),) = entries
     n = Notification.from_entry(3, new_id, fields)
     assert (n.conversation_id, n.level, n.generation, n.waiting_since_ms) == (
@@ -212,12 +212,11 @@ async def test_the_replay_script_puts_an_entry_back_once(
     still there, in the same step as it moves it."""
     entry = add(redis_sync, 0, letter_fields("conv-a"))
     k = ShardKeys.of(0)
-    scripts = Scripts()
-    first = await scripts.dead_letter_replay.run(redis, k.for_replay, ["e", entry, "x|1"])
-    second = await scripts.dead_letter_replay.run(redis, k.for_replay, ["e", entry, "x|1"])
+    first = await run(redis, dl.replay_call(0, [(entry, "x|1")]))
+    second = await run(redis, dl.replay_call(0, [(entry, "x|1")]))
     assert first[0] is not None
     assert second == [None]
-    assert redis_sync.xlen(k.events) == 1
+    assert redis_sync.xlen(k.outbox) == 1
 
 
 async def test_replay_all_reads_past_refused_entries_and_reports_progress(
@@ -227,7 +226,7 @@ async def test_replay_all_reads_past_refused_entries_and_reports_progress(
     for i in range(dl.PAGE + 10):
         add(redis_sync, i % 2, letter_fields(f"conv-{i}"))
     seen: list[tuple[int, int]] = []
-    done = await dl.replay_all(redis, Scripts(), SHARDS, lambda d, t: seen.append((d, t)))
+    done = await dl.replay_all(redis, SHARDS, lambda d, t: seen.append((d, t)))
     assert len(done.replayed) == dl.PAGE + 10
     assert len(done.refused) == 1
     assert seen[-1] == (dl.PAGE + 11, dl.PAGE + 11)

@@ -14,18 +14,21 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from tests.conftest import make_settings
+from tests.delivering import reader, sweep_once
 from tests.redis_server import RedisServer
+from tracker.delivery.hold import Origin
 from tracker.delivery.notification import Notification, Outgoing
-from tracker.delivery.pipeline import Deliverer
+from tracker.delivery.reader import StreamReader
 from tracker.delivery.sinks import Deferred, Outcomes, StreamSink, build_sinks
 from tracker.errors import DeliveryError
-from tracker.redis.connection import connect, redis_time_ms
+from tracker.model import AgentMessage, CustomerResponse
+from tracker.redis.connection import Client, connect, redis_time_ms
 from tracker.redis.keys import CONSUMER_GROUP, LAYOUT, ShardKeys, shard_of
 from tracker.redis.replies import NoGroupError
-from tracker.redis.scripts import Scripts
+from tracker.redis.scripts import run
 from tracker.settings import Settings
-from tracker.state.store import AgentMessage, CustomerResponse, Store
-from tracker.timing.maintenance import drop_idle_consumers
+from tracker.state.store import Store
+from tracker.timing.maintenance import drop_idle_consumers, trim_call
 
 INTERVAL = 100
 
@@ -62,39 +65,32 @@ def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
     )
 
 
-async def xrange(redis: Redis, key: str) -> list[tuple[str, dict[str, str]]]:
+async def xrange(redis: Client, key: str) -> list[tuple[str, dict[str, str]]]:
     return cast(list[tuple[str, dict[str, str]]], await redis.xrange(key))
 
 
-async def fire(redis: Redis, settings: Settings, scripts: Scripts, *conversations: str) -> None:
+async def fire(redis: Client, settings: Settings, *conversations: str) -> None:
     """Start each conversation in the past so its level 1 is due, and sweep it into the stream."""
-    store = Store(redis, settings, scripts)
+    store = Store(redis, settings)
     since = await redis_time_ms(redis) - INTERVAL - 20
     for c in conversations:
         await store.apply(AgentMessage(c, "agent", f"m-{c}", since))
-    k = ShardKeys.of(0)
-    taken, lease = await scripts.lease_acquire.run(redis, k.for_lease, ["p", 10_000])
-    assert int(taken)
-    keys = k.for_sweep
-    fired, *_ = await scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000])
-    assert int(fired) == len(conversations)
+    assert (await sweep_once(redis, settings)).fired == len(conversations)
 
 
-async def deliverer(redis: Redis, settings: Settings, sink: RecordingSink) -> Deliverer:
-    d = Deliverer(redis, settings, Scripts(), [sink], "consumer-test")
-    await d.ensure_group(0)
-    return d
+async def deliverer(redis: Client, settings: Settings, sink: RecordingSink) -> StreamReader:
+    return await reader(redis, settings, [sink])
 
 
-async def pending(redis: Redis) -> int:
-    info = await redis.xpending(ShardKeys.of(0).events, CONSUMER_GROUP)
+async def pending(redis: Client) -> int:
+    info = await redis.xpending(ShardKeys.of(0).outbox, CONSUMER_GROUP)
     return int(info["pending"])
 
 
 async def test_delivers_and_acknowledges(redis: Redis, settings: Settings) -> None:
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
-    await fire(redis, settings, d.scripts, "c1", "c2")
+    await fire(redis, settings, "c1", "c2")
     assert await d.read([0], block_ms=None) == 2
     assert sorted(o.notification.conversation_id for o in sink.sent) == ["c1", "c2"]
     assert await pending(redis) == 0
@@ -105,8 +101,8 @@ async def test_an_answer_that_reached_redis_first_suppresses_the_send(
 ) -> None:
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
-    await fire(redis, settings, d.scripts, "answered", "waiting")
-    await Store(redis, settings, d.scripts).apply(CustomerResponse("answered", "cust", "r1", 0))
+    await fire(redis, settings, "answered", "waiting")
+    await Store(redis, settings).apply(CustomerResponse("answered", "cust", "r1", 0))
     await d.read([0], block_ms=None)
     assert [o.notification.conversation_id for o in sink.sent] == ["waiting"]
     assert await pending(redis) == 0  # the suppressed entry is acknowledged too
@@ -115,17 +111,22 @@ async def test_an_answer_that_reached_redis_first_suppresses_the_send(
 async def test_a_retried_entry_another_consumer_delivered_meanwhile_is_not_sent_again(
     redis: Redis, settings: Settings
 ) -> None:
-    """An entry this consumer holds for a later retry (here: claimed from a slow reader) was
-    delivered and acknowledged by that other reader meanwhile: the retry does not send it
-    again (it is confirmed still pending first)."""
+    """Two entries wait for a retry (their way out was blocked); meanwhile another consumer
+    claimed one of them and delivered it: the retry confirms each entry is still this
+    consumer's (XCLAIM) and does not send that one again."""
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
-    await fire(redis, settings, d.scripts, "c1", "c2")
-    stream = ShardKeys.of(0).events
-    await redis.xreadgroup(CONSUMER_GROUP, "slow", {stream: ">"})
-    _, claimed, _ = await redis.xautoclaim(stream, CONSUMER_GROUP, d.consumer, 0)
-    await redis.xack(stream, CONSUMER_GROUP, claimed[0][0])  # the slow one delivered c1
-    await d.handle([Notification.from_entry(0, i, f) for i, f in claimed], retried=True)
+    await fire(redis, settings, "c1", "c2")
+    stream = ShardKeys.of(0).outbox
+    entries: Any = await redis.xreadgroup(CONSUMER_GROUP, d.consumer, {stream: ">"})
+    batch = [Notification.from_entry(0, i, f) for i, f in entries[0][1]]
+    unblocked = asyncio.Event()
+    for n in batch:
+        await d.pipeline.failures.failed(n, "recording", Deferred("blocked", 60, unblocked))
+    await redis.xclaim(stream, CONSUMER_GROUP, "other", 0, [batch[0].entry_id])
+    await redis.xack(stream, CONSUMER_GROUP, batch[0].entry_id)  # the other one delivered c1
+    unblocked.set()
+    await asyncio.gather(*d.pipeline.failures.retries)
     assert [o.notification.conversation_id for o in sink.sent] == ["c2"]
     assert await pending(redis) == 0
 
@@ -135,13 +136,13 @@ async def test_retries_then_dead_letters_after_max_deliveries(
 ) -> None:
     sink = RecordingSink(DeliveryError("HTTP 500"))
     d = await deliverer(redis, settings, sink)
-    await fire(redis, settings, d.scripts, "c1")
+    await fire(redis, settings, "c1")
     await d.read([0], block_ms=None)
     for _ in range(100):
-        if await redis.xlen(ShardKeys.of(0).dead_letters) or not d.retries:
+        if await redis.xlen(ShardKeys.of(0).dead_letters) or not d.pipeline.failures.retries:
             break
         await asyncio.sleep(0.05)
-    await asyncio.gather(*d.retries)
+    await asyncio.gather(*d.pipeline.failures.retries)
     dead = await xrange(redis, ShardKeys.of(0).dead_letters)
     assert len(dead) == 1
     assert dead[0][1]["attempts"] == "3"
@@ -154,23 +155,23 @@ async def test_retries_then_dead_letters_after_max_deliveries(
 async def test_a_permanent_failure_dead_letters_at_once(redis: Redis, settings: Settings) -> None:
     sink = RecordingSink(DeliveryError("HTTP 410", permanent=True))
     d = await deliverer(redis, settings, sink)
-    await fire(redis, settings, d.scripts, "c1")
+    await fire(redis, settings, "c1")
     await d.read([0], block_ms=None)
     dead = await xrange(redis, ShardKeys.of(0).dead_letters)
     assert len(dead) == 1
     assert dead[0][1]["attempts"] == "1"
-    assert not d.retries
+    assert not d.pipeline.failures.retries
 
 
 async def test_idle_entries_of_a_dead_consumer_are_claimed(
     redis: Redis, settings: Settings
 ) -> None:
-    await fire(redis, settings, Scripts(), "c1")
+    await fire(redis, settings, "c1")
     k = ShardKeys.of(0)
-    await redis.xgroup_create(k.events, CONSUMER_GROUP, id="0")
-    await redis.xreadgroup(CONSUMER_GROUP, "dead-consumer", {k.events: ">"}, count=10)
+    await redis.xgroup_create(k.outbox, CONSUMER_GROUP, id="0")
+    await redis.xreadgroup(CONSUMER_GROUP, "dead-consumer", {k.outbox: ">"}, count=10)
     sink = RecordingSink()
-    d = Deliverer(redis, settings, Scripts(), [sink], "survivor")
+    d = await reader(redis, settings, [sink], "survivor")
     assert await d.claim([0]) == 0  # not idle long enough yet
     await asyncio.sleep(settings.delivery_timeout_ms / 1000 + 0.05)
     assert await d.claim([0]) == 1
@@ -181,30 +182,22 @@ async def test_idle_entries_of_a_dead_consumer_are_claimed(
 async def test_trim_keeps_unacknowledged_entries(redis: Redis, settings: Settings) -> None:
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
-    scripts = d.scripts
-    await fire(redis, settings, scripts, "a1", "a2")
+    await fire(redis, settings, "a1", "a2")
     await d.read([0], block_ms=None)  # a1, a2 delivered and acknowledged
     k = ShardKeys.of(0)
-    store = Store(redis, settings, scripts)
-    since = await redis_time_ms(redis) - INTERVAL - 20
-    for c in ("p1", "p2"):
-        await store.apply(AgentMessage(c, "agent", f"m-{c}", since))
-    lease = await redis.get(k.leader)
-    keys = k.for_sweep
-    await scripts.sweep.run(redis, keys, [str(lease), 100, 1, 2, 3, 60_000])
-    await redis.xreadgroup(CONSUMER_GROUP, "slow", {k.events: ">"}, count=1)  # p1 pending
-    assert await redis.xlen(k.events) == 4
-    trimmed = await scripts.trim.run(redis, [k.events], [])
-    assert int(trimmed) == 2
+    await fire(redis, settings, "p1", "p2")
+    await redis.xreadgroup(CONSUMER_GROUP, "slow", {k.outbox: ">"}, count=1)  # p1 pending
+    assert await redis.xlen(k.outbox) == 4
+    assert await run(redis, trim_call(0)) == 2
     remaining = [
-        Notification.from_entry(0, i, f).conversation_id for i, f in await xrange(redis, k.events)
+        Notification.from_entry(0, i, f).conversation_id for i, f in await xrange(redis, k.outbox)
     ]
     assert remaining == ["p1", "p2"]  # the pending entry and the unread one stay
 
 
 async def test_a_deleted_stream_gets_its_group_back(redis: Redis, settings: Settings) -> None:
     d = await deliverer(redis, settings, RecordingSink())
-    await redis.delete(ShardKeys.of(0).events)
+    await redis.delete(ShardKeys.of(0).outbox)
     with pytest.raises(NoGroupError):
         await d.read([0], block_ms=None)
     await d.recreate_group([0])
@@ -212,7 +205,10 @@ async def test_a_deleted_stream_gets_its_group_back(redis: Redis, settings: Sett
 
 
 def test_shard_of_is_stable() -> None:
-    assert shard_of("conversation-42", 16) == shard_of("conversation-42", 16)
+    """The shard of an id is fixed (crc32 of its UTF-8 bytes, modulo the count): pods, and
+    the Lua scripts after a reshard, must agree on it for ever."""
+    check = 0xCBF43926  # CRC-32 of "123456789", the algorithm's published check value
+    assert [shard_of("123456789", n) for n in (16, 1000, 7)] == [check % n for n in (16, 1000, 7)]
     assert {shard_of(f"c{i}", 16) for i in range(200)} == set(range(16))
 
 
@@ -224,16 +220,15 @@ async def test_a_lower_level_redelivered_after_a_higher_one_is_superseded(
     and noted in the conversation's history."""
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
-    await fire(redis, settings, d.scripts, "c1")  # level 1 in the stream
+    await fire(redis, settings, "c1")  # level 1 in the stream
     k = ShardKeys.of(0)
-    level1 = (await xrange(redis, k.events))[0]
-    await redis.xreadgroup(CONSUMER_GROUP, "dead", {k.events: ">"}, count=10)  # A took it
+    level1 = (await xrange(redis, k.outbox))[0]
+    await redis.xreadgroup(CONSUMER_GROUP, "dead", {k.outbox: ">"}, count=10)  # A took it
     await asyncio.sleep(INTERVAL / 1000)
-    lease = str(await redis.get(k.leader))
-    keys = k.for_sweep
-    await d.scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000])  # level 2
+    assert (await sweep_once(redis, settings)).fired == 1  # level 2
     await d.read([0], block_ms=None)  # B delivers level 2
-    await d.handle([Notification.from_entry(0, level1[0], level1[1])], retried=True)
+    await redis.xclaim(k.outbox, CONSUMER_GROUP, d.consumer, 0, [level1[0]])  # A's, claimed
+    await d.pipeline.handle([Notification.from_entry(0, level1[0], level1[1])], Origin.PENDING)
     assert [o.notification.level for o in sink.sent] == [2]
     assert await pending(redis) == 0
     history = str(await redis.hget(k.history, "c1")).split("\n")
@@ -278,15 +273,15 @@ async def test_consumers_of_gone_pods_are_dropped_but_not_those_with_pending_ent
 ) -> None:
     """Guarantee 5: a consumer group does not keep every consumer that ever lived."""
     k = ShardKeys.of(0)
-    await redis.xgroup_create(k.events, CONSUMER_GROUP, id="0", mkstream=True)
-    await redis.xadd(k.events, {"c": "c1"})
-    await redis.xreadgroup(CONSUMER_GROUP, "holds-one", {k.events: ">"}, count=1)
-    await redis.xgroup_createconsumer(k.events, CONSUMER_GROUP, "idle-and-empty")
+    await redis.xgroup_create(k.outbox, CONSUMER_GROUP, id="0", mkstream=True)
+    await redis.xadd(k.outbox, {"c": "c1"})
+    await redis.xreadgroup(CONSUMER_GROUP, "holds-one", {k.outbox: ">"}, count=1)
+    await redis.xgroup_createconsumer(k.outbox, CONSUMER_GROUP, "idle-and-empty")
     await asyncio.sleep(0.01)
-    await drop_idle_consumers(redis, k.events, idle_ms=3_600_000)
-    assert len(await redis.xinfo_consumers(k.events, CONSUMER_GROUP)) == 2  # not idle enough
-    await drop_idle_consumers(redis, k.events, idle_ms=0)
-    names = [c["name"] for c in await redis.xinfo_consumers(k.events, CONSUMER_GROUP)]
+    await drop_idle_consumers(redis, k.outbox, idle_ms=3_600_000)
+    assert len(await redis.xinfo_consumers(k.outbox, CONSUMER_GROUP)) == 2  # not idle enough
+    await drop_idle_consumers(redis, k.outbox, idle_ms=0)
+    names = [c["name"] for c in await redis.xinfo_consumers(k.outbox, CONSUMER_GROUP)]
     assert names == ["holds-one"]
 
 
@@ -314,15 +309,15 @@ async def test_an_unreadable_entry_is_dead_lettered_and_the_rest_delivered(
     try:
         d = await deliverer(client, settings, sink)
         raw_fields = {f: v.encode("utf-8", "surrogateescape") for f, v in BAD_ENTRIES[kind].items()}
-        raw.xadd(k.events, raw_fields)  # type: ignore[arg-type]
-        await fire(redis, settings, d.scripts, "c1")
+        raw.xadd(k.outbox, raw_fields)  # type: ignore[arg-type]
+        await fire(redis, settings, "c1")
         assert await d.read([0], block_ms=None) == 1
         assert [o.notification.conversation_id for o in sink.sent] == ["c1"]
         ((_, dead),) = await xrange(client, k.dead_letters)
         assert dead["reason"].startswith("malformed: ")
         assert dead["attempts"] == "1"
         assert await pending(redis) == 0
-        await fire(redis, settings, d.scripts, "c2")  # it goes on
+        await fire(redis, settings, "c2")  # it goes on
         assert await d.read([0], block_ms=None) == 1
         await d.close()
         entries: Any = raw.xrange(k.dead_letters)
@@ -352,7 +347,7 @@ async def test_an_event_a_sink_raises_on_is_dead_lettered_and_the_rest_delivered
 ) -> None:
     sink = RaisingSink()
     d = await deliverer(redis, settings, sink)
-    await fire(redis, settings, d.scripts, "c1", "poison", "c2")
+    await fire(redis, settings, "c1", "poison", "c2")
     assert await d.read([0], block_ms=None) == 3
     assert sorted(o.notification.conversation_id for o in sink.sent) == ["c1", "c2"]
     ((_, dead),) = await xrange(redis, ShardKeys.of(0).dead_letters)
@@ -368,36 +363,33 @@ async def test_a_batch_left_pending_by_a_redis_error_is_read_again_at_once(
     """Guarantee 9: the releaser's batch fails on Redis (here: its connection is killed) and
     stays pending; the read loop reads its own pending list again on its next round, instead
     of waiting DELIVERY_TIMEOUT_MS for a claim (before: about a minute with the defaults)."""
-    from tracker.delivery.consumer import serve
+    from tracker.delivery.loop import serve
     from tracker.pod.heartbeat import Heartbeat
 
     slow = make_settings(
         redis_server.url, tmp_path / "slow", SHARD_COUNT="1", TIMEOUT_INTERVAL_MS="300"
     )  # DELIVERY_TIMEOUT_MS: the default 60 s
     sink = RecordingSink()
-    d = Deliverer(redis, slow, Scripts(), [sink], "consumer-test")
-    await d.ensure_group(0)
+    d = await reader(redis, slow, [sink])
     since = await redis_time_ms(redis)
-    await Store(redis, slow, d.scripts).apply(AgentMessage("c1", "agent", "m1", since))
-    k = ShardKeys.of(0)
-    _, lease = await d.scripts.lease_acquire.run(redis, k.for_lease, ["p", 10_000])
-    await d.scripts.sweep.run(redis, k.for_sweep, [lease, 100, 1, 2, 3, 60_000, 1000])
+    await Store(redis, slow).apply(AgentMessage("c1", "agent", "m1", since))
+    assert (await sweep_once(redis, slow, prefetch_ms=1000)).fired == 1
     assert await d.read([0], block_ms=None) == 1  # read, and held: due in 300 ms
-    assert len(d.hold) == 1
+    assert len(d.pipeline.hold) == 1
 
     failing = True
-    original = d.handle
+    original = d.pipeline.handle
 
-    async def handle(batch: Sequence[Notification], **kw: bool) -> None:
+    async def handle(batch: Sequence[Notification], origin: Origin) -> None:
         nonlocal failing
         if failing and batch:  # the releaser's batch, at its due time
             failing = False
             from redis.exceptions import ConnectionError as RedisConnectionError
 
             raise RedisConnectionError("Redis went away")
-        await original(batch, **kw)
+        await original(batch, origin)
 
-    d.handle = handle  # type: ignore[method-assign]
+    d.pipeline.handle = handle  # type: ignore[method-assign]
     stop = asyncio.Event()
     loop = asyncio.create_task(serve(d, slow, lambda: [0], stop, Heartbeat(slow, "c-0")))
     try:
@@ -413,12 +405,6 @@ async def test_a_batch_left_pending_by_a_redis_error_is_read_again_at_once(
     assert await pending(redis) == 0
 
 
-async def sweep_due(redis: Redis, scripts: Scripts) -> None:
-    k = ShardKeys.of(0)
-    lease = str(await redis.get(k.leader))
-    await scripts.sweep.run(redis, k.for_sweep, [lease, 100, 1, 2, 3, 60_000])
-
-
 async def test_get_shows_what_reached_the_receiver_and_keeps_it_after_an_answer(
     redis: Redis, settings: Settings
 ) -> None:
@@ -426,11 +412,11 @@ async def test_get_shows_what_reached_the_receiver_and_keeps_it_after_an_answer(
     (before: 0) and says per level: delivered (when, by which sink), cancelled."""
     sink = RecordingSink()
     d = await deliverer(redis, settings, sink)
-    store = Store(redis, settings, d.scripts)
-    await fire(redis, settings, d.scripts, "c1")
+    store = Store(redis, settings)
+    await fire(redis, settings, "c1")
     await d.read([0], block_ms=None)
     await asyncio.sleep(INTERVAL / 1000)
-    await sweep_due(redis, d.scripts)
+    await sweep_once(redis, settings)
     await d.read([0], block_ms=None)
     assert [o.notification.level for o in sink.sent] == [1, 2]
     await store.apply(CustomerResponse("c1", "u", "r1", 0))
@@ -456,8 +442,8 @@ async def test_get_shows_a_level_fired_but_not_delivered_as_pending_with_its_err
     many attempts, the last error (before: "level_fired" alone, as if it had arrived)."""
     sink = RecordingSink(DeliveryError("webhook: HTTP 503"))
     d = await deliverer(redis, settings, sink)
-    store = Store(redis, settings, d.scripts)
-    await fire(redis, settings, d.scripts, "c1")
+    store = Store(redis, settings)
+    await fire(redis, settings, "c1")
     await d.read([0], block_ms=None)
     view = await store.get("c1")
     assert view is not None
@@ -485,12 +471,12 @@ async def test_at_maxmemory_deliveries_are_acknowledged_and_the_stream_sink_wait
         sink = RecordingSink()
         d = await deliverer(client, settings, sink)
         stream = StreamSink(client, "out", 1000)
-        await fire(client, settings, d.scripts, "c1", "c2")
+        await fire(client, settings, "c1", "c2")
         used = int((await client.info("memory"))["used_memory"])
         await client.config_set("maxmemory", used // 2)
         with pytest.raises(OutOfMemoryError):
             await client.hset("x", "y", "z")
-        d.sinks = [sink]
+        d.pipeline.sinks = [sink]
         assert await d.read([0], block_ms=None) == 2
         assert len(sink.sent) == 2
         assert await pending(client) == 0  # acknowledged at maxmemory
@@ -519,13 +505,11 @@ async def test_the_stream_sink_delivers_in_one_call_and_finds_moved_ones(
         NOTIFY_SINK="stream",
         NOTIFY_STREAM="out",
     )
-    scripts = Scripts()
-    d = Deliverer(redis, settings, scripts, build_sinks(settings, redis), "consumer-test")
-    assert d.direct
-    await d.ensure_group(0)
+    d = await reader(redis, settings, build_sinks(settings, redis))
+    assert d.pipeline.direct is not None
     moved = next(c for c in (f"m{i}" for i in range(100)) if shard_of(c, 2) == 1)
-    await fire(redis, settings, scripts, "c1", moved, "c3")
-    await Store(redis, settings, scripts).apply(CustomerResponse("c3", "u", "r", 0))
+    await fire(redis, settings, "c1", moved, "c3")
+    await Store(redis, settings).apply(CustomerResponse("c3", "u", "r", 0))
     # a reshard to 2 shards moved one of them: its record now lives in shard 1
     record = await redis.hget(ShardKeys.of(0).records, moved)
     await redis.hdel(ShardKeys.of(0).records, moved)

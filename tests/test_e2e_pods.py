@@ -153,7 +153,7 @@ async def test_kill_consumer_mid_batch_loses_nothing(
         return any(
             int(c["pending"]) > 0
             for n in range(0, SHARDS, 2)
-            for c in redis_sync.xinfo_consumers(ShardKeys.of(n).events, CONSUMER_GROUP)
+            for c in redis_sync.xinfo_consumers(ShardKeys.of(n).outbox, CONSUMER_GROUP)
             if c["name"] == consumer
         )
 

@@ -156,7 +156,7 @@ def stored_ids(client: sync_redis.Redis) -> set[str]:
         k = ShardKeys.of(shard)
         for found in (client.hkeys(k.records), client.zrange(k.waiting, 0, -1)):
             ids |= {str(i) for i in found}
-        ids |= {str(i) for i in client.hkeys(k.states)}
+        ids |= {str(i) for i in client.hkeys(k.fired)}
     return ids
 
 

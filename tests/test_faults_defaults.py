@@ -354,7 +354,7 @@ async def test_malformed_stream_entries_are_dead_lettered_and_the_pod_goes_on(
         await traffic.send(40)
         await asyncio.sleep(1.0)
         for n, fields in enumerate(BAD_ENTRIES):
-            redis_sync.xadd(ShardKeys.of(n).events, fields)  # type: ignore[arg-type]
+            redis_sync.xadd(ShardKeys.of(n).outbox, fields)  # type: ignore[arg-type]
         fault_end = now_ms()
         await settle(
             "malformed stream entries", traffic, receiver, pod, pids, fault_end, redis_sync

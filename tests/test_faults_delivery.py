@@ -49,7 +49,7 @@ def dead_letters(client: sync_redis.Redis) -> list[dict[str, Any]]:
 def pending_total(client: sync_redis.Redis) -> int:
     total = 0
     for shard in ALL_SHARDS:
-        stream = ShardKeys.of(shard).events
+        stream = ShardKeys.of(shard).outbox
         if client.exists(stream):
             info: Any = client.xpending(stream, CONSUMER_GROUP)
             total += int(info["pending"])

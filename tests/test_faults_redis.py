@@ -289,7 +289,7 @@ async def test_deleted_streams_get_their_consumer_group_back(
         await asyncio.sleep(0.5)  # acknowledged, nothing pending
 
         def delete_streams() -> None:
-            redis_sync.delete(*(ShardKeys.of(s).events for s in range(SHARDS)))
+            redis_sync.delete(*(ShardKeys.of(s).outbox for s in range(SHARDS)))
 
         delete_streams()
         second = [f"s8b-{i}" for i in range(50)]

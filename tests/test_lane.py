@@ -17,10 +17,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer, free_port
+from tracker.model import AgentMessage, TrackResult
 from tracker.redis.connection import UNAVAILABLE, connect
 from tracker.redis.lane import Lane, lane_for
-from tracker.redis.scripts import Scripts
-from tracker.state.store import AgentMessage, Store, TrackResult
+from tracker.state.store import Store
 
 
 @pytest.fixture
@@ -36,6 +36,7 @@ def own_server(tmp_path: Path) -> Iterator[RedisServer]:
 async def lane_on(server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[Redis, Lane]]:
     """A client (0.5 s socket timeout) and the lane beside it, both closed afterwards."""
     client = connect(make_settings(server.url, tmp_path / "run"), socket_timeout=0.5)
+    assert isinstance(client, Redis)
     lane = lane_for(client)
     assert isinstance(lane, Lane)
     try:
@@ -82,9 +83,7 @@ async def test_the_store_through_a_lane_reloads_flushed_scripts(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
     async with lane_on(redis_server, tmp_path) as (client, lane):
-        store = Store(
-            client, make_settings(redis_server.url, tmp_path / "run"), Scripts(), lane=lane
-        )
+        store = Store(client, make_settings(redis_server.url, tmp_path / "run"), lane=lane)
         await redis.script_flush()
         first, again = await asyncio.gather(
             store.apply(AgentMessage("lane-c1", "agent", "m1", 0)),

@@ -9,9 +9,10 @@ timestamps; the sweep runs by Redis's clock and returns it, and the model uses t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis as sync_redis
@@ -20,15 +21,28 @@ from hypothesis import strategies as st
 
 from tests.redis_server import RedisServer
 from tracker.delivery.notification import Notification
-from tracker.redis.keys import ShardKeys, wake_channel
-from tracker.redis.scripts import Scripts
-from tracker.state.store import AgentMessage, CustomerResponse, apply_arg
-from tracker.state.store import Event as StoredEvent
+from tracker.model import AgentMessage, CustomerResponse
+from tracker.model import Event as StoredEvent
+from tracker.redis.keys import ShardKeys
+from tracker.redis.scripts import LOADED, Call
+from tracker.settings import Settings
+from tracker.state.store import apply_call
+from tracker.timing.lease import acquire_call
+from tracker.timing.sweeper import sweep_call
 
 INTERVAL = 1000
 MULTIPLIERS = (1.0, 2.0, 3.0)
 RETENTION = 10**9  # nothing retires during an example
 K = ShardKeys.of(0)
+POLICY = dataclasses.replace(
+    Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1", "RUN_DIR": "var/unused"}),
+    timeout_interval_ms=INTERVAL,
+    level_multipliers=MULTIPLIERS,
+    answered_retention_ms=RETENTION,
+    history_retention_ms=RETENTION,
+    prefetch_ms=0,
+)
+R = TypeVar("R")
 
 
 # -- the reference model ------------------------------------------------------------------
@@ -147,11 +161,15 @@ def client(redis_server: RedisServer) -> Iterator[sync_redis.Redis]:
     c.close()
 
 
-SCRIPTS = Scripts()
+def run(client: sync_redis.Redis, call: Call[R]) -> R:
+    """A script call on the synchronous client (its scripts loaded first)."""
+    return call.parse(client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args))
 
 
-def run(client: sync_redis.Redis, script: Any, keys: list[str], args: list[Any]) -> Any:
-    return client.evalsha(script.sha, len(keys), *keys, *args)
+def status(client: sync_redis.Redis, event: StoredEvent) -> str:
+    """What applying `event` did (started, duplicate, stale, answered, ...)."""
+    (result,) = run(client, apply_call(K.shard, 0, [event], POLICY))
+    return result.status
 
 
 @settings(
@@ -164,9 +182,10 @@ def test_notifications_equal_the_reference_model(
     client: sync_redis.Redis, steps: list[Step]
 ) -> None:
     client.flushdb()
-    for script in SCRIPTS.all():
+    for script in LOADED.values():
         client.script_load(script.source)
-    _, lease = run(client, SCRIPTS.lease_acquire, K.for_lease, ["model", 600_000])
+    lease = run(client, acquire_call(K.shard, "model", 600_000))
+    assert lease is not None
     seconds, micros = client.time()
     # The clock sits inside the histories: some deadlines have passed, some have not.
     base = seconds * 1000 + micros // 1000 - 8000
@@ -174,11 +193,9 @@ def test_notifications_equal_the_reference_model(
     for step in [*steps, None]:
         if step is None:
             # One call sweeps everything due (batch 1000), at one ``now`` the model shares.
-            _, _, now, more = run(
-                client, SCRIPTS.sweep, K.for_sweep, [lease, 1000, *MULTIPLIERS, RETENTION]
-            )
-            assert not int(more)
-            model.sweep(int(now))
+            swept = run(client, sweep_call(K.shard, lease, POLICY, 1000))
+            assert not swept.more
+            model.sweep(swept.now_ms)
             continue
         ts = base + step.offset_ms
         event: StoredEvent
@@ -188,10 +205,9 @@ def test_notifications_equal_the_reference_model(
         else:
             event = CustomerResponse(step.conversation, "customer", step.message, ts)
             expected = model.answer(step.conversation, step.message, ts)
-        args = [0, 1.0, wake_channel(0), RETENTION, apply_arg(event, INTERVAL)]
-        status = run(client, SCRIPTS.apply, K.for_apply, args)[0]
-        assert status == expected, (step, status, expected)
-    entries: Any = client.xrange(K.events)
+        applied = status(client, event)
+        assert applied == expected, (step, applied, expected)
+    entries: Any = client.xrange(K.outbox)
     notifications = [Notification.from_entry(0, i, f) for i, f in entries]
     got = [(n.conversation_id, n.level, n.generation, n.waiting_since_ms) for n in notifications]
     assert sorted(got) == sorted(model.notified)
@@ -227,7 +243,7 @@ def state(client: sync_redis.Redis) -> tuple[Any, ...]:
     return (
         client.hgetall(K.records),
         client.zrange(K.waiting, 0, -1, withscores=True),
-        client.hgetall(K.states),
+        client.hgetall(K.fired),
         sorted(client.zrange(K.retired, 0, -1)),
         client.hgetall(K.history),
     )
@@ -243,8 +259,7 @@ def replay(client: sync_redis.Redis, events: list[Event], base: int) -> list[str
             if e.kind == "agent"
             else CustomerResponse(e.conversation, "customer", e.message, ts)
         )
-        args = [0, 1.0, wake_channel(0), RETENTION, apply_arg(stored, INTERVAL)]
-        statuses.append(str(run(client, SCRIPTS.apply, K.for_apply, args)[0]))
+        statuses.append(status(client, stored))
     return statuses
 
 
@@ -261,7 +276,7 @@ def test_retries_of_earlier_requests_change_nothing(
     request had in fact been applied, say) leaves the same state as one that did not, and
     a retry of a request that was applied answers duplicate."""
     sent, with_retries = histories
-    client.script_load(SCRIPTS.apply.source)
+    client.script_load(apply_call(K.shard, 0, [], POLICY).script.source)
     seconds, _ = client.time()
     base = seconds * 1000 - 60_000  # fixed times: nothing depends on the clock
     replay(client, sent, base)

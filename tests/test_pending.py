@@ -18,14 +18,14 @@ LONG_OWNER = "tracker-7d9f8b6c5-x2x9q-a-kubernetes-pod-name-that-goes-on-and-on-
 def stage(client: sync_redis.Redis, shard: int, conversation: str, due_ms: int) -> str:
     """A shard stream entry as the sweep script writes it."""
     k = ShardKeys.of(shard)
-    if not client.exists(k.events):
-        client.xgroup_create(k.events, CONSUMER_GROUP, id="0", mkstream=True)
+    if not client.exists(k.outbox):
+        client.xgroup_create(k.outbox, CONSUMER_GROUP, id="0", mkstream=True)
     value = f"{conversation}|1|1|{due_ms - 1000}|{due_ms}|agent-1|m-1"
-    return str(client.xadd(k.events, {"e": value}))
+    return str(client.xadd(k.outbox, {"e": value}))
 
 
 def read(client: sync_redis.Redis, shard: int, consumer: str) -> list[str]:
-    reply: Any = client.xreadgroup(CONSUMER_GROUP, consumer, {ShardKeys.of(shard).events: ">"})
+    reply: Any = client.xreadgroup(CONSUMER_GROUP, consumer, {ShardKeys.of(shard).outbox: ">"})
     return [entry_id for _, entries in reply for entry_id, _ in entries]
 
 
@@ -40,7 +40,7 @@ async def test_each_pending_entry_with_owner_reads_attempts_and_last_error(
     assert read(redis_sync, 1, LONG_OWNER) == [failing, fresh]
     assert read(redis_sync, 2, "pod-b-1") == [held]
     k = ShardKeys.of(1)
-    redis_sync.xclaim(k.events, CONSUMER_GROUP, LONG_OWNER, 0, [failing])  # read twice
+    redis_sync.xclaim(k.outbox, CONSUMER_GROUP, LONG_OWNER, 0, [failing])  # read twice
     redis_sync.hset(k.attempts, failing, 3)
     error = "webhook: HTTP 503 <b>busy</b>|again"
     redis_sync.hset(k.attempts, f"{failing}:last", f"{now - 5000}|webhook|{error}")
@@ -86,9 +86,9 @@ async def test_an_entry_trimmed_or_unparsable_is_still_listed(
     now = int(time.time() * 1000)
     gone = stage(redis_sync, 0, "conv-gone", now)
     k = ShardKeys.of(0)
-    odd = str(redis_sync.xadd(k.events, {"x": "<script>"}))
+    odd = str(redis_sync.xadd(k.outbox, {"x": "<script>"}))
     read(redis_sync, 0, "c-0")
-    redis_sync.xdel(k.events, gone)
+    redis_sync.xdel(k.outbox, gone)
     redis_sync.hset(k.attempts, odd, "not-a-number")
     redis_sync.hset(k.attempts, f"{odd}:last", "no time here")
     states = {p.entry_id: p for p in (await list_pending(redis, [0], 10)).items}

@@ -12,15 +12,15 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
+from tests.delivering import sweep_once
 from tests.redis_server import RedisServer
 from tests.test_delivery import RecordingSink, deliverer, pending
 from tracker.delivery.notification import Outgoing
 from tracker.delivery.sinks import Outcomes
+from tracker.model import AgentMessage, CustomerResponse
 from tracker.redis.connection import redis_time_ms
-from tracker.redis.keys import ShardKeys
-from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
-from tracker.state.store import AgentMessage, CustomerResponse, Store
+from tracker.state.store import Store
 
 INTERVAL = 1000
 AHEAD_MS = 400  # level 1 is due this long after it is staged
@@ -56,16 +56,12 @@ def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
 async def stage(redis: Redis, settings: Settings, *conversations: str) -> int:
     """Start conversations whose level 1 is due AHEAD_MS from now and sweep them with the
     settings' prefetch: staged in the stream early. Returns their due time."""
-    scripts = Scripts()
     since = await redis_time_ms(redis) - INTERVAL + AHEAD_MS
-    store = Store(redis, settings, scripts)
+    store = Store(redis, settings)
     for c in conversations:
         await store.apply(AgentMessage(c, "agent", f"m-{c}", since))
-    k = ShardKeys.of(0)
-    _, lease = await scripts.lease_acquire.run(redis, k.for_lease, ["p", 10_000])
-    args = [lease, 100, *settings.level_multipliers, 60_000, settings.prefetch_ms]
-    fired, *_ = await scripts.sweep.run(redis, k.for_sweep, args)
-    assert int(fired) == len(conversations)
+    swept = await sweep_once(redis, settings, prefetch_ms=settings.prefetch_ms)
+    assert swept.fired == len(conversations)
     return since + INTERVAL
 
 
@@ -83,7 +79,7 @@ async def test_a_staged_notification_is_held_until_due_then_sent(
     due = await stage(redis, settings, "c1", "c2")
     assert await d.read([0], block_ms=None) == 2
     assert sink.sent == []
-    assert len(d.hold) == 2  # read, parsed, held
+    assert len(d.pipeline.hold) == 2  # read, parsed, held
     await wait_sent(sink, 2)
     assert sorted(o.notification.conversation_id for _, o in sink.delivered) == ["c1", "c2"]
     assert all(at >= due for at, _ in sink.delivered)  # never before its due time
@@ -98,7 +94,7 @@ async def test_an_answer_while_held_suppresses_the_send(redis: Redis, settings: 
     d = await deliverer(redis, settings, sink)
     due = await stage(redis, settings, "answered", "waiting")
     await d.read([0], block_ms=None)
-    await Store(redis, settings, d.scripts).apply(CustomerResponse("answered", "cust", "r1", 0))
+    await Store(redis, settings).apply(CustomerResponse("answered", "cust", "r1", 0))
     await wait_sent(sink, 1)
     await asyncio.sleep((due - await redis_time_ms(redis)) / 1000 + 0.2)
     assert [o.notification.conversation_id for _, o in sink.delivered] == ["waiting"]
@@ -113,13 +109,13 @@ async def test_a_clock_running_ahead_of_redis_never_sends_early(
     answers 'not due' with Redis's clock, and the notification is held again, till due."""
     sink = TimedSink()
     d = await deliverer(redis, settings, sink)
-    d.hold.clock.offset_ms = 5000
+    d.pipeline.hold.clock.offset_ms = 5000
     due = await stage(redis, settings, "c1")
     await d.read([0], block_ms=None)
     await wait_sent(sink, 1)
     ((at, _),) = sink.delivered
     assert at >= due
-    assert abs(d.hold.clock.offset_ms) < 100  # learnt from the re-check's reply
+    assert abs(d.pipeline.hold.clock.offset_ms) < 100  # learnt from the re-check's reply
     await d.close()
 
 
@@ -142,7 +138,7 @@ async def test_a_held_entry_read_again_is_held_once(redis: Redis, settings: Sett
     await stage(redis, settings, "c1")
     await d.read([0], block_ms=None)
     await d.drain_own([0])
-    assert len(d.hold) == 1
+    assert len(d.pipeline.hold) == 1
     await wait_sent(sink, 1)
     await asyncio.sleep(0.1)
     assert len(sink.sent) == 1
@@ -152,7 +148,7 @@ async def test_a_held_entry_read_again_is_held_once(redis: Redis, settings: Sett
 async def test_get_shows_a_staged_level_as_not_fired_until_due(
     redis: Redis, settings: Settings
 ) -> None:
-    store = Store(redis, settings, Scripts())
+    store = Store(redis, settings)
     due = await stage(redis, settings, "c1")
     view = await store.get("c1")
     assert view is not None
@@ -195,4 +191,4 @@ async def test_an_entry_claimed_while_its_held_copy_is_being_sent_is_sent_once(
     assert len(sink.sent) == 1
     assert await pending(redis) == 0
     n = sink.sent[0].notification
-    assert not d.hold.holds(n)  # settled: nothing left behind
+    assert not d.pipeline.hold.holds(n)  # settled: nothing left behind

@@ -17,38 +17,43 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from redis.asyncio import Redis
 
 from tests import reliability
+from tests.conftest import make_settings
 from tests.redis_server import RedisServer
+from tracker.delivery.ledger import Verdict, recheck_call
 from tracker.delivery.notification import Notification
-from tracker.redis.keys import ShardKeys, wake_channel
-from tracker.redis.scripts import Arg, Script, Scripts
-from tracker.state.store import AgentMessage, CustomerResponse, apply_arg
+from tracker.model import AgentMessage, CustomerResponse
+from tracker.redis.keys import ShardKeys
+from tracker.redis.scripts import LOADED, Call, run, run_all
+from tracker.settings import Settings
+from tracker.state.store import apply_call
+from tracker.timing.lease import acquire_call
+from tracker.timing.sweeper import sweep_call
 
 pytestmark = pytest.mark.slow
 
 ROUNDS, PER_ROUND = 100, 100
 INTERVAL = 1000
-SEND, STALE = 1, 0
+SEND, STALE = Verdict.SEND, Verdict.STALE
 SEQ = "race:seq"
+R = TypeVar("R")
 K = ShardKeys.of(0)
 
 
-async def committed(
-    client: Redis, script: Script, keys: Sequence[str], args: Sequence[Arg]
-) -> tuple[int, Any]:
-    """Run one script inside MULTI with INCR of the sequence: (commit order, result)."""
+async def committed(client: Redis, call: Call[R]) -> tuple[int, R]:
+    """Run one script call inside MULTI with INCR of the sequence: (commit order, result)."""
     async with client.pipeline(transaction=True) as tx:
         tx.incr(SEQ)
-        tx.evalsha(script.sha, len(keys), *keys, *args)
-        seq, result = await tx.execute()
-    return int(seq), result
+        tx.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+        seq, reply = await tx.execute()
+    return int(seq), call.parse(reply)
 
 
 @dataclass
@@ -68,7 +73,7 @@ class Round:
     replies_done: bool = False
 
 
-async def answer_all(client: Redis, scripts: Scripts, r: Round, due: int) -> None:
+async def answer_all(client: Redis, settings: Settings, r: Round, due: int) -> None:
     order = r.ids[:]
     random.shuffle(order)
 
@@ -77,47 +82,43 @@ async def answer_all(client: Redis, scripts: Scripts, r: Round, due: int) -> Non
             if random.random() < 0.5:
                 await asyncio.sleep(0)
             event = CustomerResponse(c, "customer", f"r-{c}", due)
-            seq, (status, _, _, _) = await committed(
-                client,
-                scripts.apply,
-                K.for_apply,
-                [0, 1, wake_channel(0), 60_000, apply_arg(event, INTERVAL)],
-            )
-            r.trials[c].reply_seq, r.trials[c].reply_status = seq, str(status)
+            seq, (result,) = await committed(client, apply_call(0, 0, [event], settings))
+            r.trials[c].reply_seq, r.trials[c].reply_status = seq, result.status
 
     await asyncio.gather(*(answer(order[i::4]) for i in range(4)))
     r.replies_done = True
 
 
-async def sweep_and_recheck(client: Redis, scripts: Scripts, r: Round, lease: str) -> None:
+async def sweep_and_recheck(client: Redis, settings: Settings, r: Round, lease: str) -> None:
     last_id = r.last_entry
     while True:
-        seq, (fired, _, _, more) = await committed(
-            client, scripts.sweep, K.for_sweep, [lease, 10, 1, 2, 3, 60_000]
-        )
-        entries: Any = await client.xrange(K.events, f"({last_id}", "+")
+        seq, swept = await committed(client, sweep_call(0, lease, settings, batch=10))
+        entries: Any = await client.xrange(K.outbox, f"({last_id}", "+")
         for entry_id, fields in entries:
             last_id = entry_id
             n = Notification.from_entry(0, entry_id, fields)
             c = n.conversation_id
             r.trials[c].fired_seq = seq
-            args: list[Arg] = [1, 2, 3, n.recheck_arg]
-            rseq, codes = await committed(client, scripts.recheck, K.for_recheck, args)
-            r.trials[c].recheck_seq, r.trials[c].recheck_code = rseq, int(codes[0])
-        if r.replies_done and not int(fired) and not int(more):
+            call = recheck_call(0, [n], settings.level_multipliers)
+            rseq, rechecked = await committed(client, call)
+            r.trials[c].recheck_seq, r.trials[c].recheck_code = rseq, rechecked.verdicts[0]
+        if r.replies_done and not swept.fired and not swept.more:
             r.last_entry = last_id
             return
         await asyncio.sleep(0)
 
 
 async def test_an_answer_at_the_deadline_never_loses_to_the_sweeper(
-    redis_server: RedisServer, redis: Redis
+    redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
-    scripts = Scripts()
-    for script in scripts.all():
+    settings = make_settings(
+        redis_server.url, tmp_path / "run", TIMEOUT_INTERVAL_MS=str(INTERVAL), PREFETCH_MS="0"
+    )
+    for script in LOADED.values():  # MULTI runs EVALSHA: no fallback to EVAL inside it
         await redis.script_load(script.source)
     sweeper = Redis.from_url(redis_server.url, decode_responses=True)
-    _, lease = await scripts.lease_acquire.run(redis, K.for_lease, ["race", 600_000])
+    lease = await run(redis, acquire_call(0, "race", 600_000))
+    assert lease is not None
     outcomes = {"answer first": 0, "suppressed by re-check": 0, "sent, answer after": 0}
     violations: list[str] = []
     last_entry = "0-0"
@@ -126,15 +127,15 @@ async def test_an_answer_at_the_deadline_never_loses_to_the_sweeper(
             r = Round([f"race-{n}-{i}" for i in range(PER_ROUND)], last_entry)
             seconds, micros = await redis.time()
             due = int(seconds) * 1000 + int(micros) // 1000 - 5  # due now, by Redis's clock
-            async with redis.pipeline(transaction=False) as pipe:
-                for c in r.ids:
-                    r.trials[c] = Trial()
-                    message = AgentMessage(c, "agent", f"m-{c}", due - INTERVAL, INTERVAL)
-                    args: list[Arg] = [0, 1, wake_channel(0), 60_000, apply_arg(message, INTERVAL)]
-                    pipe.execute_command(*scripts.apply.command(K.for_apply, args))
-                await pipe.execute()
+            starts = []
+            for c in r.ids:
+                r.trials[c] = Trial()
+                message = AgentMessage(c, "agent", f"m-{c}", due - INTERVAL, INTERVAL)
+                starts.append(apply_call(0, 0, [message], settings))
+            await run_all(redis, starts)
             await asyncio.gather(
-                answer_all(redis, scripts, r, due), sweep_and_recheck(sweeper, scripts, r, lease)
+                answer_all(redis, settings, r, due),
+                sweep_and_recheck(sweeper, settings, r, lease),
             )
             last_entry = r.last_entry
             for c, t in r.trials.items():

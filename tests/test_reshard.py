@@ -12,27 +12,22 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
+from tests.delivering import sweep_once
 from tests.redis_server import RedisServer
 from tracker.delivery.notification import Outgoing
-from tracker.delivery.pipeline import Deliverer
+from tracker.delivery.pipeline import Pipeline
+from tracker.delivery.reader import StreamReader
 from tracker.delivery.sinks import Outcomes
+from tracker.model import AgentMessage, Conversation, CustomerResponse, Event, TrackResult
 from tracker.ops.reshard import Resharder
 from tracker.redis.connection import redis_time_ms
 from tracker.redis.keys import LAYOUT, ShardKeys, shard_of
 from tracker.redis.replies import EpochRefused
-from tracker.redis.scripts import Arg, Scripts
+from tracker.redis.scripts import run
 from tracker.settings import Settings
-from tracker.state.moves import move
-from tracker.state.store import (
-    AgentMessage,
-    Conversation,
-    CustomerResponse,
-    Event,
-    Store,
-    TrackResult,
-    apply_arg,
-)
-from tracker.timing.layout import Layout, LiveLayout, read_layout
+from tracker.state.layout import Layout, LiveLayout, read_layout
+from tracker.state.moves import move, take_out_call
+from tracker.state.store import Store, apply_call
 
 INTERVAL = 60_000  # nothing comes due during these tests unless a test says so
 
@@ -99,13 +94,11 @@ async def test_first_use_records_the_layout_and_later_settings_follow_it(
 async def test_a_write_routed_by_an_old_layout_is_refused_and_changes_nothing(
     redis: Redis, settings: Settings
 ) -> None:
-    scripts = Scripts()
     k = ShardKeys.of(3)
     await redis.set(k.epoch, 2)
 
     async def write(epoch: int, event: Event) -> Any:
-        args: list[Arg] = [epoch, 1, "wake", 60_000, apply_arg(event, 1000)]
-        return await scripts.apply.run(redis, k.for_apply, args)
+        return await run(redis, apply_call(3, epoch, [event], settings))
 
     with pytest.raises(EpochRefused) as refused:
         await write(1, AgentMessage("c", "a", "m", 0))
@@ -136,13 +129,13 @@ async def test_two_reshards_cannot_interleave(redis: Redis, settings: Settings) 
 async def test_a_move_keeps_every_conversation_exactly_as_it_was(
     redis: Redis, settings: Settings
 ) -> None:
-    store = Store(redis, settings, Scripts())
+    store = Store(redis, settings)
     before = await populate(store, redis, 300)
     assert any(view.history for view in before.values())  # restarted ones: their history moves
     layout = await begin(redis, settings, 32)
-    moved = await move(redis, store.scripts, layout, list(before))
+    moved = await move(redis, layout, list(before))
     assert moved == sum(1 for c in before if layout.source(c) is not None) > 0
-    after = Store(redis, settings, Scripts())
+    after = Store(redis, settings)
     for c, view in before.items():
         assert await after.get(c) == view
         assert await where(redis, c, 32) == [shard_of(c, 32)]
@@ -157,17 +150,15 @@ async def test_a_move_keeps_every_conversation_exactly_as_it_was(
 async def test_an_interrupted_move_loses_nothing_and_is_finished_later(
     redis: Redis, settings: Settings
 ) -> None:
-    store = Store(redis, settings, Scripts())
+    store = Store(redis, settings)
     (c,) = moving_ids(32, 8, 1)
     now = await redis_time_ms(redis)
     await store.apply(AgentMessage(c, "agent", "m1", now))
     before = await store.get(c)
     layout = await begin(redis, settings, 32)
-    old = ShardKeys.of(shard_of(c, 8))
-    keys = old.for_take_out
-    await store.scripts.migrate_out.run(redis, keys, [layout.epoch, c])  # then "crash"
+    await run(redis, take_out_call(shard_of(c, 8), layout.epoch, [c]))  # then "crash"
     assert await where(redis, c, 32) == []  # only in the old shard's moving_conversations
-    reader = Store(redis, settings, Scripts())
+    reader = Store(redis, settings)
     assert await reader.get(c) == before  # readers still see it
     assert await resharder(redis, settings).run(32) == 0
     assert await reader.get(c) == before
@@ -179,7 +170,7 @@ async def test_writers_during_a_reshard_move_the_conversation_first(
 ) -> None:
     """A reply to a conversation still in its old shard answers with the right response
     time, a replayed agent message is still a duplicate, and nothing is left behind."""
-    store = Store(redis, settings, Scripts())
+    store = Store(redis, settings)
     a, b, c = moving_ids(32, 8, 3)
     now = await redis_time_ms(redis)
     for conversation in (a, b, c):
@@ -202,20 +193,16 @@ async def test_a_notification_from_the_old_shard_is_checked_where_the_record_wen
 ) -> None:
     """Fired in the old shard, delivered after the move: sent if still current, suppressed
     if answered since (at its new shard)."""
-    scripts = Scripts()
-    store = Store(redis, settings, scripts)
+    store = Store(redis, settings)
     current, answered = moving_ids(32, 8, 2)
     now = await redis_time_ms(redis)
     for c in (current, answered):
         await store.apply(AgentMessage(c, "agent", "m1", now - INTERVAL - 10))
     for c in (current, answered):  # fire level 1 into the old shard's stream
-        k = ShardKeys.of(shard_of(c, 8))
-        _, lease = await scripts.lease_acquire.run(redis, k.for_lease, ["p", 10_000])
-        keys = k.for_sweep
-        assert (await scripts.sweep.run(redis, keys, [lease, 100, 1, 2, 3, 60_000]))[0] == 1
+        assert (await sweep_once(redis, settings, shard_of(c, 8))).fired == 1
     await begin(redis, settings, 32)
     await store.apply(CustomerResponse(answered, "cust", "r1", now))  # moves it, answers it
-    await move(redis, scripts, await store.layout.refresh(), [current])
+    await move(redis, await store.layout.refresh(), [current])
     sent: list[Outgoing] = []
 
     class Sink:
@@ -228,7 +215,7 @@ async def test_a_notification_from_the_old_shard_is_checked_where_the_record_wen
         async def close(self) -> None:
             return None
 
-    d = Deliverer(redis, settings, scripts, [Sink()], "consumer-test")
+    d = StreamReader(Pipeline(redis, settings, [Sink()], "consumer-test"), "consumer-test")
     shards = sorted({shard_of(c, 8) for c in (current, answered)})
     for s in shards:
         await d.ensure_group(s)
@@ -242,7 +229,7 @@ async def test_a_notification_from_the_old_shard_is_checked_where_the_record_wen
 async def test_reshard_grows_then_shrinks_and_every_conversation_survives(
     redis: Redis, settings: Settings
 ) -> None:
-    store = Store(redis, settings, Scripts())
+    store = Store(redis, settings)
     before = await populate(store, redis, 2000)
     old = ShardKeys.of(5)
     await redis.hset(ShardKeys.of(13).counters, mapping={"total": 4, "level1": 4})
@@ -250,7 +237,7 @@ async def test_reshard_grows_then_shrinks_and_every_conversation_survives(
     lines: list[str] = []
     assert await resharder(redis, settings, lines).run(32) == 0, lines
     assert await read_layout(redis, 8) == Layout(32, None, 1)
-    reader = Store(redis, settings, Scripts())
+    reader = Store(redis, settings)
     for c, view in before.items():
         assert await reader.get(c) == view
     counts = [await redis.hlen(ShardKeys.of(s).records) for s in range(32)]
@@ -266,7 +253,7 @@ async def test_reshard_grows_then_shrinks_and_every_conversation_survives(
     assert [await redis.hlen(ShardKeys.of(s).records) for s in range(8)] != [0] * 8
     for s in range(8, 32):  # the removed shards' data is gone, their fences stay
         k = ShardKeys.of(s)
-        assert not await redis.exists(k.records, k.waiting, k.events, k.counters, k.moving)
+        assert not await redis.exists(k.records, k.waiting, k.outbox, k.counters, k.moving)
         assert await redis.get(k.epoch) == "2"
     # shard 13's counters and dead letters now count in shard 13 % 8 = 5
     assert await redis.hget(old.counters, "total") == "4"

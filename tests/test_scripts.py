@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+import dataclasses
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from tracker.delivery import ledger
+from tracker.delivery.ledger import Outcome, ack_call, attempt_failed_call, dead_letter_call
 from tracker.delivery.notification import Notification
+from tracker.model import AgentMessage, CustomerResponse, Event, RespondResult, TrackResult
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys, wake_channel
 from tracker.redis.replies import FencedError
-from tracker.redis.scripts import Arg, Scripts
-from tracker.state.store import AgentMessage, CustomerResponse, Event, apply_arg
+from tracker.redis.scripts import run
+from tracker.settings import Settings
+from tracker.state.store import apply_call
 from tracker.timefmt import format_ms
+from tracker.timing.lease import acquire_call, release_call, renew_call
+from tracker.timing.maintenance import trim_call
+from tracker.timing.sweeper import sweep_call
 
-SCRIPTS = Scripts()
 K = ShardKeys.of(3)
 T = 1000  # the interval of these tests, ms
 MULTIPLIERS = (1, 2, 3)
@@ -25,6 +32,18 @@ EPOCH = 0  # the shard layout epoch the writes route by
 POD = "pod-a"
 TTL = 10_000
 CONSUMER = "consumer-1"
+
+
+def policy(retention: int = RETENTION, prefetch: int = 0) -> Settings:
+    """The settings the scripts read: interval T, multipliers 1, 2, 3, `retention`."""
+    env = {"REDIS_URL": "redis://127.0.0.1:1", "RUN_DIR": "var/unused"}
+    base = Settings.from_env(env | {"TIMEOUT_INTERVAL_MS": str(T), "LEVEL_MULTIPLIERS": "1,2,3"})
+    return dataclasses.replace(
+        base,
+        answered_retention_ms=retention,
+        history_retention_ms=retention,
+        prefetch_ms=prefetch,
+    )
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -36,10 +55,19 @@ async def redis_now(r: Redis) -> int:
 
 
 async def apply(r: Redis, *events: Event, retention: int = RETENTION) -> list[Any]:
-    """The apply script on shard K for `events`, in order (4 values each in the reply)."""
-    args: list[Arg] = [EPOCH, MULTIPLIERS[0], wake_channel(K.shard), retention]
-    args += [apply_arg(e, T) for e in events]
-    return cast(list[Any], await SCRIPTS.apply.run(r, K.for_apply, args))
+    """The apply script on shard K for `events`, in order, as the script's flat reply:
+    status, generation, waiting since, next due (-1 none) for an agent message; status,
+    generation, response time (-1 none), 0 for a customer response."""
+    flat: list[Any] = []
+    for result in await run(r, apply_call(K.shard, EPOCH, events, policy(retention))):
+        if isinstance(result, TrackResult):
+            due = result.next_due_ms
+            flat += [result.status, result.generation, result.waiting_since_ms, due or -1]
+        else:
+            assert isinstance(result, RespondResult)
+            response = result.response_time_ms
+            flat += [result.status, result.generation, -1 if response is None else response, 0]
+    return flat
 
 
 async def track(
@@ -65,22 +93,24 @@ async def respond(
     return [status, response, gen]
 
 
-async def acquire(r: Redis, pod: str = POD, ttl: int = TTL) -> list[Any]:
-    return cast(list[Any], await SCRIPTS.lease_acquire.run(r, K.for_lease, [pod, ttl]))
+async def acquire(r: Redis, pod: str = POD, ttl: int = TTL) -> str | None:
+    return await run(r, acquire_call(K.shard, pod, ttl))
 
 
 async def lease(r: Redis, pod: str = POD) -> str:
-    taken, value = await acquire(r, pod)
-    assert taken == 1
-    return str(value)
+    value = await acquire(r, pod)
+    assert value is not None
+    return value
 
 
 async def sweep(
     r: Redis, lease_value: str, *, batch: int = 100, retention: int = RETENTION, prefetch: int = 0
 ) -> list[int]:
-    keys = K.for_sweep
-    args: list[Arg] = [lease_value, batch, *MULTIPLIERS, retention, prefetch]
-    return [int(v) for v in await SCRIPTS.sweep.run(r, keys, args)]
+    """fired, next due (-1 none), Redis's clock, more (0|1)."""
+    call = sweep_call(K.shard, lease_value, policy(retention, prefetch), batch)
+    swept = await run(r, call)
+    next_due = int(swept.next_due_ms) if swept.next_due_ms != float("inf") else -1
+    return [swept.fired, next_due, swept.now_ms, int(swept.more)]
 
 
 async def record(r: Redis, cid: str) -> list[str] | None:
@@ -93,7 +123,7 @@ def entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
     return [(str(entry_id), dict(fields)) for entry_id, fields in raw or []]
 
 
-async def xrange(r: Redis, key: str = K.events) -> list[tuple[str, dict[str, str]]]:
+async def xrange(r: Redis, key: str = K.outbox) -> list[tuple[str, dict[str, str]]]:
     return entries(await r.xrange(key))
 
 
@@ -103,7 +133,7 @@ async def events(r: Redis) -> list[dict[str, str]]:
 
 
 async def fired_level(r: Redis, cid: str) -> int | None:
-    level = await r.hget(K.states, cid)
+    level = await r.hget(K.fired, cid)
     return None if level is None else int(level)
 
 
@@ -112,7 +142,7 @@ async def snapshot(r: Redis, cid: str) -> tuple[Any, ...]:
     return (
         await r.hget(K.records, cid),
         await r.zscore(K.waiting, cid),
-        await r.hget(K.states, cid),
+        await r.hget(K.fired, cid),
         await r.zscore(K.retired, cid),
         await r.hget(K.history, cid),
     )
@@ -120,17 +150,17 @@ async def snapshot(r: Redis, cid: str) -> tuple[Any, ...]:
 
 async def read_group(r: Redis) -> list[tuple[str, dict[str, str]]]:
     """Create the delivery group if needed and read every new entry as one consumer."""
-    groups = await r.xinfo_groups(K.events) if await r.exists(K.events) else []
+    groups = await r.xinfo_groups(K.outbox) if await r.exists(K.outbox) else []
     if not groups:
-        await r.xgroup_create(K.events, CONSUMER_GROUP, id="0", mkstream=True)
-    reply: Any = await r.xreadgroup(CONSUMER_GROUP, CONSUMER, {K.events: ">"})
+        await r.xgroup_create(K.outbox, CONSUMER_GROUP, id="0", mkstream=True)
+    reply: Any = await r.xreadgroup(CONSUMER_GROUP, CONSUMER, {K.outbox: ">"})
     if not reply:
         return []
-    return entries(reply[K.events][0] if isinstance(reply, dict) else reply[0][1])
+    return entries(reply[K.outbox][0] if isinstance(reply, dict) else reply[0][1])
 
 
 async def pending_ids(r: Redis) -> list[str]:
-    rows = await r.xpending_range(K.events, CONSUMER_GROUP, "-", "+", 100)
+    rows = await r.xpending_range(K.outbox, CONSUMER_GROUP, "-", "+", 100)
     return [str(row["message_id"]) for row in rows]
 
 
@@ -533,7 +563,7 @@ async def test_sweep_without_the_lease_is_fenced(redis: Redis, holder: str | Non
     with pytest.raises(FencedError):
         await sweep(redis, f"{POD}|1")
     assert await snapshot(redis, "c1") == before
-    assert await redis.exists(K.events, K.counters) == 0
+    assert await redis.exists(K.outbox, K.counters) == 0
 
 
 async def test_sweep_with_a_stale_token_of_the_same_pod_is_fenced(redis: Redis) -> None:
@@ -554,41 +584,39 @@ def token(value: str) -> int:
 
 
 async def test_lease_acquire_gives_an_increasing_fencing_token(redis: Redis) -> None:
-    taken, first = await acquire(redis, POD)
-    assert taken == 1
+    first = await lease(redis, POD)
     assert first.startswith(f"{POD}|")
     assert 0 < await redis.pttl(K.leader) <= TTL
     assert await redis.get(K.leader) == first
 
-    assert await acquire(redis, "pod-b") == [0, first]
+    assert await acquire(redis, "pod-b") is None  # held by another pod
     assert await redis.get(K.leader) == first
 
-    taken, again = await acquire(redis, POD)
-    assert taken == 1
+    again = await lease(redis, POD)
     assert token(again) > token(first)
     assert await redis.get(K.leader) == again
 
 
 async def test_lease_expired_is_taken_by_another_pod_with_a_higher_token(redis: Redis) -> None:
-    _, first = await acquire(redis, POD, ttl=50)
+    first = await acquire(redis, POD, ttl=50)
+    assert first is not None
     await asyncio.sleep(0.1)
-    taken, second = await acquire(redis, "pod-b")
-    assert taken == 1
+    second = await lease(redis, "pod-b")
     assert second.startswith("pod-b|")
     assert token(second) > token(first)
-    assert await SCRIPTS.lease_renew.run(redis, [K.leader], [first, TTL]) == 0
+    assert not await run(redis, renew_call(K.shard, first, TTL))
     assert await redis.get(K.leader) == second
 
 
 async def test_lease_renew_extends_only_the_held_lease(redis: Redis) -> None:
     value = await lease(redis)
     await redis.pexpire(K.leader, 500)
-    assert await SCRIPTS.lease_renew.run(redis, [K.leader], [value, TTL]) == 1
+    assert await run(redis, renew_call(K.shard, value, TTL))
     assert await redis.pttl(K.leader) > 500
 
     newer = await lease(redis)
     await redis.pexpire(K.leader, 500)
-    assert await SCRIPTS.lease_renew.run(redis, [K.leader], [value, TTL]) == 0
+    assert not await run(redis, renew_call(K.shard, value, TTL))
     assert await redis.pttl(K.leader) <= 500
     assert await redis.get(K.leader) == newer
 
@@ -596,14 +624,13 @@ async def test_lease_renew_extends_only_the_held_lease(redis: Redis) -> None:
 async def test_lease_release_drops_only_the_held_lease(redis: Redis) -> None:
     old = await lease(redis)
     current = await lease(redis)
-    assert await SCRIPTS.lease_release.run(redis, [K.leader], [old]) == 0
+    assert not await run(redis, release_call(K.shard, old))
     assert await redis.get(K.leader) == current
-    assert await SCRIPTS.lease_release.run(redis, [K.leader], [current]) == 1
+    assert await run(redis, release_call(K.shard, current))
     assert await redis.exists(K.leader) == 0
-    assert await SCRIPTS.lease_release.run(redis, [K.leader], [current]) == 0
+    assert not await run(redis, release_call(K.shard, current))
 
-    taken, other = await acquire(redis, "pod-b")
-    assert taken == 1
+    other = await lease(redis, "pod-b")
     assert token(other) > token(current)
 
 
@@ -612,20 +639,22 @@ async def test_lease_release_drops_only_the_held_lease(redis: Redis) -> None:
 
 async def recheck(r: Redis, *asks: tuple[str, int], due_ms: int = 0, level: int = 1) -> list[int]:
     """The codes (the reply's last value, Redis's clock, is checked and left out)."""
-    args: list[Arg] = [*MULTIPLIERS]
-    args += [f"{conversation}|{generation}|{due_ms}|{level}" for conversation, generation in asks]
-    *codes, now = await SCRIPTS.recheck.run(r, K.for_recheck, args)
-    assert abs(int(now) - await redis_now(r)) < 1000
-    return [int(v) for v in codes]
+    batch = [
+        Notification("0-1", K.shard, conversation, level, generation, "a", "m", 0, due_ms)
+        for conversation, generation in asks
+    ]
+    verdicts, now = await run(r, ledger.recheck_call(K.shard, batch, MULTIPLIERS))
+    assert abs(now - await redis_now(r)) < 1000
+    return [int(v) for v in verdicts]
 
 
 async def ack(
     r: Redis, *entry_ids: str, forget_attempts: bool = True, outcome: str = "D", at: int = 0
 ) -> int:
     """Acknowledge entries of conversation c1's level 1, generation 1."""
-    args: list[Arg] = [CONSUMER_GROUP, int(forget_attempts), at]
-    args += [f"{e}|c1|1|1|{outcome}|webhook" for e in entry_ids]
-    return int(await SCRIPTS.ack.run(r, K.for_ack, args))
+    mine = [Notification(e, K.shard, "c1", 1, 1, "a", "m", 0, 0) for e in entry_ids]
+    entries = [ledger.ack_entry(n, Outcome(outcome), "webhook") for n in mine]
+    return await run(r, ack_call(K.shard, entries, had_attempts=forget_attempts, at_ms=at))
 
 
 async def test_recheck_sends_a_current_notification(redis: Redis) -> None:
@@ -689,11 +718,12 @@ OUTBOUND = "out"
 
 async def deliver_stream(r: Redis, *entries: tuple[str, dict[str, str]]) -> list[int]:
     """deliver_stream.lua for these shard stream entries; the codes, then Redis's clock."""
-    args: list[Arg] = [CONSUMER_GROUP, 1000, *MULTIPLIERS, 0]
-    for i, f in entries:
-        args += Notification.from_entry(K.shard, i, f).direct_args
-    reply = await SCRIPTS.deliver_stream.run(r, K.for_deliver_stream(OUTBOUND), args)
-    return [int(v) for v in reply]
+    batch = [Notification.from_entry(K.shard, i, f) for i, f in entries]
+    call = ledger.deliver_stream_call(
+        K.shard, batch, stream=OUTBOUND, maxlen=1000, multipliers=MULTIPLIERS, had_attempts=False
+    )
+    verdicts, now = await run(r, call)
+    return [*(int(v) for v in verdicts), now]
 
 
 async def test_deliver_stream_writes_and_acknowledges_in_one_call(redis: Redis) -> None:
@@ -728,7 +758,7 @@ async def test_deliver_stream_suppresses_holds_back_and_points_elsewhere(redis: 
     await respond(redis, "c1", "r1")
     early_id, early = await fire_level_one(redis, "c2")
     early = {**early, "e": early["e"].replace(early["e"].split("|")[4], "99999999999999")}
-    unknown_id = str(await redis.xadd(K.events, {"e": "gone|1|1|0|0|a|m"}))
+    unknown_id = str(await redis.xadd(K.outbox, {"e": "gone|1|1|0|0|a|m"}))
     (unknown,) = [e for e in await read_group(redis) if e[0] == unknown_id]
     *codes, _ = await deliver_stream(redis, answered, (early_id, early), unknown)
     assert codes == [0, 2, 3]
@@ -742,7 +772,7 @@ async def test_deliver_stream_names_dates_as_python_does(redis: Redis) -> None:
     script = (
         "return {" + ", ".join(f"rfc3339({ms})" for ms in DATES) + "}"
     )  # the function as deliver_stream.lua defines it
-    source = SCRIPTS.deliver_stream.source
+    source = ledger.DELIVER_STREAM.source
     start = source.index("local function rfc3339(ms)")
     end = source.index("\nend\n", start) + 5
     got = await redis.eval(source[start:end] + "\n" + script, 0)
@@ -800,8 +830,8 @@ async def test_ack_keeps_attempts_unless_told_and_counts_what_it_acknowledged(
 async def test_attempt_failed_counts_keeps_the_error_and_notes_it(redis: Redis) -> None:
     entry_id, _ = await fire_level_one(redis, "c1")
     for n in (1, 2):
-        args: list[Arg] = [entry_id, "c1", 1, 1, "webhook", f"webhook: HTTP 50{n}"]
-        assert await SCRIPTS.attempt_failed.run(redis, K.for_attempt_failed, args) == n
+        mine = Notification(entry_id, K.shard, "c1", 1, 1, "a", "m", 0, 0)
+        assert await run(redis, attempt_failed_call(mine, "webhook", f"webhook: HTTP 50{n}")) == n
     _, sink, error = str(await redis.hget(K.attempts, f"{entry_id}:last")).split("|")
     assert (sink, error) == ("webhook", "webhook: HTTP 502")
     history = str(await redis.hget(K.history, "c1")).split("\n")
@@ -818,10 +848,9 @@ async def test_attempt_failed_counts_keeps_the_error_and_notes_it(redis: Redis) 
 async def test_dead_letter_moves_the_entry_with_its_reason_and_acks(redis: Redis) -> None:
     entry_id, fields = await fire_level_one(redis, "c1")
     await redis.hset(K.attempts, mapping={entry_id: 5, f"{entry_id}:last": "1|webhook|x"})
-    keys = K.for_dead_letter
-    flat = [v for pair in fields.items() for v in pair]
-    args: list[Arg] = [CONSUMER_GROUP, entry_id, "webhook 410 Gone", 5, "c1|1|1", *flat]
-    dl_id = await SCRIPTS.dead_letter.run(redis, keys, args)
+    about = Notification.from_entry(K.shard, entry_id, fields)
+    call = dead_letter_call(K.shard, entry_id, "webhook 410 Gone", 5, list(fields.items()), about)
+    dl_id = await run(redis, call)
 
     (dead,) = await xrange(redis, K.dead_letters)
     assert dead[0] == dl_id
@@ -838,19 +867,11 @@ async def test_dead_letter_moves_the_entry_with_its_reason_and_acks(redis: Redis
 
 
 async def test_dead_letter_of_an_unreadable_entry_keeps_its_fields(redis: Redis) -> None:
-    await redis.xgroup_create(K.events, CONSUMER_GROUP, id="0", mkstream=True)
-    entry_id = str(await redis.xadd(K.events, {"e": "not|a|valid|entry"}))
+    await redis.xgroup_create(K.outbox, CONSUMER_GROUP, id="0", mkstream=True)
+    entry_id = str(await redis.xadd(K.outbox, {"e": "not|a|valid|entry"}))
     await read_group(redis)
-    args: list[Arg] = [
-        CONSUMER_GROUP,
-        entry_id,
-        "malformed: 4 values",
-        1,
-        "",
-        "e",
-        "not|a|valid|entry",
-    ]
-    await SCRIPTS.dead_letter.run(redis, K.for_dead_letter, args)
+    raw = [("e", "not|a|valid|entry")]
+    await run(redis, dead_letter_call(K.shard, entry_id, "malformed: 4 values", 1, raw))
     ((_, fields),) = await xrange(redis, K.dead_letters)
     assert fields["e"] == "not|a|valid|entry"
     assert await pending_ids(redis) == []
@@ -861,7 +882,7 @@ async def test_dead_letter_of_an_unreadable_entry_keeps_its_fields(redis: Redis)
 
 
 async def trim(r: Redis) -> int:
-    return int(await SCRIPTS.trim.run(r, [K.events], []))
+    return await run(r, trim_call(K.shard))
 
 
 async def stream_ids(r: Redis) -> list[str]:
@@ -870,44 +891,44 @@ async def stream_ids(r: Redis) -> list[str]:
 
 async def test_trim_without_a_stream_or_group_trims_nothing(redis: Redis) -> None:
     assert await trim(redis) == 0
-    await redis.xadd(K.events, {"c": "c1"})
+    await redis.xadd(K.outbox, {"c": "c1"})
     assert await trim(redis) == 0
-    assert await redis.xlen(K.events) == 1
+    assert await redis.xlen(K.outbox) == 1
 
 
 async def test_trim_never_trims_a_pending_entry(redis: Redis) -> None:
     for n in range(3):
-        await redis.xadd(K.events, {"c": f"c{n}"})
+        await redis.xadd(K.outbox, {"c": f"c{n}"})
     ids = [entry_id for entry_id, _ in await read_group(redis)]
     assert await trim(redis) == 0
     assert await stream_ids(redis) == ids
 
-    await redis.xack(K.events, CONSUMER_GROUP, ids[0], ids[2])
+    await redis.xack(K.outbox, CONSUMER_GROUP, ids[0], ids[2])
     assert await trim(redis) == 1
     assert await stream_ids(redis) == ids[1:]
 
 
 async def test_trim_removes_delivered_and_acked_entries_but_not_unread(redis: Redis) -> None:
-    await redis.xgroup_create(K.events, CONSUMER_GROUP, id="0", mkstream=True)
-    ids = [str(await redis.xadd(K.events, {"c": f"c{n}"})) for n in range(4)]
-    reply = await redis.xreadgroup(CONSUMER_GROUP, CONSUMER, {K.events: ">"}, count=2)
+    await redis.xgroup_create(K.outbox, CONSUMER_GROUP, id="0", mkstream=True)
+    ids = [str(await redis.xadd(K.outbox, {"c": f"c{n}"})) for n in range(4)]
+    reply = await redis.xreadgroup(CONSUMER_GROUP, CONSUMER, {K.outbox: ">"}, count=2)
     assert reply
-    await redis.xack(K.events, CONSUMER_GROUP, *ids[:2])
+    await redis.xack(K.outbox, CONSUMER_GROUP, *ids[:2])
     assert await trim(redis) == 2
     assert await stream_ids(redis) == ids[2:]
 
     await read_group(redis)
-    await redis.xack(K.events, CONSUMER_GROUP, *ids[2:])
+    await redis.xack(K.outbox, CONSUMER_GROUP, *ids[2:])
     assert await trim(redis) == 2
-    assert await redis.xlen(K.events) == 0
+    assert await redis.xlen(K.outbox) == 0
 
 
 async def test_trim_keeps_what_the_slowest_group_needs(redis: Redis) -> None:
-    ids = [str(await redis.xadd(K.events, {"c": f"c{n}"})) for n in range(3)]
+    ids = [str(await redis.xadd(K.outbox, {"c": f"c{n}"})) for n in range(3)]
     await read_group(redis)
-    await redis.xack(K.events, CONSUMER_GROUP, *ids)
-    await redis.xgroup_create(K.events, "audit", id="0")
-    await redis.xreadgroup("audit", CONSUMER, {K.events: ">"}, count=1)
-    await redis.xack(K.events, "audit", ids[0])
+    await redis.xack(K.outbox, CONSUMER_GROUP, *ids)
+    await redis.xgroup_create(K.outbox, "audit", id="0")
+    await redis.xreadgroup("audit", CONSUMER, {K.outbox: ">"}, count=1)
+    await redis.xack(K.outbox, "audit", ids[0])
     assert await trim(redis) == 1
     assert await stream_ids(redis) == ids[1:]

@@ -12,7 +12,7 @@ import pytest
 
 from tracker.errors import ConfigError
 from tracker.settings import Settings
-from tracker.timing.layout import Layout
+from tracker.state.layout import Layout
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # 24 bytes, from the Standard Webhooks spec
 WEBHOOK = {

@@ -64,12 +64,12 @@ async def test_each_kind_of_trouble_is_a_problem(
     late = status.overdue_limit_ms(settings) + 60_000
     redis_sync.zadd(ShardKeys.of(1).waiting, {"conv-late": now - late})
     k3 = ShardKeys.of(3)
-    redis_sync.xgroup_create(k3.events, CONSUMER_GROUP, id="0", mkstream=True)
-    redis_sync.xadd(k3.events, {"e": f"conv-unread|1|1|{now - late - 1}|{now - late}|a|m"})
+    redis_sync.xgroup_create(k3.outbox, CONSUMER_GROUP, id="0", mkstream=True)
+    redis_sync.xadd(k3.outbox, {"e": f"conv-unread|1|1|{now - late - 1}|{now - late}|a|m"})
     k0 = ShardKeys.of(0)
-    redis_sync.xgroup_create(k0.events, CONSUMER_GROUP, id="0", mkstream=True)
-    redis_sync.xadd(k0.events, {"e": f"conv-stuck|1|1|{now - late - 1}|{now - late}|a|m"})
-    redis_sync.xreadgroup(CONSUMER_GROUP, "c-0", {k0.events: ">"})
+    redis_sync.xgroup_create(k0.outbox, CONSUMER_GROUP, id="0", mkstream=True)
+    redis_sync.xadd(k0.outbox, {"e": f"conv-stuck|1|1|{now - late - 1}|{now - late}|a|m"})
+    redis_sync.xreadgroup(CONSUMER_GROUP, "c-0", {k0.outbox: ">"})
     redis_sync.xadd(k0.dead_letters, {"reason": "permanent: HTTP 410", "c": "x"})
     redis_sync.hset(LAYOUT, mapping={"count": SHARDS, "epoch": 2})
     redis_sync.set(ShardKeys.of(1).epoch, 3)  # a reshard fenced it past the layout

@@ -11,11 +11,11 @@ from redis.asyncio import Redis
 
 from tests.conftest import make_settings
 from tests.redis_server import RedisServer
+from tracker.model import AgentMessage, CustomerResponse, Event
 from tracker.redis.connection import connect
 from tracker.redis.keys import LAYOUT, ShardKeys
 from tracker.redis.lane import lane_for
-from tracker.redis.scripts import Scripts
-from tracker.state.store import CALL_SIZE, AgentMessage, CustomerResponse, Event, Store
+from tracker.state.store import CALL_SIZE, Store
 
 
 @contextlib.asynccontextmanager
@@ -25,7 +25,7 @@ async def store_on(server: RedisServer, tmp_path: Path, *, lane: bool) -> AsyncI
     client = connect(settings)
     the_lane = lane_for(client) if lane else None
     try:
-        yield Store(client, settings, Scripts(), lane=the_lane)
+        yield Store(client, settings, lane=the_lane)
     finally:
         if the_lane is not None:
             await the_lane.aclose()

@@ -16,7 +16,13 @@ from tracker.errors import ConfigError
 
 T = TypeVar("T")
 
-MODES = ("phase1", "phase2")
+#: MODE: who delivers. DESIGN.md names the values after the project's phases.
+#: phase1: the sweeper that holds a shard's lease delivers its notifications itself; the
+#:   pod runs no consumer processes.
+#: phase2: sweepers only stage notifications in the shard outboxes; every pod's consumer
+#:   processes deliver them.
+SWEEPER_DELIVERS, CONSUMERS_DELIVER = "phase1", "phase2"
+MODES = (SWEEPER_DELIVERS, CONSUMERS_DELIVER)
 REDIS_MODES = ("standalone", "cluster", "sentinel")
 SINKS = ("log", "stream", "webhook")
 LOG_FORMATS = ("text", "json")
@@ -99,7 +105,7 @@ class Settings:
             redis_tls_ca_file=_ca_file(r.text("REDIS_TLS_CA_FILE", ""), redis_url),
             redis_mode=redis_mode,
             redis_sentinel_master=r.token("REDIS_SENTINEL_MASTER", "mymaster"),
-            mode=r.choice("MODE", "phase2", MODES),
+            mode=r.choice("MODE", CONSUMERS_DELIVER, MODES),
             pod_id=r.token("POD_ID", socket.gethostname()),
             host=r.text("HOST", "0.0.0.0"),
             port=r.integer("PORT", 8080, 0, 65535),
@@ -151,6 +157,11 @@ class Settings:
             # held entries are idle: another consumer would claim them as abandoned
             raise ConfigError("PREFETCH_MS: must not exceed a quarter of DELIVERY_TIMEOUT_MS")
         return settings
+
+    @property
+    def sweeper_delivers(self) -> bool:
+        """MODE=phase1: the lease holder delivers; no consumer processes."""
+        return self.mode == SWEEPER_DELIVERS
 
     @property
     def finished_retention_ms(self) -> int:

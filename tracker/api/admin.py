@@ -68,7 +68,7 @@ async def dead_letters(request: web.Request) -> web.Response:
 
 async def replay(request: web.Request) -> web.Response:
     letters = await _named(request)
-    done = await dl.replay_letters(request.app[REDIS], request.app[STORE].scripts, letters)
+    done = await dl.replay_letters(request.app[REDIS], letters)
     return json_response({"replayed": done.replayed, "refused": done.refused, "gone": done.gone})
 
 

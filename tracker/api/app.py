@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tracker import metrics
@@ -17,20 +16,25 @@ from tracker.api import validation
 from tracker.api.edge import EDGE, MAX_BODY, Edge, json_response, read_json
 from tracker.api.openapi import document
 from tracker.errors import RequestError
+from tracker.model import (
+    Conversation,
+    Event,
+    RespondResult,
+    Result,
+    conversation_json,
+    result_json,
+)
 from tracker.pod.podmetrics import PodCollector
 from tracker.pod.readiness import assess
-from tracker.redis.connection import UNAVAILABLE, close, connect, error_kind
+from tracker.redis.connection import UNAVAILABLE, Client, close, connect, error_kind
 from tracker.redis.lane import lane_for
-from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
-from tracker.state.history import Level
-from tracker.state.store import Conversation, Event, RespondResult, Result, Store
-from tracker.timefmt import format_ms
+from tracker.state.store import Store
 
 log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[Client] = web.AppKey("redis")
 STORE = web.AppKey("store", Store)
 TALLY = web.AppKey("tally", metrics.HttpTally)
 TALLY_FLUSH_S = 1.0
@@ -47,23 +51,6 @@ async def unmatched(request: web.Request) -> web.StreamResponse:
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
     raise web.HTTPNotFound()
-
-
-def result_json(conversation_id: str, result: Result) -> dict[str, Any]:
-    if isinstance(result, RespondResult):
-        return {
-            "conversation_id": conversation_id,
-            "status": result.status,
-            "generation": result.generation,
-            "response_time_ms": result.response_time_ms,
-        }
-    return {
-        "conversation_id": conversation_id,
-        "status": result.status,
-        "generation": result.generation,
-        "waiting_since": format_ms(result.waiting_since_ms),
-        "next_due_at": format_ms(result.next_due_ms) if result.next_due_ms is not None else None,
-    }
 
 
 def observe(result: Result) -> None:
@@ -144,24 +131,6 @@ async def _conversation(request: web.Request) -> Conversation:
     return conversation
 
 
-def conversation_json(c: Conversation, levels: list[Level]) -> dict[str, Any]:
-    delivered = [v.level for v in levels if v.status == "delivered"]
-    return {
-        "conversation_id": c.conversation_id,
-        "state": c.state,
-        "generation": c.generation,
-        "agent_id": c.agent_id,
-        "message_id": c.message_id,
-        "waiting_since": format_ms(c.waiting_since_ms),
-        "timeout_ms": c.timeout_ms,
-        "level_fired": c.level_fired,
-        "level_delivered": max(delivered, default=0),
-        "next_due_at": format_ms(c.next_due_ms) if c.next_due_ms is not None else None,
-        "response_time_ms": c.response_time_ms,
-        "levels": [v.json() for v in levels],
-    }
-
-
 async def health(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -191,14 +160,14 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(document(request.app[SETTINGS]))
 
 
-def create_app(settings: Settings, redis: Redis | None = None) -> web.Application:
+def create_app(settings: Settings, redis: Client | None = None) -> web.Application:
     """The application; it opens its own Redis client unless one is given."""
     app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     client = redis if redis is not None else connect(settings)
     app[REDIS] = client
     lane = lane_for(client)
-    app[STORE] = Store(client, settings, Scripts(), lane=lane)
+    app[STORE] = Store(client, settings, lane=lane)
     app.on_cleanup.append(lambda _: lane.aclose())
     app[TALLY] = metrics.HttpTally()
     app[EDGE] = edge = Edge(settings, app[TALLY])

@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 from tracker.api.edge import MAX_BODY, REQUEST_ID_HEADER
-from tracker.api.validation import ID_PATTERN, MAX_BATCH
+from tracker.api.validation import MAX_BATCH
+from tracker.model import ID_PATTERN
 from tracker.ops import schema as admin
 from tracker.settings import Settings
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
 from tracker.errors import RequestError
+from tracker.model import ID_PATTERN, AgentMessage, CustomerResponse, Event, valid_id
 from tracker.settings import Settings
-from tracker.state.store import AgentMessage, CustomerResponse, Event
 from tracker.timefmt import parse_rfc3339_ms
 
-ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
-_ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))  # for fullmatch
 MAX_FUTURE_MS = 5 * 60_000
 MAX_PAST_MS = 365 * 86_400_000
 MAX_BATCH = 1000
@@ -28,7 +25,7 @@ def invalid(message: str, code: str = "invalid_field") -> RequestError:
 def check_id(value: Any, field: str) -> str:
     if not isinstance(value, str):
         raise invalid(f"{field} must be a string matching {ID_PATTERN}")
-    if not _ID.fullmatch(value):
+    if not valid_id(value):
         raise invalid(f"{field} must match {ID_PATTERN}")
     return value
 

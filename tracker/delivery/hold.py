@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+from enum import Enum
 from typing import NamedTuple
 
 from tracker.delivery.notification import Notification
@@ -22,10 +23,20 @@ from tracker.redis.clock import RedisClock
 MAX_HELD = 50_000
 
 
+class Origin(Enum):
+    """Where the delivery found a notification."""
+
+    #: Read from its outbox for the first time: no attempt was made yet.
+    NEW = "new"
+    #: Read again from a pending list (this consumer's own after a restart or a failure,
+    #: one claimed from a dead consumer, or one this consumer retries): ours now, and it
+    #: may have failed attempts to forget.
+    PENDING = "pending"
+
+
 class Held(NamedTuple):
     notification: Notification
-    retried: bool
-    just_read_pending: bool
+    origin: Origin
 
 
 class Hold:

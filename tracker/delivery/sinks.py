@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tracker import metrics
@@ -17,8 +16,8 @@ from tracker.delivery.curl import CurlClient, CurlError
 from tracker.delivery.notification import OUTBOUND, Outgoing
 from tracker.delivery.signing import decode_secret, sign
 from tracker.errors import DeliveryError
-from tracker.redis.connection import is_outage
-from tracker.redis.scripts import Arg, Script
+from tracker.redis.connection import Client, is_outage
+from tracker.redis.scripts import Arg, Call, Script, run
 from tracker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,26 +48,33 @@ class LogSink:
         return None
 
 
+NOTIFY_STREAM = Script.load("notify_stream")
+
+
+def notify_stream_call(stream: str, maxlen: int, batch: Sequence[Outgoing]) -> Call[int]:
+    """XADD each notification to the outbound `stream` (cap about `maxlen`): how many."""
+    args: list[Arg] = [maxlen, *OUTBOUND]
+    for item in batch:
+        args += item.notification.outbound_values(item.fired_at)
+    return Call(NOTIFY_STREAM, [stream], args, int)
+
+
 class StreamSink:
     """XADD each event to NOTIFY_STREAM (approximately capped): one script call a batch, so
     the client packs one command and parses one reply instead of one per event."""
 
     name = "stream"
 
-    def __init__(self, redis: Redis, stream: str, maxlen: int) -> None:
+    def __init__(self, redis: Client, stream: str, maxlen: int) -> None:
         self.redis = redis
         self.stream = stream
         self.maxlen = maxlen
-        self.script = Script.load("notify_stream")
 
     async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
         if not batch:
             return []
-        args: list[Arg] = [self.maxlen, *OUTBOUND]
-        for item in batch:
-            args += item.notification.outbound_values(item.fired_at)
         try:
-            await self.script.run(self.redis, [self.stream], args)
+            await run(self.redis, notify_stream_call(self.stream, self.maxlen, batch))
         except RedisError as exc:
             if is_outage(exc):  # not the events' fault: they wait, no attempt spent
                 return [Deferred(f"stream sink: {exc}", STREAM_RETRY_S)] * len(batch)
@@ -241,7 +247,7 @@ class WebhookSink:
         await self.client.close()
 
 
-def build_sinks(settings: Settings, redis: Redis) -> list[Sink]:
+def build_sinks(settings: Settings, redis: Client) -> list[Sink]:
     sinks: list[Sink] = []
     for name in settings.notify_sinks:
         if name == "log":

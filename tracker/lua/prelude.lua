@@ -127,11 +127,11 @@ local function append_history(key, notes, records)
   if #args > 0 then redis.pcall('HSET', key, unpack(args)) end
 end
 
--- Writers route by a shard layout epoch (see tracker/layout.py). A shard that has seen a newer
+-- Writers route by a shard layout epoch (see tracker/state/layout.py). A shard that has seen a newer
 -- epoch (a reshard began) refuses the call, so the writer reloads the layout; an older stored
 -- epoch is raised to the caller's. Returns the error reply to give when refused, else nil.
 -- The reply names the shard's epoch: a layout found below it was lost with Redis's data,
--- and the writer raises it (tracker/layout.py), so that no shard refuses writes for good.
+-- and the writer raises it (tracker/state/layout.py), so that no shard refuses writes for good.
 local function refuse_epoch(key, epoch)
   local current, mine = tonumber(redis.call('GET', key) or 0), tonumber(epoch)
   if current > mine then

@@ -9,11 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
-
-from tracker.api.validation import check_id
-from tracker.errors import RequestError
-from tracker.redis.connection import redis_time_ms
+from tracker.model import ID_PATTERN, valid_id
+from tracker.redis.connection import Client, redis_time_ms
 from tracker.timefmt import parse_rfc3339_ms
 
 MAX_LIMIT = 100_000
@@ -45,10 +42,9 @@ def seconds(raw: str) -> float:
 
 
 def conversation_id(raw: str) -> str:
-    try:
-        return check_id(raw, "conversation id")
-    except RequestError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
+    if not valid_id(raw):
+        raise argparse.ArgumentTypeError(f"conversation id must match {ID_PATTERN}")
+    return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +54,7 @@ class Since:
     at_ms: int | None = None
     ago_ms: int | None = None
 
-    async def resolve(self, redis: Redis) -> int:
+    async def resolve(self, redis: Client) -> int:
         if self.at_ms is not None:
             return self.at_ms
         return await redis_time_ms(redis) - (self.ago_ms or 0)

@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tracker.ops import conversation as conversation_ops
@@ -23,11 +22,10 @@ from tracker.ops import pending as pending_ops
 from tracker.ops import status as status_ops
 from tracker.ops.arguments import Since
 from tracker.ops.text import clean, duration, size, table
-from tracker.redis.connection import redis_time_ms
-from tracker.redis.scripts import Scripts
+from tracker.redis.connection import Client, redis_time_ms
 from tracker.settings import Settings
+from tracker.state.layout import read_layout
 from tracker.state.store import Store
-from tracker.timing.layout import read_layout
 
 OK, FAILED, UNUSABLE = 0, 1, 2
 PROGRESS_EVERY_S = 1.0
@@ -45,7 +43,7 @@ def _json(data: Any) -> None:
     print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
 
 
-async def _span(redis: Redis, settings: Settings) -> list[int]:
+async def _span(redis: Client, settings: Settings) -> list[int]:
     """Every shard that may hold data (both layouts' while a reshard runs)."""
     return list((await read_layout(redis, settings.shard_count)).shards())
 
@@ -53,7 +51,7 @@ async def _span(redis: Redis, settings: Settings) -> list[int]:
 # --- status ------------------------------------------------------------------------------
 
 
-async def status(redis: Redis, settings: Settings, *, as_json: bool, watch_s: float | None) -> int:
+async def status(redis: Client, settings: Settings, *, as_json: bool, watch_s: float | None) -> int:
     if watch_s is None:
         report = await status_ops.report(redis, settings)
         _json(report) if as_json else print(status_text(report))
@@ -61,7 +59,7 @@ async def status(redis: Redis, settings: Settings, *, as_json: bool, watch_s: fl
     return await _watch(redis, settings, as_json=as_json, every_s=watch_s)
 
 
-async def _watch(redis: Redis, settings: Settings, *, as_json: bool, every_s: float) -> int:
+async def _watch(redis: Client, settings: Settings, *, as_json: bool, every_s: float) -> int:
     """Print the status every `every_s` until interrupted; exit with the last one's code.
     Redis unreachable is shown and watched through (exit code 2 while it lasts)."""
     stop = asyncio.Event()
@@ -155,7 +153,7 @@ def status_text(r: dict[str, Any]) -> str:
 
 
 async def pending(
-    redis: Redis, settings: Settings, *, shard: int | None, limit: int, as_json: bool
+    redis: Client, settings: Settings, *, shard: int | None, limit: int, as_json: bool
 ) -> int:
     shards = await _span(redis, settings)
     if shard is not None:
@@ -196,7 +194,7 @@ async def pending(
 
 
 async def dead_letters_list(
-    redis: Redis,
+    redis: Client,
     settings: Settings,
     *,
     limit: int,
@@ -225,7 +223,7 @@ async def dead_letters_list(
     return OK
 
 
-async def _named(redis: Redis, settings: Settings, tokens: list[str]) -> list[dl.DeadLetter]:
+async def _named(redis: Client, settings: Settings, tokens: list[str]) -> list[dl.DeadLetter]:
     """The dead letters the operator named; every id must be one (else nothing is done)."""
     ids = _parse_ids(tokens)
     found = await dl.find(redis, await _span(redis, settings), ids)
@@ -242,16 +240,15 @@ def _parse_ids(tokens: list[str]) -> dl.Ids:
 
 
 async def dead_letters_replay(
-    redis: Redis, settings: Settings, *, ids: list[str], every: bool
+    redis: Client, settings: Settings, *, ids: list[str], every: bool
 ) -> int:
     _ids_or_all(ids, every, "replay")
-    scripts = Scripts()
     report = ProgressLine("replay")
     if every:
-        done = await dl.replay_all(redis, scripts, await _span(redis, settings), report)
+        done = await dl.replay_all(redis, await _span(redis, settings), report)
     else:
         letters = await _named(redis, settings, ids)
-        done = await dl.replay_letters(redis, scripts, letters, report)
+        done = await dl.replay_letters(redis, letters, report)
     report.finish()
     print(f"replayed {len(done.replayed)}")
     for letter_id, why in done.refused.items():
@@ -263,7 +260,7 @@ async def dead_letters_replay(
 
 
 async def dead_letters_purge(
-    redis: Redis, settings: Settings, *, ids: list[str], every: bool, yes: bool
+    redis: Client, settings: Settings, *, ids: list[str], every: bool, yes: bool
 ) -> int:
     _ids_or_all(ids, every, "purge")
     if every:
@@ -311,10 +308,10 @@ class ProgressLine:
 
 
 async def conversation(
-    redis: Redis, settings: Settings, conversation_id: str, *, as_json: bool
+    redis: Client, settings: Settings, conversation_id: str, *, as_json: bool
 ) -> int:
     """Its state, each level's fate, its history, and its entries in the streams now."""
-    report = await conversation_ops.report(Store(redis, settings, Scripts()), conversation_id)
+    report = await conversation_ops.report(Store(redis, settings), conversation_id)
     if report is None:
         raise Failed(f"no such conversation: {conversation_id}")
     _json(report) if as_json else print(conversation_text(report))
@@ -377,7 +374,7 @@ def _value(v: Any) -> str:
     return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
 
 
-async def reshard(redis: Redis, settings: Settings, to: int, drain_timeout_s: float) -> int:
+async def reshard(redis: Client, settings: Settings, to: int, drain_timeout_s: float) -> int:
     from tracker.ops.reshard import Resharder
 
     return await Resharder(redis, settings, drain_timeout_s=drain_timeout_s).run(to)

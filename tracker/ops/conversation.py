@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from redis.asyncio import Redis
-
-from tracker.api.app import conversation_json
 from tracker.delivery.notification import Entries, Notification
+from tracker.model import conversation_json
 from tracker.ops import entry_order
 from tracker.ops.dead_letters import DeadLetter
+from tracker.redis.connection import Client
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
 from tracker.state.store import Store
 from tracker.timefmt import format_ms
@@ -34,16 +33,16 @@ async def report(store: Store, conversation_id: str) -> dict[str, Any] | None:
     }
 
 
-async def in_streams(redis: Redis, shard: int, conversation_id: str) -> list[dict[str, Any]]:
+async def in_streams(redis: Client, shard: int, conversation_id: str) -> list[dict[str, Any]]:
     """Its entries still to be delivered: in the shard stream, unread or pending (read and
     not acknowledged: held until due, being delivered or retried), and among the shard's
     dead letters; oldest first. Acknowledged entries the stream still keeps are history."""
     k = ShardKeys.of(shard)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.xrevrange(k.events, count=STREAM_SCAN)
+        pipe.xrevrange(k.outbox, count=STREAM_SCAN)
         pipe.xrevrange(k.dead_letters, count=STREAM_SCAN)
-        pipe.xpending_range(k.events, CONSUMER_GROUP, "-", "+", STREAM_SCAN)
-        pipe.xinfo_groups(k.events)
+        pipe.xpending_range(k.outbox, CONSUMER_GROUP, "-", "+", STREAM_SCAN)
+        pipe.xinfo_groups(k.outbox)
         events, dead, pending, groups = await pipe.execute(raise_on_error=False)
     owners = {str(p["message_id"]): p for p in pending} if isinstance(pending, list) else {}
     group = (

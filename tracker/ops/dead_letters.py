@@ -13,13 +13,27 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from redis.asyncio import Redis
-
 from tracker.delivery.notification import OUTBOUND, PACKED, Entries, Notification
 from tracker.ops import entry_order, readable, readable_fields
+from tracker.redis.connection import Client
 from tracker.redis.keys import ShardKeys
-from tracker.redis.scripts import Scripts
+from tracker.redis.scripts import Call, Script, run
 from tracker.timefmt import format_ms
+
+REPLAY = Script.load("dead_letter_replay")
+
+
+def replay_call(shard: int, letters: Sequence[tuple[str, str]]) -> Call[list[str | None]]:
+    """Put dead letters (entry id, packed notification) back on the shard's outbox, each at
+    most once: per letter, its new outbox entry id, or None when it is gone."""
+    k = ShardKeys.of(shard)
+    args = [PACKED, *(v for letter in letters for v in letter)]
+    return Call(REPLAY, [k.dead_letters, k.outbox, k.history, k.records], args, _ids)
+
+
+def _ids(reply: list[str | None]) -> list[str | None]:
+    return [r if r else None for r in reply]
+
 
 ID_FORMS = "SHARD-MS-SEQ (e.g. 7-1795975119440-0) or an event id (evt_ and 32 hex digits)"
 PAGE = 500  # entries read, or replayed in one script call, at a time
@@ -116,12 +130,12 @@ class Listing:
     items: list[DeadLetter]
 
 
-async def _page(redis: Redis, key: str, high: str, low: str, count: int) -> Entries:
+async def _page(redis: Client, key: str, high: str, low: str, count: int) -> Entries:
     return cast(Entries, await redis.xrevrange(key, high, low, count=count))
 
 
 async def list_dead_letters(
-    redis: Redis,
+    redis: Client,
     shards: Sequence[int],
     limit: int,
     *,
@@ -151,7 +165,7 @@ async def list_dead_letters(
     return Listing(await count(redis, shards), found[:limit])
 
 
-async def count(redis: Redis, shards: Sequence[int]) -> int:
+async def count(redis: Client, shards: Sequence[int]) -> int:
     async with redis.pipeline(transaction=False) as pipe:
         for shard in shards:
             pipe.xlen(ShardKeys.of(shard).dead_letters)
@@ -169,7 +183,7 @@ class Found:
     unknown: list[str] = field(default_factory=list)  # the ids the operator named, not found
 
 
-async def find(redis: Redis, shards: Sequence[int], ids: Ids) -> Found:
+async def find(redis: Client, shards: Sequence[int], ids: Ids) -> Found:
     """The dead letters `ids` name, in the order named (an event id's all together)."""
     out = Found()
     live = set(shards)
@@ -196,7 +210,7 @@ async def find(redis: Redis, shards: Sequence[int], ids: Ids) -> Found:
     return out
 
 
-async def scan(redis: Redis, shards: Sequence[int]) -> AsyncIterator[DeadLetter]:
+async def scan(redis: Client, shards: Sequence[int]) -> AsyncIterator[DeadLetter]:
     """Every dead letter of `shards`, oldest first within each shard."""
     for shard in shards:
         key = ShardKeys.of(shard).dead_letters
@@ -217,7 +231,7 @@ class Replayed:
     gone: list[str] = field(default_factory=list)  # purged or replayed by someone meanwhile
 
 
-async def replay(redis: Redis, scripts: Scripts, shard: int, entry_ids: Sequence[str]) -> Replayed:
+async def replay(redis: Client, shard: int, entry_ids: Sequence[str]) -> Replayed:
     """Put these dead letters of one shard back on its stream, each as the sweep wrote it;
     an entry that could not be parsed is refused (purge it instead)."""
     k = ShardKeys.of(shard)
@@ -226,7 +240,7 @@ async def replay(redis: Redis, scripts: Scripts, shard: int, entry_ids: Sequence
         for entry_id in entry_ids:
             pipe.xrange(k.dead_letters, entry_id, entry_id)
         replies = await pipe.execute()
-    args: list[str] = [PACKED]
+    letters: list[tuple[str, str]] = []
     for entry_id, reply in zip(entry_ids, replies, strict=True):
         letter_id = f"{shard}-{entry_id}"
         if not reply:
@@ -236,17 +250,16 @@ async def replay(redis: Redis, scripts: Scripts, shard: int, entry_ids: Sequence
         if n is None:
             out.refused[letter_id] = "malformed: the entry could not be parsed; purge it"
             continue
-        args += [entry_id, n.entry_fields()[PACKED]]
-    if len(args) > 1:
-        results = await scripts.dead_letter_replay.run(redis, k.for_replay, args)
-        for entry_id, result in zip(args[1::2], results, strict=True):
+        letters.append((entry_id, n.entry_fields()[PACKED]))
+    if letters:
+        results = await run(redis, replay_call(shard, letters))
+        for (entry_id, _), result in zip(letters, results, strict=True):
             (out.replayed if result else out.gone).append(f"{shard}-{entry_id}")
     return out
 
 
 async def replay_letters(
-    redis: Redis,
-    scripts: Scripts,
+    redis: Client,
     letters: Sequence[DeadLetter],
     progress: Progress | None = None,
 ) -> Replayed:
@@ -257,11 +270,11 @@ async def replay_letters(
     pages = [
         (s, ids[i : i + PAGE]) for s, ids in by_shard.items() for i in range(0, len(ids), PAGE)
     ]
-    return await _replay_pages(redis, scripts, pages, len(letters), progress)
+    return await _replay_pages(redis, pages, len(letters), progress)
 
 
 async def replay_all(
-    redis: Redis, scripts: Scripts, shards: Sequence[int], progress: Progress | None = None
+    redis: Client, shards: Sequence[int], progress: Progress | None = None
 ) -> Replayed:
     """Replay every dead letter of `shards`."""
     total = await count(redis, shards)
@@ -275,7 +288,7 @@ async def replay_all(
             if not page:
                 break
             ids = [entry_id for entry_id, _ in page]
-            _merge(out, await replay(redis, scripts, shard, ids))
+            _merge(out, await replay(redis, shard, ids))
             if progress is not None:
                 progress(len(out.replayed) + len(out.refused) + len(out.gone), total)
             low = "(" + ids[-1]  # refused entries stay: read past them
@@ -283,15 +296,14 @@ async def replay_all(
 
 
 async def _replay_pages(
-    redis: Redis,
-    scripts: Scripts,
+    redis: Client,
     pages: Sequence[tuple[int, list[str]]],
     total: int,
     progress: Progress | None,
 ) -> Replayed:
     out = Replayed()
     for shard, ids in pages:
-        _merge(out, await replay(redis, scripts, shard, ids))
+        _merge(out, await replay(redis, shard, ids))
         if progress is not None:
             progress(len(out.replayed) + len(out.refused) + len(out.gone), total)
     return out
@@ -303,7 +315,7 @@ def _merge(into: Replayed, part: Replayed) -> None:
     into.gone += part.gone
 
 
-async def purge_letters(redis: Redis, letters: Sequence[DeadLetter]) -> int:
+async def purge_letters(redis: Client, letters: Sequence[DeadLetter]) -> int:
     """Delete these dead letters; the number deleted (one purged meanwhile is not counted)."""
     by_shard: dict[int, list[str]] = defaultdict(list)
     for letter in letters:
@@ -314,7 +326,7 @@ async def purge_letters(redis: Redis, letters: Sequence[DeadLetter]) -> int:
     return purged
 
 
-async def purge_all(redis: Redis, shards: Sequence[int]) -> int:
+async def purge_all(redis: Client, shards: Sequence[int]) -> int:
     purged = 0
     for shard in shards:
         key = ShardKeys.of(shard).dead_letters

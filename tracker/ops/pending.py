@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from tracker.delivery.notification import Notification
 from tracker.ops import entry_order, readable, readable_fields
+from tracker.redis.connection import Client
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
 from tracker.timefmt import format_ms
 
@@ -86,15 +85,15 @@ class PendingListing:
     items: list[PendingEntry]
 
 
-async def list_pending(redis: Redis, shards: Sequence[int], limit: int) -> PendingListing:
+async def list_pending(redis: Client, shards: Sequence[int], limit: int) -> PendingListing:
     """The oldest `limit` pending entries of `shards` together, oldest first."""
     total = 0
     found: list[PendingEntry] = []
     for shard in shards:
         k = ShardKeys.of(shard)
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.xpending(k.events, CONSUMER_GROUP)
-            pipe.xpending_range(k.events, CONSUMER_GROUP, "-", "+", limit)
+            pipe.xpending(k.outbox, CONSUMER_GROUP)
+            pipe.xpending_range(k.outbox, CONSUMER_GROUP, "-", "+", limit)
             summary, rows = await pipe.execute(raise_on_error=False)
         if isinstance(summary, Exception):  # no stream or no group yet: nothing pending
             continue
@@ -105,11 +104,11 @@ async def list_pending(redis: Redis, shards: Sequence[int], limit: int) -> Pendi
     return PendingListing(total, found[:limit])
 
 
-async def _entries(redis: Redis, k: ShardKeys, rows: list[dict[str, Any]]) -> list[PendingEntry]:
+async def _entries(redis: Client, k: ShardKeys, rows: list[dict[str, Any]]) -> list[PendingEntry]:
     ids = [str(row["message_id"]) for row in rows]
     async with redis.pipeline(transaction=False) as pipe:
         for entry_id in ids:
-            pipe.xrange(k.events, entry_id, entry_id)
+            pipe.xrange(k.outbox, entry_id, entry_id)
         pipe.hmget(k.attempts, [*ids, *(i + LAST_SUFFIX for i in ids)])
         *entries, counters = await pipe.execute()
     out: list[PendingEntry] = []

@@ -22,15 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-from redis.asyncio import Redis
-
-from tracker.delivery.consumer import BLOCK_MS
+from tracker.delivery.loop import BLOCK_MS
 from tracker.delivery.notification import Entries
+from tracker.redis.connection import Client
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
-from tracker.redis.scripts import Scripts
 from tracker.settings import Settings
+from tracker.state.layout import REFRESH_S, Layout, fence, read_layout, set_layout
 from tracker.state.moves import move
-from tracker.timing.layout import REFRESH_S, Layout, fence, read_layout, set_layout
 
 SCAN_COUNT = 1000
 # a consumer reloads the layout within REFRESH_S, after the blocking read in hand (BLOCK_MS)
@@ -48,7 +46,7 @@ def _say(line: str) -> None:
 class Resharder:
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         settings: Settings,
         *,
         drain_timeout_s: float = 300.0,
@@ -58,7 +56,6 @@ class Resharder:
     ) -> None:
         self.redis = redis
         self.settings = settings
-        self.scripts = Scripts()
         self.drain_timeout_s = drain_timeout_s
         # a few lease TTLs: the time sweepers take to notice the new shards and lead them
         self.leader_wait_s = (
@@ -113,10 +110,10 @@ class Resharder:
         return 0
 
     async def _set(self, read: Layout, new: Layout) -> bool:
-        return await set_layout(self.redis, self.scripts, read, new)
+        return await set_layout(self.redis, read, new)
 
     async def _fence(self, layout: Layout) -> bool:
-        return await fence(self.redis, self.scripts, layout)
+        return await fence(self.redis, layout)
 
     async def _await_leaders(self, layout: Layout) -> None:
         """Wait (a few lease TTLs at most) until a sweeper leads every shard, so that the
@@ -145,14 +142,14 @@ class Resharder:
             for source in range(layout.previous):
                 k = ShardKeys.of(source)
                 leftovers = cast(list[str], await self.redis.hkeys(k.moving))  # interrupted moves
-                total += await move(self.redis, self.scripts, layout, leftovers)
+                total += await move(self.redis, layout, leftovers)
                 found += len(leftovers)
                 cursor = 0
                 while True:
                     cursor, ids = await self.redis.hscan(k.records, cursor, count=SCAN_COUNT)
                     misplaced = [str(c) for c in ids if layout.source(str(c)) == source]
                     found += len(misplaced)
-                    total += await move(self.redis, self.scripts, layout, misplaced)
+                    total += await move(self.redis, layout, misplaced)
                     if not cursor:
                         break
             if not found:
@@ -165,7 +162,7 @@ class Resharder:
         deadline = time.monotonic() + self.drain_timeout_s
         left = list(removed)
         while left:
-            left = [s for s in left if not await self._drained(ShardKeys.of(s).events)]
+            left = [s for s in left if not await self._drained(ShardKeys.of(s).outbox)]
             if not left:
                 break
             if time.monotonic() > deadline:
@@ -204,6 +201,6 @@ class Resharder:
         that their numbers only grow if the shard comes back)."""
         for shard in removed:
             k = ShardKeys.of(shard)
-            keys = (k.waiting, k.states, k.records, k.retired, k.moving, k.events, k.attempts)
+            keys = (k.waiting, k.fired, k.records, k.retired, k.moving, k.outbox, k.attempts)
             for key in (*keys, k.history):
                 await self.redis.delete(key)

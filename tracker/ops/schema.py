@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracker.api.validation import ID_PATTERN
+from tracker.model import ID_PATTERN
 from tracker.ops.dead_letters import ID_FORMS
 
 MAX_LIMIT = 1000  # of the endpoints' lists (the CLI allows more)

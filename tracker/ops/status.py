@@ -14,17 +14,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
-from redis.asyncio import Redis, RedisCluster
-
 from tracker.delivery.notification import Notification
 from tracker.ops.text import duration
 from tracker.pod import heartbeat
-from tracker.redis.connection import is_cluster, redis_time_ms
+from tracker.redis import cluster
+from tracker.redis.connection import Client, redis_time_ms
 from tracker.redis.keys import CONSUMER_GROUP, PODS, ShardKeys
 from tracker.settings import Settings
+from tracker.state.layout import Layout, read_layout
 from tracker.timefmt import format_ms
 from tracker.timing import progress
-from tracker.timing.layout import Layout, read_layout
 
 MEMORY_WARN = 0.9  # of maxmemory
 ROLE_SILENT_MS = 10_000  # a role file not rewritten for this long (or 3 sweep intervals)
@@ -44,7 +43,7 @@ class ShardStatus:
     lease_ttl_ms: int | None
     waiting: int
     oldest_overdue_ms: int  # how late the earliest waiting deadline is (0: not yet due)
-    backlog: int | None  # entries no consumer has read (None: Redis too old to say)
+    backlog: int | None  # entries no consumer has read (None: Client too old to say)
     backlog_overdue_ms: int  # how late the oldest unread entry is
     pending: int  # read, not acknowledged (held until due, being delivered or retried)
     pending_overdue_ms: int  # how late the oldest pending entry is
@@ -53,7 +52,7 @@ class ShardStatus:
     refuses_writes: bool  # its epoch is above the layout's: writers are refused
 
 
-async def report(redis: Redis, settings: Settings) -> dict[str, Any]:
+async def report(redis: Client, settings: Settings) -> dict[str, Any]:
     now = await redis_time_ms(redis)
     layout = await read_layout(redis, settings.shard_count)
     shards: list[ShardStatus] = []
@@ -93,7 +92,7 @@ def exit_code(status: dict[str, Any]) -> int:
 
 
 async def _shards(
-    redis: Redis, layout: Layout, numbers: Sequence[int], now: int
+    redis: Client, layout: Layout, numbers: Sequence[int], now: int
 ) -> list[ShardStatus]:
     async with redis.pipeline(transaction=False) as pipe:
         for n in numbers:
@@ -102,8 +101,8 @@ async def _shards(
             pipe.pttl(k.leader)
             pipe.zcard(k.waiting)
             pipe.zrange(k.waiting, 0, 0, withscores=True)
-            pipe.xinfo_groups(k.events)
-            pipe.xpending(k.events, CONSUMER_GROUP)
+            pipe.xinfo_groups(k.outbox)
+            pipe.xpending(k.outbox, CONSUMER_GROUP)
             pipe.xlen(k.dead_letters)
             pipe.get(k.epoch)
         replies = await pipe.execute(raise_on_error=False)
@@ -113,7 +112,7 @@ async def _shards(
     # The oldest unread and the oldest pending entry of each shard, for how late they are.
     async with redis.pipeline(transaction=False) as pipe:
         for n, group, pending in zip(numbers, groups, pendings, strict=True):
-            events = ShardKeys.of(n).events
+            events = ShardKeys.of(n).outbox
             pipe.xrange(events, "(" + str(group.get("last-delivered-id") or "0-0"), "+", count=1)
             oldest = pending.get("min") or "0-0"
             pipe.xrange(events, oldest, oldest, count=1)
@@ -160,14 +159,9 @@ def _late(shard: int, entries: Any, now: int) -> int:
         return 0
 
 
-async def redis_nodes(redis: Redis) -> list[dict[str, Any]]:
+async def redis_nodes(redis: Client) -> list[dict[str, Any]]:
     """Redis's own condition, from INFO: one entry per server (every master of a cluster)."""
-    if is_cluster(redis):
-        replies = await cast(RedisCluster, redis).info(target_nodes=RedisCluster.PRIMARIES)
-        if all(isinstance(v, dict) for v in replies.values()):
-            return [_node(name, info) for name, info in sorted(replies.items())]
-        return [_node(None, replies)]
-    return [_node(None, await redis.info())]
+    return [_node(name, info) for name, info in await cluster.server_infos(redis)]
 
 
 def _node(name: str | None, info: dict[str, Any]) -> dict[str, Any]:

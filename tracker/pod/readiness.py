@@ -71,7 +71,7 @@ def expected_roles(
             continue
         if program.group == "sweeper":
             roles["sweeper"] = program.pid
-            if settings.mode == "phase1":
+            if settings.sweeper_delivers:
                 roles["sweeper-delivery"] = program.pid
         elif program.group == "consumer":
             roles[program.name] = program.pid

@@ -37,7 +37,7 @@ def packaged_config() -> Path:
 
 def tracker_programs(settings: Settings) -> tuple[str, ...]:
     """The tracker's own supervisord programs this pod runs."""
-    return ("api", "sweeper", "consumer") if settings.mode == "phase2" else ("api", "sweeper")
+    return ("api", "sweeper") if settings.sweeper_delivers else ("api", "sweeper", "consumer")
 
 
 def pod_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str]:
@@ -52,7 +52,7 @@ def pod_environment(settings: Settings, env: Mapping[str, str]) -> dict[str, str
         CONSUMER_PROCESSES=str(settings.consumer_processes),
         API_PROCESSES=str(settings.api_processes),
         # numprocs of the programs the pod may not run (0: the program has no process)
-        POD_CONSUMER_PROCESSES=str(settings.consumer_processes if settings.mode == "phase2" else 0),
+        POD_CONSUMER_PROCESSES=str(0 if settings.sweeper_delivers else settings.consumer_processes),
         POD_REDIS_PROCESSES="1" if embedded else "0",
         REDIS_LOG=str(run_dir / "redis.log") if settings.log_format == "json" else "/dev/stdout",
         REDIS_DATA_DIR=str(Path(env.get("REDIS_DATA_DIR") or run_dir.parent / "redis").resolve()),

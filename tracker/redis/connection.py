@@ -32,6 +32,10 @@ from tracker.settings import Settings
 
 C = TypeVar("C", bound=AbstractConnection)
 
+#: A client of a standalone server, a Sentinel master or a Cluster: the tracker uses the
+#: commands they share; what differs on a Cluster is in tracker/redis/cluster.py.
+Client = Redis | RedisCluster
+
 #: Errors that mean "Redis is not reachable right now": 503 at the API, back off in loops.
 UNAVAILABLE = (
     ConnectionError,
@@ -120,7 +124,7 @@ def packed(connection_class: type[C]) -> type[C]:
     return _PACKED[connection_class]
 
 
-def _tls(settings: Settings) -> dict[str, Any]:
+def tls(settings: Settings) -> dict[str, Any]:
     """REDIS_TLS_CA_FILE, for every TLS connection (settings allow it with rediss:// only)."""
     if settings.redis_tls_ca_file is None:
         return {}
@@ -129,7 +133,7 @@ def _tls(settings: Settings) -> dict[str, Any]:
 
 def _common(settings: Settings, socket_timeout: float) -> dict[str, Any]:
     return {
-        **_tls(settings),
+        **tls(settings),
         "decode_responses": True,
         # A value that is not UTF-8 (a stream entry some other client wrote) reads as
         # surrogates instead of failing the whole reply, and writes back as the same bytes.
@@ -154,7 +158,7 @@ def sentinel_hosts(url: str) -> list[tuple[str, int]]:
     return hosts
 
 
-def _credentials(url: str) -> dict[str, Any]:
+def credentials(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     userinfo = parts.netloc.rpartition("@")[0]
     user, _, password = userinfo.partition(":")
@@ -167,12 +171,10 @@ def _credentials(url: str) -> dict[str, Any]:
     }
 
 
-def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections: int = 64) -> Redis:
-    """A client for REDIS_URL in REDIS_MODE; commands retry briefly on connection errors.
-
-    A RedisCluster is returned typed as Redis: the tracker only uses commands both share,
-    and every script and pipeline stays within one slot.
-    """
+def connect(
+    settings: Settings, *, socket_timeout: float = 5.0, max_connections: int = 64
+) -> Client:
+    """A client for REDIS_URL in REDIS_MODE; commands retry briefly on connection errors."""
     common = _common(settings, socket_timeout)
     if settings.redis_mode == "cluster":
         cluster = RedisCluster.from_url(
@@ -182,9 +184,9 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections:
         kwargs["connection_class"] = packed(kwargs["connection_class"])
         for node in cluster.nodes_manager.startup_nodes.values():
             node.connection_class = packed(node.connection_class)
-        return cast(Redis, cluster)
+        return cluster
     if settings.redis_mode == "sentinel":
-        creds = _credentials(settings.redis_url)
+        creds = credentials(settings.redis_url)
         ssl = creds.pop("ssl")
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             sentinel_hosts(settings.redis_url),
@@ -192,7 +194,7 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections:
                 "socket_timeout": 2.0,
                 "decode_responses": True,
                 "ssl": ssl,
-                **_tls(settings),
+                **tls(settings),
             },
             ssl=ssl,
             **common,
@@ -214,7 +216,7 @@ def connect(settings: Settings, *, socket_timeout: float = 5.0, max_connections:
     return Redis.from_pool(pool)
 
 
-async def close(client: Redis) -> None:
+async def close(client: Client) -> None:
     """Close `client` and, in sentinel mode, its connections to the sentinels (redis-py's
     `aclose` leaves those open)."""
     await client.aclose()
@@ -224,31 +226,7 @@ async def close(client: Redis) -> None:
         await sentinel.aclose()
 
 
-async def redis_time_ms(client: Redis) -> int:
+async def redis_time_ms(client: Client) -> int:
     """Redis's clock (TIME), in milliseconds: the one clock every pod agrees on."""
     seconds, micros = await client.time()
     return int(seconds) * 1000 + int(micros) // 1000
-
-
-def is_cluster(client: Redis) -> bool:
-    return isinstance(client, RedisCluster)
-
-
-async def pubsub_client(settings: Settings, client: Redis) -> Redis:
-    """A client to subscribe with. Redis Cluster broadcasts PUBLISH to every node, so a
-    plain connection to any one node hears every shard's messages."""
-    if not isinstance(client, RedisCluster):
-        return client
-    await client.initialize()
-    node = client.get_random_node()
-    creds = _credentials(settings.redis_url)
-    return Redis(
-        host=node.host,
-        port=node.port,
-        username=creds["username"],
-        password=creds["password"],
-        ssl=creds["ssl"],
-        decode_responses=True,
-        socket_connect_timeout=2.0,
-        **_tls(settings),
-    )

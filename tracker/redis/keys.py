@@ -36,19 +36,19 @@ class ShardKeys:
     """The names of every key that belongs to one shard."""
 
     shard: int
-    waiting: str
-    states: str
-    records: str
-    retired: str
-    events: str
-    leader: str
-    fence: str
-    counters: str
-    attempts: str
-    dead_letters: str
-    moving: str
-    epoch: str
-    history: str
+    waiting: str  # each waiting conversation's next due time (the sweeper's index)
+    fired: str  # the last level fired (staged) of each conversation's current period
+    records: str  # the conversation records (tracker/lua/prelude.lua names the fields)
+    retired: str  # finished records and histories, by when they are deleted
+    outbox: str  # the notifications staged for delivery: a stream, one consumer group
+    leader: str  # the shard's lease: holder pod and fencing token
+    fence: str  # the last fencing token given out
+    counters: str  # notifications fired per level (metrics:timeouts)
+    attempts: str  # failed delivery attempts of outbox entries, and the last error
+    dead_letters: str  # notifications given up on, replayable
+    moving: str  # conversations taken out by a reshard, not yet placed in their new shard
+    epoch: str  # the highest shard layout epoch this shard has seen
+    history: str  # each conversation's delivery history (tracker/state/history.py)
 
     @classmethod
     @functools.cache  # built once a shard: every script call on the hot paths asks
@@ -57,10 +57,10 @@ class ShardKeys:
         return cls(
             shard=shard,
             waiting=f"waiting_conversations:{tag}",
-            states=f"notification_states:{tag}",
+            fired=f"notification_states:{tag}",
             records=f"conversations:{tag}",
             retired=f"retired_conversations:{tag}",
-            events=f"timeout_events:{tag}",
+            outbox=f"timeout_events:{tag}",
             leader=f"timeout:leader:{tag}",
             fence=f"timeout:fence:{tag}",
             counters=f"metrics:timeouts:{tag}",
@@ -70,77 +70,6 @@ class ShardKeys:
             epoch=f"timeout:epoch:{tag}",
             history=f"history:{tag}",
         )
-
-    @property
-    def for_apply(self) -> list[str]:
-        """KEYS of the apply script."""
-        return [self.records, self.waiting, self.states, self.retired, self.epoch, self.history]
-
-    @property
-    def for_recheck(self) -> list[str]:
-        """KEYS of the recheck script."""
-        return [self.records, self.moving, self.states]
-
-    @property
-    def for_sweep(self) -> list[str]:
-        """KEYS of the sweep script."""
-        return [
-            self.waiting,
-            self.states,
-            self.records,
-            self.retired,
-            self.events,
-            self.leader,
-            self.counters,
-            self.history,
-        ]
-
-    @property
-    def for_lease(self) -> list[str]:
-        """KEYS of the lease_acquire script."""
-        return [self.leader, self.fence]
-
-    @property
-    def for_take_out(self) -> list[str]:
-        """KEYS of the migrate_out script (a reshard's first step, on the old shard)."""
-        return [
-            self.records,
-            self.waiting,
-            self.states,
-            self.retired,
-            self.moving,
-            self.epoch,
-            self.history,
-        ]
-
-    @property
-    def for_place(self) -> list[str]:
-        """KEYS of the migrate_in script (a reshard's second step, on the new shard)."""
-        return [self.records, self.waiting, self.states, self.retired, self.history]
-
-    @property
-    def for_ack(self) -> list[str]:
-        """KEYS of the ack script."""
-        return [self.events, self.attempts, self.history, self.records]
-
-    def for_deliver_stream(self, outbound: str) -> list[str]:
-        """KEYS of the deliver_stream script, with the outbound stream's name."""
-        return [self.records, self.moving, self.states, self.events, self.attempts, outbound]
-
-    @property
-    def for_attempt_failed(self) -> list[str]:
-        """KEYS of the attempt_failed script."""
-        return [self.attempts, self.history, self.records]
-
-    @property
-    def for_dead_letter(self) -> list[str]:
-        """KEYS of the dead_letter script."""
-        return [self.events, self.dead_letters, self.attempts, self.history, self.records]
-
-    @property
-    def for_replay(self) -> list[str]:
-        """KEYS of the dead_letter_replay script."""
-        return [self.dead_letters, self.events, self.history, self.records]
 
 
 def all_shards(shard_count: int) -> list[ShardKeys]:

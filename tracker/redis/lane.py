@@ -262,7 +262,7 @@ class ClusterLane:
 AnyLane = Lane | ClusterLane
 
 
-def lane_for(client: Redis) -> AnyLane:
+def lane_for(client: Redis | RedisCluster) -> AnyLane:
     """The lane beside `client`, with its socket timeout: one connection to a standalone
     server or Sentinel's master, one to each master of a Cluster."""
     if isinstance(client, RedisCluster):

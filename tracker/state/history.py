@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from tracker.delivery.notification import event_id
+from tracker.model import Entry, Level, Period
 from tracker.timefmt import format_ms
 
 #: Entry kinds that end a level's story, and what a level's status then is.
@@ -46,19 +46,6 @@ KINDS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    kind: str
-    at_ms: int
-    generation: int
-    rest: tuple[str, ...]
-
-    @property
-    def level(self) -> int | None:
-        """The level an entry is about (None for S and A)."""
-        return int(self.rest[0]) if self.kind not in "SA" and self.rest else None
-
-
 def parse(raw: str | None) -> list[Entry]:
     """The entries of one conversation's history, oldest first (unreadable lines skipped)."""
     entries: list[Entry] = []
@@ -71,43 +58,6 @@ def parse(raw: str | None) -> list[Entry]:
         except ValueError:
             continue
     return entries
-
-
-@dataclass(frozen=True, slots=True)
-class Period:
-    """One waiting period: the record's current one, or an earlier one from an S entry."""
-
-    generation: int
-    since_ms: int
-    interval_ms: int
-    agent_id: str
-    message_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Level:
-    """One level of the current period, as GET shows it."""
-
-    level: int
-    due_ms: int
-    status: str
-    event_id: str
-    delivered_ms: int | None = None
-    sinks: tuple[str, ...] | None = None
-    attempts: int = 0
-    last_error: str | None = None
-
-    def json(self) -> dict[str, Any]:
-        return {
-            "level": self.level,
-            "due_at": format_ms(self.due_ms),
-            "status": self.status,
-            "event_id": self.event_id,
-            "delivered_at": format_ms(self.delivered_ms) if self.delivered_ms else None,
-            "sinks": list(self.sinks) if self.sinks is not None else None,
-            "attempts": self.attempts,
-            "last_error": self.last_error,
-        }
 
 
 def levels(

@@ -4,61 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
-from redis.asyncio import Redis
 from redis.exceptions import TryAgainError
 
+from tracker.model import (
+    RECORD_FIELDS,
+    RECORD_STATES,
+    AgentMessage,
+    Conversation,
+    Event,
+    Level,
+    Record,
+    RespondResult,
+    Result,
+    TrackResult,
+)
+from tracker.redis.connection import Client
 from tracker.redis.keys import ShardKeys, wake_channel
 from tracker.redis.lane import AnyLane
 from tracker.redis.replies import EpochRefused
-from tracker.redis.scripts import Arg, Scripts, run_batch
-from tracker.redis.scripts import Call as ScriptCall
+from tracker.redis.scripts import Arg, Call, Script, run_each
 from tracker.settings import Settings
-from tracker.state.history import Entry, Level, Period, levels, timeline
+from tracker.state.history import levels, timeline
 from tracker.state.history import parse as parse_history
+from tracker.state.layout import Layout, LiveLayout
 from tracker.state.moves import move
-from tracker.timing.layout import Layout, LiveLayout
 
-STATES = {"W": "waiting", "E": "escalated", "A": "answered"}
-#: Fields of a conversation record (tracker/lua/prelude.lua names them).
-RECORD_FIELDS = 10
-
-
-class AgentMessage(NamedTuple):
-    conversation_id: str
-    agent_id: str
-    message_id: str
-    timestamp_ms: int
-    timeout_ms: int | None = None
-
-
-class CustomerResponse(NamedTuple):
-    conversation_id: str
-    customer_id: str
-    message_id: str
-    timestamp_ms: int
-
-
-Event = AgentMessage | CustomerResponse
-
-
-class TrackResult(NamedTuple):
-    status: str
-    generation: int
-    waiting_since_ms: int
-    next_due_ms: int | None
-
-
-class RespondResult(NamedTuple):
-    status: str
-    response_time_ms: int | None
-    generation: int
-
-
-Result = TrackResult | RespondResult
+APPLY = Script.load("apply")
 
 
 @dataclass(slots=True)
@@ -70,31 +46,33 @@ class Refused:
     epoch: int
 
 
-@dataclass(frozen=True, slots=True)
-class Conversation:
-    """What one conversation looks like now (the GET view)."""
+def apply_call(
+    shard: int, epoch: int, events: Sequence[Event], settings: Settings
+) -> Call[list[Result]]:
+    """Apply `events` (all of `shard`) in order; one result each. Raises EpochRefused,
+    having changed nothing, when the shard has seen a newer layout than `epoch`."""
+    k = ShardKeys.of(shard)
+    keys = [k.records, k.waiting, k.fired, k.retired, k.epoch, k.history]
+    args: list[Arg] = [
+        epoch,
+        settings.level_multipliers[0],
+        wake_channel(shard),
+        settings.finished_retention_ms,
+    ]
+    args += [apply_arg(e, settings.timeout_interval_ms) for e in events]
+    return Call(APPLY, keys, args, functools.partial(_results, events))
 
-    conversation_id: str
-    state: str
-    generation: int
-    waiting_since_ms: int
-    timeout_ms: int
-    agent_id: str
-    message_id: str
-    level_fired: int  # the highest level whose due time has come and that was fired
-    next_due_ms: int | None
-    response_time_ms: int | None
-    staged: int = 0  # the highest level fired or staged (PREFETCH_MS) in this period
-    answered_at_ms: int | None = None
-    answer_message_id: str | None = None
-    history: tuple[Entry, ...] = ()
-    now_ms: int = field(default=0, compare=False)  # Redis's clock when it was read
 
-    @property
-    def period(self) -> Period:
-        return Period(
-            self.generation, self.waiting_since_ms, self.timeout_ms, self.agent_id, self.message_id
-        )
+def _results(events: Sequence[Event], reply: list[Any]) -> list[Result]:
+    """The script's flat reply (4 values an event) as results."""
+    out: list[Result] = []
+    for j, event in enumerate(events):
+        status, gen, a, b = reply[4 * j : 4 * j + 4]
+        if isinstance(event, AgentMessage):
+            out.append(TrackResult(status, int(gen), int(a), b if b >= 0 else None))
+        else:
+            out.append(RespondResult(status, a if a >= 0 else None, int(gen)))
+    return out
 
 
 def apply_arg(event: Event, interval_ms: int) -> str:
@@ -143,30 +121,17 @@ class Store:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         settings: Settings,
-        scripts: Scripts,
         layout: LiveLayout | None = None,
         lane: AnyLane | None = None,
     ) -> None:
         self.redis = redis
         self.lane = lane  # the event scripts' calls go by it when given
         self.settings = settings
-        self.scripts = scripts
         self.layout = layout or LiveLayout(redis, settings)
         self.pending: list[tuple[Event, asyncio.Future[Result]]] = []
         self.flushing: set[asyncio.Task[None]] = set()
-
-    def _script_call(self, call: _Call, events: Sequence[Event], epoch: int) -> ScriptCall:
-        s = self.settings
-        args: list[Arg] = [
-            epoch,
-            s.level_multipliers[0],
-            wake_channel(call.shard),
-            s.finished_retention_ms,
-        ]
-        args += [apply_arg(events[i], s.timeout_interval_ms) for i in call.indices]
-        return self.scripts.apply, ShardKeys.of(call.shard).for_apply, args
 
     async def apply_many(self, events: Sequence[Event]) -> list[Result]:
         """Apply a batch: one script call per shard (CALL_SIZE events a call), in order.
@@ -198,9 +163,7 @@ class Store:
         """Apply events[todo] by `layout` into `results`; what was refused, or None."""
         if layout.previous is not None:
             try:
-                await move(
-                    self.redis, self.scripts, layout, {events[i].conversation_id for i in todo}
-                )
+                await move(self.redis, layout, {events[i].conversation_id for i in todo})
             except EpochRefused as exc:
                 return Refused(list(todo), exc.epoch)
         refused = Refused([], 0)
@@ -214,8 +177,11 @@ class Store:
                     live.append(call)
             if not live:
                 continue
-            script_calls = [self._script_call(c, events, layout.epoch) for c in live]
-            replies = await run_batch(self.lane or self.redis, script_calls, raise_on_error=False)
+            script_calls = [
+                apply_call(c.shard, layout.epoch, [events[i] for i in c.indices], self.settings)
+                for c in live
+            ]
+            replies = await run_each(self.lane or self.redis, script_calls)
             for call, reply in zip(live, replies, strict=True):
                 if isinstance(reply, EpochRefused):
                     closed.add(call.shard)
@@ -224,7 +190,8 @@ class Store:
                 elif isinstance(reply, Exception):
                     raise reply
                 else:
-                    _results(call, events, reply, results)
+                    for index, result in zip(call.indices, reply, strict=True):
+                        results[index] = result
         return Refused(sorted(refused.indices), refused.epoch) if closed else None
 
     async def apply(self, event: Event) -> Result:
@@ -277,7 +244,7 @@ class Store:
         k = ShardKeys.of(shard)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(k.records, conversation_id)
-            pipe.hget(k.states, conversation_id)
+            pipe.hget(k.fired, conversation_id)
             pipe.zscore(k.waiting, conversation_id)
             pipe.hget(k.moving, conversation_id)
             pipe.hget(k.history, conversation_id)
@@ -336,35 +303,23 @@ class Store:
         )
 
 
-def _results(
-    call: _Call, events: Sequence[Event], reply: list[Any], results: list[Result | None]
-) -> None:
-    """A script's flat reply (4 values an event) into results."""
-    for j, index in enumerate(call.indices):
-        status, gen, a, b = reply[4 * j : 4 * j + 4]
-        if isinstance(events[index], AgentMessage):
-            results[index] = TrackResult(status, int(gen), int(a), b if b >= 0 else None)
-        else:
-            results[index] = RespondResult(status, a if a >= 0 else None, int(gen))
-
-
 def _conversation(
     conversation_id: str, raw: str, fired: str | None, due: float | None
 ) -> Conversation:
-    r = raw.split("|")
-    answered = r[0] == "A"
+    r = Record.parse(raw)
+    answered = r.state == "A"
     return Conversation(
         conversation_id=conversation_id,
-        state=STATES[r[0]],
-        generation=int(r[1]),
-        waiting_since_ms=int(r[2]),
-        timeout_ms=int(r[3]),
-        agent_id=r[4],
-        message_id=r[5],
+        state=RECORD_STATES[r.state],
+        generation=int(r.generation),
+        waiting_since_ms=int(r.since_ms),
+        timeout_ms=int(r.interval_ms),
+        agent_id=r.agent_id,
+        message_id=r.message_id,
         level_fired=int(fired or 0),
         next_due_ms=int(due) if due is not None else None,
-        response_time_ms=int(r[9]) if r[9] else None,
+        response_time_ms=int(r.response_ms) if r.response_ms else None,
         staged=int(fired or 0),
-        answered_at_ms=int(r[6]) if answered else None,
-        answer_message_id=r[8] if answered else None,
+        answered_at_ms=int(r.newest_ms) if answered else None,
+        answer_message_id=r.answer_message_id if answered else None,
     )

@@ -5,26 +5,52 @@ from __future__ import annotations
 import logging
 import math
 import zlib
-from typing import cast
-
-from redis.asyncio import Redis, RedisCluster
 
 from tracker import metrics
-from tracker.redis.connection import is_cluster, redis_time_ms
+from tracker.redis import cluster
+from tracker.redis.connection import Client, redis_time_ms
 from tracker.redis.keys import PODS, ShardKeys
-from tracker.redis.scripts import Call, Scripts, run_batch
+from tracker.redis.scripts import Call, Script, run, run_all
 from tracker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ACQUIRE = Script.load("lease_acquire")
+RENEW = Script.load("lease_renew")
+RELEASE = Script.load("lease_release")
+
+
+def acquire_call(shard: int, pod_id: str, ttl_ms: int) -> Call[str | None]:
+    """Take the shard's lease if free (or this pod's): its value ``pod|token``, else None."""
+    k = ShardKeys.of(shard)
+    return Call(ACQUIRE, [k.leader, k.fence], [pod_id, ttl_ms], _taken)
+
+
+def _taken(reply: list[int | str]) -> str | None:
+    taken, value = reply
+    return str(value) if int(taken) else None
+
+
+def renew_call(shard: int, value: str, ttl_ms: int) -> Call[bool]:
+    """Extend the lease `value` for `ttl_ms`: False when it is no longer ours."""
+    return Call(RENEW, [ShardKeys.of(shard).leader], [value, ttl_ms], _flag)
+
+
+def release_call(shard: int, value: str) -> Call[bool]:
+    """Give the lease `value` up: False when it was not ours any more."""
+    return Call(RELEASE, [ShardKeys.of(shard).leader], [value], _flag)
+
+
+def _flag(reply: int) -> bool:
+    return bool(int(reply))
 
 
 class Leases:
     """The shard leases this pod holds; ``balance`` renews them and moves toward a fair share."""
 
-    def __init__(self, redis: Redis, settings: Settings, scripts: Scripts) -> None:
+    def __init__(self, redis: Client, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self.scripts = scripts
         self.held: dict[int, str] = {}
         self.gauge = metrics.LEASES_HELD.labels(settings.pod_id)
         self.count = 0
@@ -51,16 +77,10 @@ class Leases:
         return max(1, int(count))
 
     async def servers(self) -> dict[int, str]:
-        """Which Redis server holds each shard: the cluster node of its slot, or else the
-        run id of the one server (it changes when a failover or restart replaces it)."""
-        shards = range(self.count)
-        if is_cluster(self.redis):
-            cluster = cast(RedisCluster, self.redis)
-            await cluster.initialize()
-            nodes = {s: cluster.get_node_from_key(ShardKeys.of(s).leader) for s in shards}
-            return {s: node.name if node else "none" for s, node in nodes.items()}
-        info = await self.redis.info("server")
-        return dict.fromkeys(shards, str(info["run_id"]))
+        """Which Redis server holds each shard (tracker/redis/cluster.py)."""
+        return await cluster.servers(
+            self.redis, {s: ShardKeys.of(s).leader for s in range(self.count)}
+        )
 
     async def balance(self) -> tuple[list[int], list[int]]:
         """Renew, then take or give up shards toward the shard count / live pods.
@@ -99,22 +119,18 @@ class Leases:
         if not shards:
             return []
         ttl = self.settings.leader_ttl_ms
-        renew = self.scripts.lease_renew
-        calls: list[Call] = [(renew, [ShardKeys.of(s).leader], [self.held[s], ttl]) for s in shards]
-        results = await run_batch(self.redis, calls)
-        lost = [s for s, ok in zip(shards, results, strict=True) if not int(ok)]
+        renewed = await run_all(self.redis, [renew_call(s, self.held[s], ttl) for s in shards])
+        lost = [s for s, ok in zip(shards, renewed, strict=True) if not ok]
         for shard in lost:
             del self.held[shard]
         return lost
 
     async def _acquire(self, shard: int) -> bool:
-        k = ShardKeys.of(shard)
-        taken, value = await self.scripts.lease_acquire.run(
-            self.redis, k.for_lease, [self.settings.pod_id, self.settings.leader_ttl_ms]
-        )
-        if int(taken):
-            self.held[shard] = str(value)
-        return bool(int(taken))
+        s = self.settings
+        value = await run(self.redis, acquire_call(shard, s.pod_id, s.leader_ttl_ms))
+        if value is not None:
+            self.held[shard] = value
+        return value is not None
 
     def drop(self, shard: int) -> None:
         """Forget a shard whose script said FENCED: another holder has it."""
@@ -125,7 +141,7 @@ class Leases:
     async def release(self, shard: int) -> None:
         value = self.held.pop(shard, None)
         if value is not None:
-            await self.scripts.lease_release.run(self.redis, [ShardKeys.of(shard).leader], [value])
+            await run(self.redis, release_call(shard, value))
 
     async def release_all(self) -> None:
         for shard in list(self.held):

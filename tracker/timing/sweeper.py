@@ -14,24 +14,26 @@ import functools
 import logging
 import math
 import time
+from typing import NamedTuple
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tracker import metrics
-from tracker.delivery import consumer
-from tracker.delivery.pipeline import Deliverer
+from tracker.delivery.loop import serve
+from tracker.delivery.pipeline import Pipeline
+from tracker.delivery.reader import StreamReader
 from tracker.delivery.sinks import build_sinks
 from tracker.pod.heartbeat import Heartbeat
+from tracker.redis import cluster
 from tracker.redis.backoff import Backoff, report
 from tracker.redis.clock import RedisClock
-from tracker.redis.connection import connect, pubsub_client
+from tracker.redis.connection import Client, connect
 from tracker.redis.keys import WAKE_CHANNEL_PREFIX, ShardKeys
 from tracker.redis.replies import FencedError
-from tracker.redis.scripts import Scripts
+from tracker.redis.scripts import Arg, Call, Script, run
 from tracker.settings import Settings
+from tracker.state.layout import LiveLayout
 from tracker.timing import maintenance, progress
-from tracker.timing.layout import LiveLayout
 from tracker.timing.lease import Leases
 
 log = logging.getLogger(__name__)
@@ -39,13 +41,50 @@ log = logging.getLogger(__name__)
 MAINTENANCE_EVERY_S = 5.0
 PROGRESS_WRITE_S = 0.5
 
+SWEEP = Script.load("sweep")
+
+
+class Swept(NamedTuple):
+    fired: int  # notifications staged in the shard's outbox
+    next_due_ms: float  # the shard's earliest deadline left (inf: none)
+    now_ms: int  # Redis's clock
+    more: bool  # a full batch: sweep again
+
+
+def sweep_call(shard: int, lease: str, settings: Settings, batch: int | None = None) -> Call[Swept]:
+    """Stage what is due (within PREFETCH_MS) in the shard's outbox and arm the next level;
+    raises FencedError when `lease` is no longer the shard's."""
+    k = ShardKeys.of(shard)
+    keys = [
+        k.waiting,
+        k.fired,
+        k.records,
+        k.retired,
+        k.outbox,
+        k.leader,
+        k.counters,
+        k.history,
+    ]
+    args: list[Arg] = [
+        lease,
+        batch or settings.sweep_batch,
+        *settings.level_multipliers,
+        settings.finished_retention_ms,
+        settings.prefetch_ms,
+    ]
+    return Call(SWEEP, keys, args, _swept)
+
+
+def _swept(reply: list[int]) -> Swept:
+    fired, next_due, now, more = (int(v) for v in reply)
+    return Swept(fired, float(next_due) if next_due >= 0 else math.inf, now, bool(more))
+
 
 class Sweeper:
-    def __init__(self, settings: Settings, redis: Redis, scripts: Scripts) -> None:
+    def __init__(self, settings: Settings, redis: Client) -> None:
         self.settings = settings
         self.redis = redis
-        self.scripts = scripts
-        self.leases = Leases(redis, settings, scripts)
+        self.leases = Leases(redis, settings)
         self.layout = LiveLayout(redis, settings)
         self.next_due: dict[int, float] = {}  # shard -> due ms (Redis clock)
         self.last_sweep: dict[int, int] = {}
@@ -55,8 +94,6 @@ class Sweeper:
         self.hold_until: dict[int, float] = {}  # shard -> no sweep before this monotonic time
         self.next_progress_write = 0.0  # monotonic time of the next progress-file write
         self.wake = asyncio.Event()
-        args = [*settings.level_multipliers, settings.finished_retention_ms, settings.prefetch_ms]
-        self.sweep_args = [settings.sweep_batch, *args]
         # A sweep stages what is due within PREFETCH_MS; the next one comes when the earliest
         # deadline left is half that away: each sweep then moves half a prefetch's worth,
         # not the few deadlines that entered the window since the last one.
@@ -93,8 +130,6 @@ class Sweeper:
 
     async def sweep_shard(self, shard: int) -> int:
         """Sweep one shard until nothing is due; returns how many notifications it fired."""
-        k = ShardKeys.of(shard)
-        keys = k.for_sweep
         fired = 0
         while True:
             lease = self.leases.held.get(shard)
@@ -102,22 +137,22 @@ class Sweeper:
                 return fired
             started = time.perf_counter()
             try:
-                n, next_due, now, more = await self.scripts.sweep.run(
-                    self.redis, keys, [lease, *self.sweep_args]
-                )
+                swept = await run(self.redis, sweep_call(shard, lease, self.settings))
             except FencedError:
                 log.warning("fenced: lease lost shard=%d pod=%s", shard, self.settings.pod_id)
                 self.leases.drop(shard)
                 self.forget(shard)
                 return fired
             metrics.CHECK_DURATION.observe(time.perf_counter() - started)
-            self.clock.observe(int(now))
-            fired += int(n)
-            if int(n):
-                log.debug("swept shard=%d fired=%s next_due=%s", shard, n, next_due)
-            self.next_due[shard] = float(next_due) if int(next_due) >= 0 else float("inf")
+            self.clock.observe(swept.now_ms)
+            fired += swept.fired
+            if swept.fired:
+                log.debug(
+                    "swept shard=%d fired=%d next_due=%s", shard, swept.fired, swept.next_due_ms
+                )
+            self.next_due[shard] = swept.next_due_ms
             self.last_sweep[shard] = int(time.time() * 1000)
-            if not int(more):
+            if not swept.more:
                 return fired
 
     async def sweep_round(self, everything: bool) -> None:
@@ -154,7 +189,7 @@ class Sweeper:
                 if everything:
                     next_full = clock + self.settings.check_interval_ms / 1000
                 if clock >= next_maintenance:
-                    await maintenance.run(self.redis, self.scripts, sorted(self.leases.held))
+                    await maintenance.tidy(self.redis, sorted(self.leases.held))
                     next_maintenance = clock + MAINTENANCE_EVERY_S
                 timeout = min(self.sleep_s(), max(0.0, next_renew - time.monotonic()))
                 heartbeat.progress()
@@ -175,7 +210,7 @@ class Sweeper:
         while not stop.is_set():
             client = None
             try:
-                client = await pubsub_client(self.settings, self.redis)
+                client = await cluster.pubsub_client(self.settings, self.redis)
                 async with client.pubsub() as pubsub:
                     await pubsub.psubscribe(WAKE_CHANNEL_PREFIX + "*")
                     async for message in pubsub.listen():
@@ -209,13 +244,12 @@ async def _first(*events: asyncio.Event) -> None:
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
     redis = connect(settings)
-    scripts = Scripts()
-    sweeper = Sweeper(settings, redis, scripts)
+    sweeper = Sweeper(settings, redis)
     listener = asyncio.create_task(sweeper.listen_wakes(stop))
     heartbeat = Heartbeat(settings, "sweeper")
-    delivery: tuple[Deliverer, asyncio.Task[None], Heartbeat] | None = None
-    if settings.mode == "phase1":
-        delivery = _deliver_led_shards(settings, redis, scripts, sweeper, stop)
+    delivery: tuple[StreamReader, asyncio.Task[None], Heartbeat] | None = None
+    if settings.sweeper_delivers:
+        delivery = _deliver_led_shards(settings, redis, sweeper, stop)
     log.info(
         "sweeper started pod=%s mode=%s shards=%d",
         settings.pod_id,
@@ -227,9 +261,9 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         listener.cancel()
         if delivery is not None:  # it finishes the batch in hand, then sees stop
-            deliverer, delivering, delivery_heartbeat = delivery
+            reader, delivering, delivery_heartbeat = delivery
             await asyncio.gather(delivering, return_exceptions=True)
-            await deliverer.close()
+            await reader.close()
             delivery_heartbeat.clear()
         with contextlib.suppress(RedisError):
             await sweeper.leases.release_all()
@@ -242,30 +276,22 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def _deliver_led_shards(
-    settings: Settings, redis: Redis, scripts: Scripts, sweeper: Sweeper, stop: asyncio.Event
-) -> tuple[Deliverer, asyncio.Task[None], Heartbeat]:
+    settings: Settings, redis: Client, sweeper: Sweeper, stop: asyncio.Event
+) -> tuple[StreamReader, asyncio.Task[None], Heartbeat]:
     """Phase 1: the lease holder delivers what it enqueued, for the shards it leads. Only a
     lease holder reads a shard, so an entry idle half a lease TTL belongs to a holder that
     lost its lease: claim it then, not after DELIVERY_TIMEOUT_MS. A delivery loop that dies
     (a bug) stops the sweeper too, so that supervisord restarts the process."""
     sinks = build_sinks(settings, redis)
-    deliverer = Deliverer(
-        redis, settings, scripts, sinks, settings.pod_id, sweeper.layout, role="sweeper"
-    )
+    pipeline = Pipeline(redis, settings, sinks, settings.pod_id, sweeper.layout, role="sweeper")
+    reader = StreamReader(pipeline, settings.pod_id)
     led = functools.partial(sorted, sweeper.leases.held)
     idle = min(settings.delivery_timeout_ms, settings.leader_ttl_ms // 2)
     heartbeat = Heartbeat(settings, "sweeper-delivery")
     delivering = asyncio.create_task(
-        consumer.serve(
-            deliverer,
-            settings,
-            led,
-            stop,
-            heartbeat,
-            role="sweeper",
-            block_ms=100,
-            claim_idle_ms=idle,
+        serve(
+            reader, settings, led, stop, heartbeat, role="sweeper", block_ms=100, claim_idle_ms=idle
         )
     )
     delivering.add_done_callback(lambda _: stop.set())
-    return deliverer, delivering, heartbeat
+    return reader, delivering, heartbeat

@@ -15,17 +15,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tracker.redis.keys import LAYOUT, ShardKeys, shard_of
+from tracker.redis.connection import Client
+from tracker.redis.keys import LAYOUT, shard_of
 from tracker.redis.replies import EpochRefused
-from tracker.redis.scripts import Call, Scripts, run_batch
+from tracker.redis.scripts import Call, Script, run, run_each
 from tracker.settings import Settings
+from tracker.state.moves import take_out_call
 
 log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0
+
+SET_LAYOUT = Script.load("layout_set")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,21 +66,22 @@ class Layout:
         return [n for n in self.shards() if n % processes == index]
 
 
-async def set_layout(redis: Redis, scripts: Scripts, read: Layout, new: Layout) -> bool:
-    """Compare-and-set the layout on the epoch read."""
+def set_layout_call(read: Layout, new: Layout) -> Call[bool]:
+    """Compare-and-set the layout on the epoch read: False when it changed since."""
     previous = "" if new.previous is None else new.previous
     args = [read.epoch, new.count, previous, new.epoch]
-    return bool(int(await scripts.layout_set.run(redis, [LAYOUT], args)))
+    return Call(SET_LAYOUT, [LAYOUT], args, lambda reply: bool(int(reply)))
 
 
-async def fence(redis: Redis, scripts: Scripts, layout: Layout) -> bool:
+async def set_layout(redis: Client, read: Layout, new: Layout) -> bool:
+    return await run(redis, set_layout_call(read, new))
+
+
+async def fence(redis: Client, layout: Layout) -> bool:
     """Raise every shard's epoch to the layout's (a take-out of no conversations); False
     when a shard has seen a newer one."""
-    calls: list[Call] = [
-        (scripts.migrate_out, ShardKeys.of(shard).for_take_out, [layout.epoch])
-        for shard in layout.shards()
-    ]
-    for reply in await run_batch(redis, calls, raise_on_error=False):
+    calls = [take_out_call(shard, layout.epoch) for shard in layout.shards()]
+    for reply in await run_each(redis, calls):
         if isinstance(reply, EpochRefused):
             return False
         if isinstance(reply, Exception):
@@ -85,7 +89,7 @@ async def fence(redis: Redis, scripts: Scripts, layout: Layout) -> bool:
     return True
 
 
-async def read_layout(redis: Redis, default_count: int) -> Layout:
+async def read_layout(redis: Client, default_count: int) -> Layout:
     """The live layout; the first process to ask records ``default_count`` as the layout."""
     raw = await redis.hgetall(LAYOUT)
     if not raw:
@@ -97,12 +101,11 @@ async def read_layout(redis: Redis, default_count: int) -> Layout:
 class LiveLayout:
     """A process's copy of the layout, loaded before first use and followed from then on."""
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Client, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
         self.current = Layout(settings.shard_count)
         self.loaded = False
-        self.scripts = Scripts()
 
     async def get(self) -> Layout:
         """The layout, loading it from Redis the first time."""
@@ -139,14 +142,14 @@ class LiveLayout:
         if layout.epoch >= epoch:
             return layout
         raised = Layout(layout.count, layout.previous, epoch + 1)
-        if await set_layout(self.redis, self.scripts, layout, raised):
+        if await set_layout(self.redis, layout, raised):
             log.warning(
                 "shard layout epoch %d below a shard's %d (Redis lost data): raised to %d",
                 layout.epoch,
                 epoch,
                 raised.epoch,
             )
-            await fence(self.redis, self.scripts, raised)
+            await fence(self.redis, raised)
         return await self.refresh()
 
     async def follow(self) -> None:
