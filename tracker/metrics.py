@@ -138,7 +138,7 @@ HTTP_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
-# Made at scrape time by the API process (tracker/podmetrics.py), not kept in files.
+# Made at scrape time by the API process (tracker/pod/podmetrics.py), not kept in files.
 LAST_SWEEP = "timeout_last_sweep_timestamp_seconds"
 BUILD_INFO = "tracker_build_info"
 #: prometheus_client's ProcessCollector families, as tracker_process_resident_memory_bytes,

@@ -87,7 +87,10 @@ def schemas(settings: Settings) -> dict[str, Any]:
         "type": "object",
         "required": ["customer_id", "message_id"],
         "properties": {
-            "customer_id": _id("The customer who answered"),
+            "customer_id": _id(
+                "The customer who answered: checked like every id, not stored (the tracker "
+                "keeps the answering message id and the response time)"
+            ),
             "message_id": _id("The customer message; a replay of the same id is a no-op"),
             "timestamp": TIMESTAMP,
         },

@@ -1,4 +1,5 @@
-"""Notification events: built from a shard stream entry, identified deterministically."""
+"""Notifications: built from a shard outbox entry, identified deterministically (event_id,
+the contract's name for a notification's id)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ Entries = list[tuple[str, dict[str, str]]]
 #: A shard stream entry's one field, and a dead letter's fields, in the order of the values.
 PACKED = "e"
 READABLE = ("c", "l", "g", "s", "d", "a", "m")
-#: The fields of a notification event, in the order of the outbound stream's entries.
+#: The fields of a notification, in the order of the outbound stream's entries.
 OUTBOUND = (
     "event_id",
     "conversation_id",
@@ -50,7 +51,7 @@ class Notification(NamedTuple):
     message_id: str
     waiting_since_ms: int
     due_at_ms: int
-    #: The event's values but fired_at: made when the entry is read (before the due time,
+    #: The notification's values but fired_at: made when the entry is read (before the due time,
     #: with prefetch), so that sending costs little.
     known_values: tuple[str, ...] = ()
     #: This notification as deliver_stream.lua takes it, made when the entry is read too.
@@ -79,8 +80,8 @@ class Notification(NamedTuple):
             raise MalformedEntry("generation, waiting-since and due must be whole numbers")
         n = cls(entry_id, shard, c, int(level), int(gen), agent, message, int(since), int(due))
         known = n.values_before_firing()
-        event, _, _, _, _, since_at, due_at = known
-        direct = (entry_id, c, gen, due, level, event, agent, message, since_at, due_at)
+        eid, _, _, _, _, since_at, due_at = known
+        direct = (entry_id, c, gen, due, level, eid, agent, message, since_at, due_at)
         return n._replace(known_values=known, direct_args=direct)
 
     def _entry_values(self) -> tuple[str, ...]:
@@ -119,7 +120,7 @@ class Notification(NamedTuple):
         return f"{self.conversation_id}|{self.generation}|{self.level}"
 
     def values_before_firing(self) -> tuple[str, ...]:
-        """The event's values in OUTBOUND order, fired_at left out."""
+        """The notification's values in OUTBOUND order, fired_at left out."""
         return (
             self.event_id,
             self.conversation_id,
@@ -135,7 +136,7 @@ class Notification(NamedTuple):
         return Outgoing(self, fired_at_ms, fired_at or format_ms(fired_at_ms))
 
     def outbound_values(self, fired_at: str) -> tuple[str, ...]:
-        """Every value of the event, in OUTBOUND order."""
+        """Every value of the notification, in OUTBOUND order."""
         return (*(self.known_values or self.values_before_firing()), fired_at)
 
 
@@ -148,7 +149,7 @@ class Outgoing(NamedTuple):
 
     @property
     def payload(self) -> dict[str, Any]:
-        """The event as JSON sends it: the outbound stream's fields, the level a number."""
+        """The notification as JSON sends it: the outbound stream's fields, the level a number."""
         payload: dict[str, Any] = dict(
             zip(OUTBOUND, self.notification.outbound_values(self.fired_at), strict=True)
         )

@@ -30,7 +30,7 @@ class Sink(Protocol):
     name: str
 
     async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
-        """Deliver each event; report each one's failure instead of raising."""
+        """Deliver each notification; report each one's failure instead of raising."""
         ...
 
     async def close(self) -> None: ...
@@ -60,8 +60,8 @@ def notify_stream_call(stream: str, maxlen: int, batch: Sequence[Outgoing]) -> C
 
 
 class StreamSink:
-    """XADD each event to NOTIFY_STREAM (approximately capped): one script call a batch, so
-    the client packs one command and parses one reply instead of one per event."""
+    """XADD each notification to NOTIFY_STREAM (approximately capped): one script call a batch, so
+    the client packs one command and parses one reply instead of one per notification."""
 
     name = "stream"
 
@@ -76,7 +76,7 @@ class StreamSink:
         try:
             await run(self.redis, notify_stream_call(self.stream, self.maxlen, batch))
         except RedisError as exc:
-            if is_outage(exc):  # not the events' fault: they wait, no attempt spent
+            if is_outage(exc):  # not the notifications' fault: they wait, no attempt spent
                 return [Deferred(f"stream sink: {exc}", STREAM_RETRY_S)] * len(batch)
             return [DeliveryError(f"stream sink: {exc}")] * len(batch)
         return [None] * len(batch)
@@ -87,7 +87,7 @@ class StreamSink:
 
 class Deferred(DeliveryError):
     """Not attempted: the entry stays pending, keeps its attempts, and comes back after
-    `retry_after_s`, or as soon as `until` is set. Nothing is wrong with the event; the way
+    `retry_after_s`, or as soon as `until` is set. Nothing is wrong with the notification; the way
     out is blocked for now."""
 
     def __init__(
@@ -188,10 +188,10 @@ MAX_RESPONSE_BYTES = 64 * 1024
 
 
 class WebhookSink:
-    """One signed POST per event (Standard Webhooks), through libcurl (tracker/curl.py);
+    """One signed POST per notification (Standard Webhooks), through libcurl (delivery/curl.py);
     4xx but 408 and 429 is permanent. Redirects are not followed: a 3xx is a failure that
     names where it points (following a 301/302 turns the POST into a GET without the body:
-    the event would be lost unseen). At most MAX_RESPONSE_BYTES of an answer are read.
+    the notification would be lost unseen). At most MAX_RESPONSE_BYTES of an answer are read.
 
     A circuit breaker stops sending while the endpoint keeps failing.
     """
@@ -238,7 +238,7 @@ class WebhookSink:
             return DeliveryError(f"webhook: HTTP {status} redirect to {where}")
         permanent = 400 <= status < 500 and status not in (408, 429)
         if permanent:
-            self.breaker.success()  # the endpoint is up; this one event is refused
+            self.breaker.success()  # the endpoint is up; this one notification is refused
         else:
             self.breaker.failure()
         return DeliveryError(f"webhook: HTTP {status}", permanent=permanent)

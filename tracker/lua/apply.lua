@@ -24,13 +24,17 @@ if refused then return refused end
 local SEEN_MAX = 16
 local AGENT_EVENT = '^a|([^|]*)|([^|]*)|([^|]*)|(-?%d+)|(%d+)$'
 local CUSTOMER_EVENT = '^c|([^|]*)|([^|]*)|(-?%d+)$'
+-- The captures of an event e, by position (e[E_ID] is its conversation id):
+local E_ID = 1
+local A_AGENT, A_MESSAGE, A_TS, A_INTERVAL = 2, 3, 4, 5  -- an agent message's
+local C_MESSAGE, C_TS = 2, 3  -- a customer response's
 local events, ids = {}, {}
 for i = 5, #ARGV do
   local arg = ARGV[i]
   local e = {string.match(arg, string.byte(arg) == 97 and AGENT_EVENT or CUSTOMER_EVENT)}
   e.agent = #e == 5
   events[#events + 1] = e
-  ids[#ids + 1] = e[1]
+  ids[#ids + 1] = e[E_ID]
 end
 local records = load_records(KEYS[1], ids)
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
@@ -79,7 +83,7 @@ local function close_period(id, r)
 end
 
 local function agent_message(e)
-  local id, message_id, ts = e[1], e[3], tonumber(e[4])
+  local id, message_id, ts = e[E_ID], e[A_MESSAGE], tonumber(e[A_TS])
   if ts == 0 then ts = clock() end
   local r = records[id]
   if r and (seen(r, message_id) or ts < tonumber(r[NEWEST])) then
@@ -95,9 +99,9 @@ local function agent_message(e)
     put(fired, id, false)
     put(retired, id, false)
   end
-  local interval = tonumber(e[5])
+  local interval = tonumber(e[A_INTERVAL])
   local due = ts + level_offset(ARGV[2], interval)
-  r = {'W', gen, ts, interval, e[2], message_id, ts, earlier, '', ''}
+  r = {'W', gen, ts, interval, e[A_AGENT], message_id, ts, earlier, '', ''}
   records[id] = r
   put(saved, id, join(r))
   put(waiting, id, due)
@@ -106,7 +110,7 @@ local function agent_message(e)
 end
 
 local function customer_response(e)
-  local id, message_id, ts = e[1], e[2], tonumber(e[3])
+  local id, message_id, ts = e[E_ID], e[C_MESSAGE], tonumber(e[C_TS])
   if ts == 0 then ts = clock() end
   local r = records[id]
   if not r then return 'not_waiting', 0, -1, 0 end

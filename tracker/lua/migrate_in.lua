@@ -13,19 +13,21 @@ local held = load_records(KEYS[1], ids)
 local head = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
 local earliest = tonumber(head[2]) or math.huge
 local saved, due_at, fired, retire_at, histories = writes(), writes(), writes(), writes(), writes()
-local HISTORY_AFTER = '^' .. string.rep('[^|]*|', RECORD_FIELDS + 3) .. '(.*)$'  -- the payload's last
+-- A payload (migrate_out.lua) is the record's fields, then these, then the history:
+local MOVED_DUE, MOVED_LEVEL, MOVED_RETIRE = RECORD_FIELDS + 1, RECORD_FIELDS + 2, RECORD_FIELDS + 3
+local HISTORY_AFTER = '^' .. string.rep('[^|]*|', MOVED_RETIRE) .. '(.*)$'
 local placed, wake = 0, nil
 for i = 2, #ARGV, 2 do
-  local id, p = ARGV[i], split(ARGV[i + 1], RECORD_FIELDS + 3)
+  local id, p = ARGV[i], split(ARGV[i + 1], MOVED_RETIRE)
   if not held[id] and saved.values[id] == nil then
     put(saved, id, join(p))
-    if p[11] ~= '' then
-      local due = tonumber(p[11])
+    if p[MOVED_DUE] ~= '' then
+      local due = tonumber(p[MOVED_DUE])
       put(due_at, id, due)
       if due < earliest then earliest, wake = due, due end
     end
-    if p[12] ~= '' then put(fired, id, p[12]) end
-    if p[13] ~= '' then put(retire_at, id, p[13]) end
+    if p[MOVED_LEVEL] ~= '' then put(fired, id, p[MOVED_LEVEL]) end
+    if p[MOVED_RETIRE] ~= '' then put(retire_at, id, p[MOVED_RETIRE]) end
     local history = string.match(ARGV[i + 1], HISTORY_AFTER)
     if history and history ~= '' then put(histories, id, history) end
     placed = placed + 1

@@ -1,4 +1,4 @@
--- Shared helpers, prepended to every script by tracker/scripts.py.
+-- Shared helpers, prepended to every script by tracker/redis/scripts.py.
 -- A conversation record is one string in conversations:{N}, fields joined by '|'; the
 -- names below are their positions (r[GEN] is the generation of record r):
 local STATE, GEN, SINCE, INTERVAL, AGENT, MESSAGE = 1, 2, 3, 4, 5, 6
@@ -88,7 +88,7 @@ local function remove(command, key, w)
 end
 
 -- history:{N} holds each conversation's delivery history: entries oldest first, joined by
--- newlines, each 'kind|at ms|generation|...' (tracker/history.py reads them), at most
+-- newlines, each 'kind|at ms|generation|...' (tracker/state/history.py reads them), at most
 -- HISTORY_MAX bytes a conversation (the oldest entries go first). `notes` collects the
 -- entries a script adds: writes() of conversation id -> list of entries. The write is best
 -- effort (pcall): a Redis at maxmemory refuses it (OOM), and what the script did before,

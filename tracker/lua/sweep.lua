@@ -56,7 +56,7 @@ for k, id in ipairs(ids) do
       note(notes, id, 'K|' .. now .. '|' .. gen .. '|' .. skipped)
     end
     if level > last then
-      -- one field (see tracker/events.py): conversation|level|generation|waiting since|
+      -- one field (see tracker/delivery/notification.py): conversation|level|generation|waiting since|
       -- due|agent|agent message, cheaper to write, read and parse than seven
       call('XADD', KEYS[5], '*', 'e',
         id .. '|' .. level .. '|' .. gen .. '|' .. since_s .. '|' .. due_of(level, a1, a2, a3)

@@ -1,4 +1,5 @@
-"""Conversation state in Redis: typed wrappers around the track and respond scripts."""
+"""Conversation state in Redis: events applied through the apply script, in request order per
+conversation, and the reads behind GET."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """The sweeper role: hold shard leases, move due timeouts into the shard streams on time.
 
-It sleeps until PREFETCH_MS before the earliest deadline of the shards it leads (at most
-CHECK_INTERVAL_MS), and a wake message from the track script cuts the sleep short when an
-earlier deadline arrives. What it moves early, the consumers hold until it is due. In
-phase 1 it also delivers what it enqueued.
+Each sweep stages what is due within PREFETCH_MS in the shard's outbox. Between sweeps it
+sleeps until half of PREFETCH_MS before the earliest deadline of the shards it leads (at most
+CHECK_INTERVAL_MS), so every deadline is staged at least half a prefetch early; a wake
+message from the apply script cuts the sleep short when an earlier deadline arrives. What it
+stages early, the deliverers hold until it is due. With MODE=phase1 it also delivers what it
+staged (the sweeper delivers); with phase2 the consumer processes do.
 """
 
 from __future__ import annotations
