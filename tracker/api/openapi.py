@@ -12,6 +12,7 @@ import orjson
 
 from tracker.api.edge import MAX_BODY, REQUEST_ID_HEADER
 from tracker.api.validation import MAX_BATCH
+from tracker.delivery.notification import OUTBOUND
 from tracker.model import ID_PATTERN
 from tracker.ops import schema as admin
 from tracker.settings import Settings
@@ -280,16 +281,7 @@ def notification_schema() -> dict[str, Any]:
     time = {"type": "string", "format": "date-time"}
     return {
         "type": "object",
-        "required": [
-            "event_id",
-            "conversation_id",
-            "level",
-            "agent_id",
-            "message_id",
-            "waiting_since",
-            "due_at",
-            "fired_at",
-        ],
+        "required": list(OUTBOUND),
         "properties": {
             "event_id": {
                 "type": "string",
