@@ -9,7 +9,7 @@ import redis as sync_redis
 
 from bench.harness import redis_benchmark, settings_for
 from bench.report import Report
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 from tracker.model import AgentMessage
 from tracker.settings import Settings
 from tracker.state.store import APPLY, apply_call

@@ -20,8 +20,9 @@ import uvloop
 
 from bench import harness
 from bench.report import Report
-from tests.processes import Role, role_env, running_api, wait_http
-from tests.redis_server import RedisServer, free_port
+from tests.support.processes import Role, role_env, running_api
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_http
 
 WRK_SECONDS = 4
 #: Connections for the two-process figure: enough to keep both processes busy.

@@ -24,7 +24,7 @@ import uvloop
 from bench import burst, competitors
 from bench.competitors import Outcome
 from bench.report import Report
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 WORKLOADS = {
     "spread": burst.Workload(window_ms=1000),

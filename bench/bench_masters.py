@@ -19,7 +19,7 @@ import uvloop
 
 from bench import harness
 from bench.report import Report
-from tests.redis_cluster import RedisCluster
+from tests.support.redis_cluster import RedisCluster
 from tracker.redis.connection import connect
 from tracker.redis.scripts import run
 from tracker.settings import Settings

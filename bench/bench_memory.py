@@ -14,7 +14,7 @@ import redis as sync_redis
 
 from bench.harness import settings_for
 from bench.report import Report
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 from tracker.model import AgentMessage, Event
 from tracker.redis.keys import ShardKeys, shard_of
 from tracker.settings import Settings

@@ -24,8 +24,9 @@ import redis as sync_redis
 
 from bench.downstream import Downstream
 from bench.report import Report
-from tests.processes import Role, role_env, wait_http
-from tests.redis_server import RedisServer, free_port
+from tests.support.processes import Role, role_env
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_http
 
 RUNS = 10
 CONVERSATIONS = 300

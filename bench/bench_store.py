@@ -12,7 +12,7 @@ import uvloop
 
 from bench import harness
 from bench.report import Report
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 from tracker.redis.connection import connect
 from tracker.state.store import Store
 

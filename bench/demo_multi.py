@@ -12,8 +12,10 @@ from pathlib import Path
 
 import redis as sync_redis
 
-from tests.processes import Pod, Receiver, post_events, wait_http, wait_until
-from tests.redis_server import RedisServer
+from tests.support.processes import Pod, post_events
+from tests.support.receiver import Receiver
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_http, wait_until
 from tracker.redis.keys import ShardKeys
 from tracker.timefmt import parse_rfc3339_ms
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.processes import SECRET
-from tests.redis_server import free_port
+from tests.support.receiver import SECRET
+from tests.support.redis_server import free_port
 
 
 @dataclass(frozen=True, slots=True)

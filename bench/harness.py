@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.processes import Role, role_env
+from tests.support.processes import Role, role_env
 from tracker.model import AgentMessage, CustomerResponse, Event
 from tracker.redis.connection import Client
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys

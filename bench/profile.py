@@ -20,8 +20,9 @@ import uvloop
 from bench import burst, harness
 from bench.bench_http import bodies, post_all
 from bench.report import RESULTS_DIR
-from tests.processes import Role, role_env, wait_http
-from tests.redis_server import RedisServer, free_port
+from tests.support.processes import Role, role_env
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_http
 
 SECONDS = 8
 ROOT = str(Path(__file__).resolve().parents[1]) + "/"

@@ -26,8 +26,8 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from tests.processes import SECRET
-from tests.redis_server import free_port
+from tests.support.receiver import SECRET
+from tests.support.redis_server import free_port
 from tracker.delivery.notification import Notification
 from tracker.delivery.signing import decode_secret, sign
 

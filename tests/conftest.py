@@ -9,7 +9,7 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 from tracker.settings import Settings
 
 
@@ -52,7 +52,7 @@ def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The reliability table of the fault tests that ran, also written to var/reliability.md."""
-    from tests import reliability
+    from tests.support import reliability
 
     if not reliability.ROWS:
         return

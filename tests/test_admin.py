@@ -16,7 +16,7 @@ from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 from tracker.api.app import create_app
 from tracker.api.console import ASSETS
 from tracker.errors import ConfigError

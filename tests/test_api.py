@@ -19,7 +19,7 @@ from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
-from tests.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port
 from tracker.api.app import create_app
 from tracker.api.edge import MAX_BODY
 from tracker.api.validation import MAX_BATCH

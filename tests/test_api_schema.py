@@ -18,8 +18,8 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
-from tests.processes import running_api
-from tests.redis_server import RedisServer
+from tests.support.processes import running_api
+from tests.support.redis_server import RedisServer
 from tracker.api.openapi import document
 from tracker.settings import Settings
 

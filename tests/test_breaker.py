@@ -11,9 +11,9 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
-from tests.delivering import reader, sweep_once
-from tests.processes import SECRET
-from tests.redis_server import RedisServer, free_port
+from tests.support.delivering import reader, sweep_once
+from tests.support.receiver import SECRET
+from tests.support.redis_server import RedisServer, free_port
 from tracker.delivery.notification import Notification, Outgoing
 from tracker.delivery.reader import StreamReader
 from tracker.delivery.sinks import (

@@ -14,7 +14,7 @@ import orjson
 import pytest
 import redis as sync_redis
 
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 from tracker.delivery.notification import Notification
 from tracker.redis.keys import CONSUMER_GROUP, LAYOUT, ShardKeys, shard_of
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -22,9 +22,11 @@ from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
 from tests.conftest import make_settings
-from tests.processes import Receiver, Role, percentile, post_events, role_env, wait_http, wait_until
-from tests.redis_cluster import RedisCluster
-from tests.redis_server import free_port
+from tests.support.processes import Stack, percentile, post_events, running
+from tests.support.receiver import Receiver
+from tests.support.redis_cluster import RedisCluster
+from tests.support.redis_server import free_port
+from tests.support.waiting import wait_until
 from tracker.redis.connection import UNAVAILABLE, connect
 from tracker.redis.keys import ShardKeys, shard_of
 from tracker.redis.lane import ClusterLane, lane_for
@@ -42,61 +44,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     c.stop()
 
 
-def cluster_env(
-    cluster: RedisCluster, run_dir: Path, receiver: Receiver, **extra: str
-) -> dict[str, str]:
-    settings = {
-        "REDIS_MODE": "cluster",
-        "MODE": "phase2",
-        "SHARD_COUNT": str(SHARDS),
-        "CONSUMER_PROCESSES": "2",
-        "TIMEOUT_INTERVAL_MS": "500",
-        "LEADER_ELECTION_TTL": "2",
-        "DELIVERY_TIMEOUT_MS": "2000",
-        "NOTIFY_SINK": "webhook",
-        "NOTIFY_WEBHOOK_URL": receiver.url,
-        "NOTIFY_WEBHOOK_SECRET": receiver.secret,
-        "POD_ID": "cluster-pod",
-    }
-    return role_env(cluster.url, run_dir, **{**settings, **extra})
-
-
-def start_roles(env: dict[str, str], logs: Path) -> list[Role]:
-    return [
-        Role(["api"], env, logs / "api.log"),
-        Role(["sweeper"], env, logs / "sweeper.log"),
-        Role(["consumer", "--index", "0"], env, logs / "consumer0.log"),
-        Role(["consumer", "--index", "1"], env, logs / "consumer1.log"),
-    ]
-
-
-@dataclass
-class Running:
-    base: str
-    env: dict[str, str]
-    receiver: Receiver
+#: Every role of one pod, as separate processes.
+ROLES = ("api", "sweeper", "consumer --index 0", "consumer --index 1")
+SETTINGS = {
+    "REDIS_MODE": "cluster",
+    "MODE": "phase2",
+    "SHARD_COUNT": str(SHARDS),
+    "CONSUMER_PROCESSES": "2",
+    "TIMEOUT_INTERVAL_MS": "500",
+    "LEADER_ELECTION_TTL": "2",
+    "DELIVERY_TIMEOUT_MS": "2000",
+    "POD_ID": "cluster-pod",
+}
 
 
 @contextlib.asynccontextmanager
-async def roles_on(cluster: RedisCluster, tmp_path: Path, **extra: str) -> AsyncIterator[Running]:
-    """Every role on an emptied cluster, with a webhook receiver; afterwards none of them
-    may have printed a traceback."""
+async def roles_on(
+    cluster: RedisCluster, tmp_path: Path, **extra: str
+) -> AsyncIterator[tuple[Stack, Receiver]]:
+    """Every role on an emptied cluster, delivering to a webhook receiver."""
     cluster.client().flushall()
     receiver = Receiver()
-    await receiver.start()
-    port = free_port()
-    env = cluster_env(cluster, tmp_path / "run", receiver, PORT=str(port), **extra)
-    roles = start_roles(env, tmp_path)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_http(f"{base}/ready", timeout=30)
-        yield Running(base, env, receiver)
-    finally:
-        for role in roles:
-            role.stop()
-        await receiver.stop()
-    for role in roles:
-        assert "Traceback" not in role.output(), role.output()[-3000:]
+    settings = {**SETTINGS, **extra}
+    async with running(cluster.url, tmp_path, ROLES, receiver=receiver, env=settings) as stack:
+        yield stack, receiver
 
 
 async def all_accepted(base: str, prefix: str) -> bool:
@@ -107,17 +78,6 @@ async def all_accepted(base: str, prefix: str) -> bool:
         if r.status != 200:
             return False
         return all(item["status"] == "ok" for item in (await r.json())["results"])
-
-
-async def wait_until_async(
-    predicate: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.5
-) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await predicate():
-            return True
-        await asyncio.sleep(interval)
-    return False
 
 
 def messages(ids: list[str], kind: str) -> list[dict[str, str]]:
@@ -133,15 +93,15 @@ def messages(ids: list[str], kind: str) -> list[dict[str, str]]:
 
 
 async def test_phase2_flow_runs_on_redis_cluster(cluster: RedisCluster, tmp_path: Path) -> None:
-    async with roles_on(cluster, tmp_path) as run:
+    async with roles_on(cluster, tmp_path) as (run, receiver):
         ids = [f"cl-{i}" for i in range(300)]
         answered = ids[1::2]
         await post_events(run.base, messages(ids, "agent_message"))
         await post_events(run.base, messages(answered, "customer_response"))
         expected = {(c, lvl) for c in ids[::2] for lvl in (1, 2, 3)}
-        await wait_until(lambda: len(run.receiver.events) >= len(expected), timeout=30)
+        await wait_until(lambda: len(receiver.events) >= len(expected), timeout=30)
         await asyncio.sleep(0.7)
-        got = {(r.event["conversation_id"], r.event["level"]) for r in run.receiver.events}
+        got = {(r.event["conversation_id"], r.event["level"]) for r in receiver.events}
         assert got == expected
         async with aiohttp.ClientSession() as session:  # GET and its history, on a cluster
             async with session.get(f"{run.base}/conversations/{ids[0]}") as resp:
@@ -156,9 +116,9 @@ async def test_phase2_flow_runs_on_redis_cluster(cluster: RedisCluster, tmp_path
         assert len(holding) == 3, "the shards' keys should spread over every master"
         slots = {key_slot(ShardKeys.of(n).waiting.encode()) for n in range(SHARDS)}
         assert len(slots) == SHARDS
-        late = run.receiver.lateness_ms()
+        late = receiver.lateness_ms()
         print(
-            f"\ncluster: {len(run.receiver.events)} notifications, keys on {len(holding)} masters,"
+            f"\ncluster: {len(receiver.events)} notifications, keys on {len(holding)} masters,"
             f" lateness p50={percentile(late, 0.5)} ms p99={percentile(late, 0.99)} ms"
         )
 
@@ -223,22 +183,26 @@ async def test_reshard_on_redis_cluster_moves_conversations_across_slots(
     """8 -> 16 shards while the roles run: a move crosses slots (and masters) in three
     idempotent steps; every level of every unanswered conversation arrives, none of an
     answered one, and each record sits in its new shard."""
-    async with roles_on(cluster, tmp_path, LEVEL_MULTIPLIERS="1,5,9") as run:  # 0.5, 2.5, 4.5 s
+    async with roles_on(cluster, tmp_path, LEVEL_MULTIPLIERS="1,5,9") as (
+        run,
+        receiver,
+    ):  # 0.5, 2.5, 4.5 s
         before = [f"rc-{i}" for i in range(400)]
         await post_events(run.base, messages(before, "agent_message"))
         await post_events(run.base, messages(before[::4], "customer_response"))
         command = [sys.executable, "-m", "tracker", "reshard", "--to", "16"]
+        env = {**os.environ, **run.role_env()}
         done = await asyncio.to_thread(
-            subprocess.run, command, env=run.env, capture_output=True, text=True, timeout=120
+            subprocess.run, command, env=env, capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 0, done.stdout + done.stderr
         after = [f"rc-after-{i}" for i in range(100)]
         await post_events(run.base, messages(after, "agent_message"))
         unanswered = [c for c in before if c not in set(before[::4])] + after
         expected = {(c, lvl) for c in unanswered for lvl in (1, 2, 3)}
-        await wait_until(lambda: len(run.receiver.events) >= len(expected), timeout=30)
+        await wait_until(lambda: len(receiver.events) >= len(expected), timeout=30)
         await asyncio.sleep(0.7)
-        got = [(r.event["conversation_id"], r.event["level"]) for r in run.receiver.events]
+        got = [(r.event["conversation_id"], r.event["level"]) for r in receiver.events]
         assert set(got) == expected
         client = cluster.client()
         for shard in range(16):
@@ -251,7 +215,7 @@ async def test_a_killed_master_fails_over_and_nothing_is_lost(
     cluster: RedisCluster, tmp_path: Path
 ) -> None:
     # Levels due 4, 8 and 12 s after the agent message; the failover takes about 4 s.
-    async with roles_on(cluster, tmp_path, TIMEOUT_INTERVAL_MS="4000") as run:
+    async with roles_on(cluster, tmp_path, TIMEOUT_INTERVAL_MS="4000") as (run, receiver):
         ids = [f"fo-{i}" for i in range(200)]
         accepted = [
             r["result"]["conversation_id"]
@@ -269,11 +233,11 @@ async def test_a_killed_master_fails_over_and_nothing_is_lost(
         expected = {(c, lvl) for c in accepted for lvl in (2, 3)}
 
         def arrived() -> set[tuple[str, int]]:
-            return {(r.event["conversation_id"], r.event["level"]) for r in run.receiver.events}
+            return {(r.event["conversation_id"], r.event["level"]) for r in receiver.events}
 
         await wait_until(lambda: arrived() >= expected, timeout=45)
         # The API recovers by itself: its lanes read the new map of slots after the failure.
-        assert await wait_until_async(lambda: all_accepted(run.base, "after"), timeout=30)
+        await wait_until(lambda: all_accepted(run.base, "after"), timeout=30, interval=0.5)
         got = arrived()
         lost = expected - got
         level1 = sum(1 for _, level in got if level == 1)

@@ -11,7 +11,7 @@ from redis.exceptions import DataError
 from redis.typing import EncodableT
 
 from tests.conftest import make_settings
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 from tracker.redis.connection import connect, packed
 
 COMMANDS = [

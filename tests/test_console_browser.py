@@ -20,9 +20,11 @@ import pytest
 import redis as sync_redis
 from aiohttp import web
 
-from tests.browser import Page, chromium
-from tests.processes import Pod, Receiver, wait_http, wait_until
-from tests.redis_server import RedisServer
+from tests.support.browser import Page, chromium
+from tests.support.processes import Pod
+from tests.support.receiver import Receiver
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_http, wait_until
 from tracker.delivery.notification import Notification
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys, shard_of
 
@@ -202,7 +204,7 @@ async def test_the_console_shows_the_pod_and_replays_from_the_page(
         stuck = [p for p in t["pending"] if p[1] == STUCK and p[2] == "3"]
         return {UNDELIVERABLE, "malformed"} <= conversations and bool(stuck)
 
-    assert await wait_until(settled, timeout=60), truth(redis_sync)
+    await wait_until(settled, timeout=60, what=lambda: truth(redis_sync))
 
     async with chromium(tmp_path / "browser") as page:
         await page.navigate(f"{live.base}/console")
@@ -259,9 +261,11 @@ async def test_the_console_shows_the_pod_and_replays_from_the_page(
         # Replay from the page: the receiver now accepts it, and gets it.
         receiver.refuse.pop(UNDELIVERABLE)
         await click(page, f'tr[data-id="{undeliverable}"] button[data-action="replay"]')
-        assert await wait_until(
-            lambda: any(r.event["event_id"] == wanted for r in receiver.events), timeout=30
-        ), [r.event for r in receiver.events]
+        await wait_until(
+            lambda: any(r.event["event_id"] == wanted for r in receiver.events),
+            timeout=30,
+            what=lambda: [r.event for r in receiver.events],
+        )
         await page.wait_for(f"!document.querySelector('tr[data-id=\"{undeliverable}\"]')")
         await matches_the_pod(page, redis_sync)
 

@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from tests.conftest import make_settings
-from tests.delivering import reader, sweep_once
-from tests.redis_server import RedisServer
+from tests.support.delivering import reader, sweep_once
+from tests.support.redis_server import RedisServer
 from tracker.delivery.hold import Origin
 from tracker.delivery.notification import Notification, Outgoing
 from tracker.delivery.reader import StreamReader

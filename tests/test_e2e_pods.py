@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 import redis as sync_redis
 
-from tests.processes import Pod, Receiver, percentile, post_events, wait_http, wait_until
-from tests.redis_server import RedisServer
+from tests.support.processes import Pod, percentile, post_events, running
+from tests.support.receiver import Receiver
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
 
 pytestmark = pytest.mark.slow
@@ -31,7 +33,6 @@ POD_SETTINGS = {
     "LEVEL_MULTIPLIERS": "1,5,9",
     "LEADER_ELECTION_TTL": "2",
     "DELIVERY_TIMEOUT_MS": "2000",
-    "NOTIFY_SINK": "webhook",
 }
 
 
@@ -64,19 +65,11 @@ async def two_pods(
     redis_server: RedisServer, redis_sync: sync_redis.Redis, tmp_path: Path
 ) -> AsyncIterator[tuple[Pod, Pod, Receiver]]:
     receiver = Receiver()
-    await receiver.start()
-    hook = {"NOTIFY_WEBHOOK_URL": receiver.url, "NOTIFY_WEBHOOK_SECRET": receiver.secret}
-    pods = [Pod(n, redis_server.url, tmp_path, **POD_SETTINGS, **hook) for n in ("pod-a", "pod-b")]
-    try:
-        for pod in pods:
-            await wait_http(f"{pod.base}/ready", timeout=30)
-        yield pods[0], pods[1], receiver
-    finally:
-        for pod in pods:
-            pod.stop()
-        await receiver.stop()
-    for pod in pods:
-        assert "Traceback" not in pod.role.output(), pod.role.output()[-3000:]
+    pods = ["pod-a", "pod-b"]
+    async with running(
+        redis_server.url, tmp_path, pods=pods, receiver=receiver, env=POD_SETTINGS
+    ) as stack:
+        yield stack.pods[0], stack.pods[1], receiver
 
 
 async def test_two_pods_share_shards_and_deliver_every_level(
@@ -84,7 +77,7 @@ async def test_two_pods_share_shards_and_deliver_every_level(
 ) -> None:
     a, b, receiver = two_pods
     for pod in (a, b):  # RUNNING once each program stayed up for startsecs (3 s)
-        assert await wait_until(lambda p=pod: "STARTING" not in p.ctl("status"), timeout=20)
+        await wait_until(lambda p=pod: "STARTING" not in p.ctl("status"), timeout=20)
         status = pod.ctl("status")
         for program in (
             "api:api-0",
@@ -97,7 +90,7 @@ async def test_two_pods_share_shards_and_deliver_every_level(
             assert f"{program} " in status
             assert "RUNNING" in status.split(program, 1)[1].splitlines()[0]
 
-    assert await wait_until(lambda: sorted(leases(redis_sync).values()) == [4, 4], timeout=15)
+    await wait_until(lambda: sorted(leases(redis_sync).values()) == [4, 4], timeout=15)
 
     ids = [f"c-{i}" for i in range(2000)]
     answered = ids[1::2]
@@ -125,7 +118,7 @@ async def test_two_pods_share_shards_and_deliver_every_level(
 
     # One pod leaves the leader race: the other takes every shard, and new work is on time.
     assert "stopped" in a.ctl("stop", "sweeper")
-    assert await wait_until(lambda: leases(redis_sync) == {"pod-b": SHARDS}, timeout=15)
+    await wait_until(lambda: leases(redis_sync) == {"pod-b": SHARDS}, timeout=15)
     receiver.events.clear()
     late_ids = [f"late-{i}" for i in range(50)]
     await post_events(a.base, agent_messages(late_ids))
@@ -157,10 +150,10 @@ async def test_kill_consumer_mid_batch_loses_nothing(
             if c["name"] == consumer
         )
 
-    assert await wait_until(victim_has_pending, timeout=10, interval=0.01)
+    await wait_until(victim_has_pending, timeout=10, interval=0.01)
     os.kill(victim, signal.SIGKILL)
     expected = {(c, level) for c in ids for level in (1, 2, 3)}
-    assert await wait_until(
+    await wait_until(
         lambda: (
             {(r.event["conversation_id"], r.event["level"]) for r in receiver.events} >= expected
         ),

@@ -27,7 +27,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
 
-from tests.rawhttp import (
+from tests.support.rawhttp import (
     AGENT,
     CUSTOMER,
     GOOD,
@@ -42,7 +42,7 @@ from tests.rawhttp import (
     read_reply,
     start_api,
 )
-from tests.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port
 from tracker.api.app import create_app
 from tracker.api.edge import EDGE, MAX_BODY
 from tracker.api.server import start

@@ -17,8 +17,8 @@ import redis as sync_redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.processes import running_api
-from tests.redis_server import RedisServer
+from tests.support.processes import running_api
+from tests.support.redis_server import RedisServer
 from tracker.redis.keys import ShardKeys, shard_of
 from tracker.timefmt import format_ms
 

@@ -28,11 +28,13 @@ import pytest
 import redis as sync_redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import reliability
-from tests.faults import now_ms, program_pids, where_are
-from tests.load import assert_healthy, pairs, webhook_pod
-from tests.processes import Pod, Receiver, wait_until
-from tests.redis_server import RedisServer
+from tests.support import reliability
+from tests.support.faults import now_ms, program_pids, where_are
+from tests.support.load import assert_healthy, pairs, webhook_pod
+from tests.support.processes import Pod
+from tests.support.receiver import Receiver
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 from tracker.redis.keys import ShardKeys, shard_of
 from tracker.timefmt import parse_rfc3339_ms
 
@@ -157,7 +159,11 @@ async def settle(
     """Wait for everything that must arrive, then a second for anything stale, and check
     the guarantees; the row goes into the reliability report."""
     must, may = traffic.expected(fault_end_ms, affected)
-    await wait_until(lambda: set(pairs(receiver)) >= must, timeout=40)
+
+    def where() -> str:
+        return where_are(client, must - set(pairs(receiver)), SHARDS)
+
+    await wait_until(lambda: set(pairs(receiver)) >= must, timeout=40, what=where)
     superseded = await metric(pod, "timeout_notifications_suppressed_total", reason="superseded")
     await asyncio.sleep(1.0)
     lateness = receiver.lateness_ms()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,21 @@ import aiohttp
 import pytest
 import redis as sync_redis
 
-from tests import reliability
-from tests.faults import FAST, SPACED, agent, every_level, now_ms, pending_of, where_are
-from tests.processes import Receiver, Role, post_events, role_env, wait_http, wait_until
-from tests.redis_server import RedisServer, free_port
+from tests.support import reliability
+from tests.support.faults import (
+    FAST,
+    SPACED,
+    agent,
+    every_level,
+    now_ms,
+    pending_of,
+    settled,
+    where_are,
+)
+from tests.support.processes import post_events, running
+from tests.support.receiver import Receiver
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_http, wait_until
 from tracker.delivery.notification import event_id
 from tracker.redis.keys import CONSUMER_GROUP, ShardKeys
 
@@ -56,33 +66,8 @@ def pending_total(client: sync_redis.Redis) -> int:
     return total
 
 
-class Stack:
-    """API, sweeper and consumers as real processes on one Redis, stopped by pid at the end."""
-
-    def __init__(self, redis_url: str, tmp_path: Path, **env: str) -> None:
-        self.port = free_port()
-        self.tmp_path = tmp_path
-        self.redis_url = redis_url
-        self.env = {**FAST, "MODE": "phase2", "CONSUMER_PROCESSES": "1", **env}
-        self.env["PORT"] = str(self.port)
-        self.roles: list[Role] = []
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, role: str, pod: str = "pod-a") -> Role:
-        env = role_env(self.redis_url, self.tmp_path / "run", POD_ID=pod, **self.env)
-        started = Role([role], env, self.tmp_path / f"{role}-{pod}.log")
-        self.roles.append(started)
-        return started
-
-    def stop(self) -> None:
-        for role in reversed(self.roles):
-            role.stop()
-
-    def tracebacks(self) -> str:
-        return "".join(r.output() for r in self.roles if "Traceback" in r.output())
+#: What every test here starts from: one API, sweeper and consumer process each, phase 2.
+STACK = {**FAST, "MODE": "phase2", "CONSUMER_PROCESSES": "1"}
 
 
 async def test_no_lost_timeout_when_a_consumer_is_killed_between_read_and_ack(
@@ -92,20 +77,13 @@ async def test_no_lost_timeout_when_a_consumer_is_killed_between_read_and_ack(
     than it sends at once: the other claims them after DELIVERY_TIMEOUT_MS. Each arrives,
     once or twice, and both copies carry one event_id."""
     receiver = Receiver(delay_s=1.0)  # slow until the kill: the victim has entries in hand
-    await receiver.start()
-    stack = Stack(
-        redis_server.url,
-        tmp_path,
-        **SPACED,
-        NOTIFY_SINK="webhook",
-        NOTIFY_WEBHOOK_URL=receiver.url,
-        NOTIFY_WEBHOOK_SECRET=receiver.secret,
-    )
-    try:
-        stack.start("api")
-        stack.start("sweeper")
+    settings = {**STACK, **SPACED}
+    roles = ["api", "sweeper"]
+    async with running(
+        redis_server.url, tmp_path, roles, receiver=receiver, ready=None, env=settings
+    ) as stack:
         consumers = {"pod-a-0": stack.start("consumer", "pod-a")}
-        consumers["pod-b-0"] = stack.start("consumer", "pod-b")
+        consumers["pod-b-0"] = stack.start("consumer", "pod-b")  # another pod's
         await wait_http(f"{stack.base}/ready")
         ids = [f"k3-{i}" for i in range(300)]
         start = now_ms()
@@ -116,16 +94,20 @@ async def test_no_lost_timeout_when_a_consumer_is_killed_between_read_and_ack(
 
         # Whichever consumer read the level-1 burst: kill it holding more entries than it
         # sends at once (64), so some were read and never sent.
-        assert await wait_until(lambda: max(in_hand().values()) > 80, 15, 0.005)
+        await wait_until(lambda: max(in_hand().values()) > 80, 15, 0.005)
         held = in_hand()
         victim = max(held, key=lambda name: held[name])
-        consumers[victim].signal(signal.SIGKILL)
-        consumers[victim].proc.wait()
+        consumers[victim].kill()
         receiver.delay_s = 0.0
         assert now_ms() - start < 4000, "the kill came after level 2 was due"
         expected = every_level(ids)
-        await wait_until(lambda: set(pairs(receiver)) >= expected, timeout=30)
-        await asyncio.sleep(1.0)
+        await wait_until(
+            lambda: set(pairs(receiver)) >= expected,
+            timeout=30,
+            what=lambda: where_are(redis_sync, expected - set(pairs(receiver)), SHARDS),
+        )
+        # every entry acknowledged (the victim's claimed): any duplicate has arrived by now
+        await wait_until(lambda: settled(redis_sync), timeout=15)
         row = reliability.tally(
             "kill -9 consumer between read and ack",
             len(ids),
@@ -144,19 +126,15 @@ async def test_no_lost_timeout_when_a_consumer_is_killed_between_read_and_ack(
         assert all(len(v) == 1 for v in ids_of.values()), "a duplicate with another event_id"
         assert pending_of(redis_sync, victim, ALL_SHARDS) == 0  # all claimed away
         print(f"\nin hand at the kill: {held[victim]}, duplicates: {row.duplicates}")
-    finally:
-        stack.stop()
-        await receiver.stop()
-    assert not stack.tracebacks()
 
 
 def pairs(receiver: Receiver) -> list[tuple[str, int]]:
     return [(r.event["conversation_id"], r.event["level"]) for r in receiver.events]
 
 
+ROLES = ("api", "sweeper", "consumer")
 BREAKER = {
     "TIMEOUT_INTERVAL_MS": "500",
-    "NOTIFY_SINK": "webhook",
     "NOTIFY_WEBHOOK_TIMEOUT_MS": "300",
     "RETRY_BASE_MS": "200",
     "NOTIFY_WEBHOOK_BREAKER_FAILURES": "5",
@@ -172,22 +150,14 @@ async def test_no_lost_timeout_when_the_webhook_fails_for_a_while(
     reach the webhook meanwhile, no entry spends its MAX_DELIVERIES, nothing is
     dead-lettered, and once it recovers every notification arrives."""
     receiver = Receiver(status=500)
-    await receiver.start()
-    stack = Stack(
-        redis_server.url,
-        tmp_path,
+    settings = {
+        **STACK,
         **BREAKER,
-        MAX_DELIVERIES="4",
-        LEVEL_MULTIPLIERS="1,14,16",
-        NOTIFY_WEBHOOK_BREAKER_COOLDOWN_MS="1000",
-        NOTIFY_WEBHOOK_URL=receiver.url,
-        NOTIFY_WEBHOOK_SECRET=receiver.secret,
-    )
-    try:
-        stack.start("api")
-        stack.start("sweeper")
-        stack.start("consumer")
-        await wait_http(f"{stack.base}/ready")
+        "MAX_DELIVERIES": "4",
+        "LEVEL_MULTIPLIERS": "1,14,16",
+        "NOTIFY_WEBHOOK_BREAKER_COOLDOWN_MS": "1000",
+    }
+    async with running(redis_server.url, tmp_path, ROLES, receiver=receiver, env=settings) as stack:
         # Level 1 falls due all through the outage; levels 2 and 3 after it.
         ids = [f"k4-{i}" for i in range(100)]
         start = now_ms()
@@ -204,7 +174,7 @@ async def test_no_lost_timeout_when_the_webhook_fails_for_a_while(
         receiver.status, receiver.delay_s = 200, 0.0
         expected = every_level(ids)
         await wait_until(lambda: set(pairs(receiver)) >= expected, timeout=20)
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: settled(redis_sync), timeout=10)  # every entry acknowledged
         row = reliability.tally(
             "webhook 500 then timeouts for 5 s (breaker)",
             len(ids),
@@ -226,10 +196,6 @@ async def test_no_lost_timeout_when_the_webhook_fails_for_a_while(
         # them several times; with it, the first failures and one probe per cool-down.
         assert requests_in_outage < 30, requests_in_outage
         print(f"\nrequests during the 5 s outage: {requests_in_outage} for {len(expected)} entries")
-    finally:
-        stack.stop()
-        await receiver.stop()
-    assert not stack.tracebacks()
 
 
 async def test_an_always_failing_webhook_dead_letters_after_max_deliveries(
@@ -238,21 +204,13 @@ async def test_an_always_failing_webhook_dead_letters_after_max_deliveries(
     """With the breaker on, each entry still gets exactly MAX_DELIVERIES real attempts (the
     probes), then lands in the dead-letter stream, and the pending list empties."""
     receiver = Receiver(status=500)
-    await receiver.start()
-    stack = Stack(
-        redis_server.url,
-        tmp_path,
+    settings = {
+        **STACK,
         **BREAKER,
-        MAX_DELIVERIES="2",
-        NOTIFY_WEBHOOK_BREAKER_COOLDOWN_MS="100",
-        NOTIFY_WEBHOOK_URL=receiver.url,
-        NOTIFY_WEBHOOK_SECRET=receiver.secret,
-    )
-    try:
-        stack.start("api")
-        stack.start("sweeper")
-        stack.start("consumer")
-        await wait_http(f"{stack.base}/ready")
+        "MAX_DELIVERIES": "2",
+        "NOTIFY_WEBHOOK_BREAKER_COOLDOWN_MS": "100",
+    }
+    async with running(redis_server.url, tmp_path, ROLES, receiver=receiver, env=settings) as stack:
         ids = [f"k4b-{i}" for i in range(8)]
         await post_events(stack.base, [agent(c) for c in ids])
         entries = 3 * len(ids)
@@ -264,11 +222,13 @@ async def test_an_always_failing_webhook_dead_letters_after_max_deliveries(
             handled = len(dead_letters(redis_sync)) + await metric(stack.base, superseded)
             return handled == entries and pending_total(redis_sync) == 0
 
-        deadline = time.monotonic() + 40
-        while not await settled() and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        def state() -> str:
+            return (
+                f"{len(dead_letters(redis_sync))} dead letters, {pending_total(redis_sync)} pending"
+            )
+
+        await wait_until(settled, timeout=40, interval=0.2, what=state)
         letters = dead_letters(redis_sync)
-        assert await settled(), f"{len(letters)} dead letters, {pending_total(redis_sync)} pending"
         assert all(d["reason"].startswith("max_deliveries") for d in letters)
         assert all(d["attempts"] == "2" for d in letters)
         assert {(d["c"], d["l"]) for d in letters} >= {(c, "3") for c in ids}
@@ -276,7 +236,3 @@ async def test_an_always_failing_webhook_dead_letters_after_max_deliveries(
             assert receiver.attempts[event_id(d["c"], int(d["s"]), int(d["l"]))] == 2
         assert max(receiver.attempts.values()) == 2, receiver.attempts
         assert receiver.events == []
-    finally:
-        stack.stop()
-        await receiver.stop()
-    assert not stack.tracebacks()

@@ -15,19 +15,12 @@ import aiohttp
 import pytest
 import redis as sync_redis
 
-from tests import reliability
-from tests.faults import (
-    FAST,
-    SPACED,
-    agent,
-    every_level,
-    program_pids,
-    reply,
-    where_are,
-)
-from tests.load import Load, assert_healthy, pairs, pod_with_receiver, tally_settled
-from tests.processes import post_events, wait_until
-from tests.redis_server import RedisServer
+from tests.support import reliability
+from tests.support.faults import FAST, SPACED, agent, every_level, program_pids, reply, where_are
+from tests.support.load import Load, assert_healthy, pairs, pod_with_receiver, tally_settled
+from tests.support.processes import post_events
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 from tracker.redis.keys import ShardKeys, shard_of
 from tracker.timefmt import parse_rfc3339_ms
 
@@ -36,7 +29,8 @@ pytestmark = pytest.mark.slow
 SHARDS = int(FAST["SHARD_COUNT"])
 # Levels 7 s apart: more than the outage below (2 s) plus the lease TTL a new holder waits
 # after Redis restarts (2 s), with room for a loaded machine. A level overdue together with
-# the next one would be caught up by that next one alone (guarantee 4), see tests/faults.py.
+# the next one would be caught up by that next one alone (guarantee 4), see
+# tests/support/faults.py.
 WIDE = {"LEVEL_MULTIPLIERS": "1,8,15"}
 WIDE_OFFSETS_MS = (1000, 8000, 15000)  # WIDE with the 1 s interval
 # Levels 300 ms, 1.5 s and 2.7 s after the message (SPACED with a 300 ms interval): quick,
@@ -186,7 +180,11 @@ async def test_api_answers_503_while_redis_is_unreachable_and_everything_resumes
             ids = [f"after-{how}-{i}" for i in range(50)]
             await post_events(pod.base, [agent(c) for c in ids])
             expected = every_level(ids)
-            await wait_until(lambda: set(pairs(receiver)) >= expected, timeout=15)
+            await wait_until(
+                lambda: set(pairs(receiver)) >= expected,
+                timeout=15,
+                what=lambda: where_are(server.client(), expected - set(pairs(receiver)), SHARDS),
+            )
             fresh = [r for r in receiver.events if r.event["conversation_id"] in set(ids)]
             late = [r.received_ms - parse_rfc3339_ms(r.event["due_at"]) for r in fresh]
             row = reliability.tally(
@@ -285,7 +283,7 @@ async def test_deleted_streams_get_their_consumer_group_back(
         pids = program_pids(pod)
         first = [f"s8a-{i}" for i in range(50)]
         await post_events(pod.base, [agent(c) for c in first])
-        assert await wait_until(lambda: set(pairs(receiver)) >= every_level(first), 15)
+        await wait_until(lambda: set(pairs(receiver)) >= every_level(first), 15)
         await asyncio.sleep(0.5)  # acknowledged, nothing pending
 
         def delete_streams() -> None:
@@ -294,7 +292,7 @@ async def test_deleted_streams_get_their_consumer_group_back(
         delete_streams()
         second = [f"s8b-{i}" for i in range(50)]
         await post_events(pod.base, [agent(c) for c in second])
-        assert await wait_until(lambda: set(pairs(receiver)) >= every_level(second), 15)
+        await wait_until(lambda: set(pairs(receiver)) >= every_level(second), 15)
         recreated = await pod.metric_sum("timeout_stream_group_recreated_total")
         assert recreated >= 1
 
@@ -307,7 +305,7 @@ async def test_deleted_streams_get_their_consumer_group_back(
         fourth = [f"s8d-{i}" for i in range(50)]
         await post_events(pod.base, [agent(c) for c in fourth])
         later = {(c, level) for c in third for level in (2, 3)} | every_level(fourth)
-        assert await wait_until(lambda: set(pairs(receiver)) >= later, 15)
+        await wait_until(lambda: set(pairs(receiver)) >= later, 15)
         ids = first + second + third + fourth
         row = reliability.tally(
             "shard streams deleted (twice)",

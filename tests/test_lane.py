@@ -16,7 +16,7 @@ from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.conftest import make_settings
-from tests.redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port
 from tracker.model import AgentMessage, TrackResult
 from tracker.redis.connection import UNAVAILABLE, connect
 from tracker.redis.lane import Lane, lane_for

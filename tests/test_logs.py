@@ -20,9 +20,10 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from tests.processes import Pod, wait_http, wait_until
-from tests.rawhttp import api_settings, exchange, http, start_api
-from tests.redis_server import RedisServer
+from tests.support.processes import Pod
+from tests.support.rawhttp import api_settings, exchange, http, start_api
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_http, wait_until
 from tracker.__main__ import role_name
 from tracker.logs import REQUEST_ID, JsonFormatter, TextFormatter, configure
 
@@ -195,7 +196,7 @@ async def test_15_10_a_json_pod_writes_nothing_but_json_and_names_each_process(
             return {as_json(line)["role"] for line in text.splitlines() if line.startswith("{")}
 
         expected = {"api-0", "api-1", "consumer-0", "consumer-1", "sweeper"}
-        assert await wait_until(lambda: expected <= roles(), timeout=30), roles()
+        await wait_until(lambda: expected <= roles(), timeout=30, what=lambda: roles())
     finally:
         pod.stop()
     lines = pod.role.output().splitlines()

@@ -19,7 +19,7 @@ import redis as sync_redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 from tracker.delivery.notification import Notification
 from tracker.model import AgentMessage, CustomerResponse
 from tracker.model import Event as StoredEvent

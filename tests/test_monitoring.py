@@ -25,9 +25,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests import promseries
-from tests.processes import Pod
-from tests.redis_server import RedisServer, free_port
+from tests.support import promseries
+from tests.support.processes import Pod
+from tests.support.redis_server import RedisServer, free_port
 from tracker import metrics
 from tracker.redis.connection import ERROR_KINDS
 from tracker.settings import SINKS

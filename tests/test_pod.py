@@ -20,8 +20,9 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.processes import Pod, Role, role_env, wait_http, wait_until
-from tests.redis_server import RedisServer, free_port
+from tests.support.processes import Pod, Role, role_env
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_http, wait_until
 from tracker.pod import heartbeat
 from tracker.pod.readiness import stall_ms
 from tracker.settings import Settings
@@ -76,7 +77,7 @@ async def test_ready_fails_when_a_led_shard_is_not_swept(
     try:
         await wait_http(ready, timeout=20)
         progress_file = tmp_path / "run" / progress.FILE_NAME
-        assert await wait_until(progress_file.exists, timeout=20)
+        await wait_until(progress_file.exists, timeout=20)
         sweeper.signal(signal.SIGSTOP)  # it still holds its leases, but sweeps nothing
         await asyncio.sleep(2.5)  # past the watchdog (3 x CHECK_INTERVAL_MS, at least 2 s)
         code, body = await status_of(ready)
@@ -105,7 +106,7 @@ async def test_metric_files_of_exited_processes_are_folded_into_an_archive(
         before = await pod.metric_sum("http_requests_total")
         for _ in range(3):
             assert "started" in pod.ctl("restart", "consumer:*")
-        assert await wait_until(lambda: (metrics_dir / "counter_archive.db").exists(), timeout=10)
+        await wait_until(lambda: (metrics_dir / "counter_archive.db").exists(), timeout=10)
         pids = {p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("*.db")}
         live = {str(pod.pid_of(f"consumer:consumer-{i}")) for i in range(2)}
         live |= {
@@ -145,7 +146,7 @@ async def test_api_processes_share_the_port_and_stand_in_for_each_other(
     connections = 32
     try:
         await wait_http(f"{pod.base}/ready", timeout=30)
-        assert await wait_until(lambda: "STARTING" not in pod.ctl("status"), timeout=20)
+        await wait_until(lambda: "STARTING" not in pod.ctl("status"), timeout=20)
         pids = [pod.pid_of(f"api:api-{i}") for i in range(2)]
         connector = aiohttp.TCPConnector(limit=connections)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -192,7 +193,7 @@ async def test_ctl_status_exits_0_on_a_healthy_pod_run_from_another_directory(
             "consumer-1",
         }
         assert all(s.progress_ms for s in heartbeat.read_all(settings))
-        assert await wait_until(lambda: "STARTING" not in pod.ctl("status"), timeout=20)
+        await wait_until(lambda: "STARTING" not in pod.ctl("status"), timeout=20)
         done = pod.ctl_run("status")
         assert done.returncode == 0, done.stdout
         assert "redis" not in done.stdout
@@ -211,7 +212,7 @@ async def test_phase1_pod_with_its_own_redis_is_healthy(tmp_path: Path) -> None:
     pod = Pod("embedded", "", tmp_path, cwd=str(tmp_path), MODE="phase1", LOG_FORMAT="json")
     try:
         await wait_http(f"{pod.base}/ready", timeout=30)
-        assert await wait_until(lambda: "STARTING" not in pod.ctl("status"), timeout=20)
+        await wait_until(lambda: "STARTING" not in pod.ctl("status"), timeout=20)
         done = pod.ctl_run("status")
         assert done.returncode == 0, done.stdout
         programs = {line.split()[0] for line in done.stdout.splitlines()}

@@ -12,10 +12,13 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
-from tests.delivering import sweep_once
-from tests.redis_server import RedisServer
+from tests.support.delivering import sweep_once
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 from tests.test_delivery import RecordingSink, deliverer, pending
-from tracker.delivery.notification import Outgoing
+from tracker.delivery.hold import Origin
+from tracker.delivery.notification import Notification, Outgoing
+from tracker.delivery.reader import StreamReader
 from tracker.delivery.sinks import Outcomes
 from tracker.model import AgentMessage, CustomerResponse
 from tracker.redis.connection import redis_time_ms
@@ -66,9 +69,17 @@ async def stage(redis: Redis, settings: Settings, *conversations: str) -> int:
 
 
 async def wait_sent(sink: TimedSink, count: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while len(sink.sent) < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(sink.sent) >= count, timeout, interval=0.01)
+
+
+async def wait_acknowledged(redis: Redis, reader: StreamReader, timeout: float = 5.0) -> None:
+    """Until nothing is pending in the stream and nothing held: every entry was sent (or
+    suppressed) and acknowledged, so no send can follow."""
+
+    async def done() -> bool:
+        return await pending(redis) == 0 and len(reader.pipeline.hold) == 0
+
+    await wait_until(done, timeout, interval=0.01)
 
 
 async def test_a_staged_notification_is_held_until_due_then_sent(
@@ -84,21 +95,20 @@ async def test_a_staged_notification_is_held_until_due_then_sent(
     assert sorted(o.notification.conversation_id for _, o in sink.delivered) == ["c1", "c2"]
     assert all(at >= due for at, _ in sink.delivered)  # never before its due time
     assert all(at - due < 500 for at, _ in sink.delivered)
-    await asyncio.sleep(0.05)
-    assert await pending(redis) == 0
+    await wait_acknowledged(redis, d)  # the acknowledgement follows the send
     await d.close()
 
 
 async def test_an_answer_while_held_suppresses_the_send(redis: Redis, settings: Settings) -> None:
     sink = TimedSink()
     d = await deliverer(redis, settings, sink)
-    due = await stage(redis, settings, "answered", "waiting")
+    await stage(redis, settings, "answered", "waiting")
     await d.read([0], block_ms=None)
     await Store(redis, settings).apply(CustomerResponse("answered", "cust", "r1", 0))
     await wait_sent(sink, 1)
-    await asyncio.sleep((due - await redis_time_ms(redis)) / 1000 + 0.2)
+    # the suppressed one is acknowledged (at its due time, after the re-check) too
+    await wait_acknowledged(redis, d)
     assert [o.notification.conversation_id for _, o in sink.delivered] == ["waiting"]
-    assert await pending(redis) == 0  # the suppressed one is acknowledged
     await d.close()
 
 
@@ -140,7 +150,7 @@ async def test_a_held_entry_read_again_is_held_once(redis: Redis, settings: Sett
     await d.drain_own([0])
     assert len(d.pipeline.hold) == 1
     await wait_sent(sink, 1)
-    await asyncio.sleep(0.1)
+    await wait_acknowledged(redis, d)  # nothing left that could be sent again
     assert len(sink.sent) == 1
     await d.close()
 
@@ -153,7 +163,9 @@ async def test_get_shows_a_staged_level_as_not_fired_until_due(
     view = await store.get("c1")
     assert view is not None
     assert (view.state, view.level_fired, view.next_due_ms) == ("waiting", 0, due)
-    await asyncio.sleep((due - await redis_time_ms(redis)) / 1000 + 0.02)
+    await asyncio.sleep(
+        (due - await redis_time_ms(redis)) / 1000 + 0.02
+    )  # past the due time: what is shown then
     view = await store.get("c1")
     assert view is not None
     assert (view.level_fired, view.next_due_ms) == (1, due + INTERVAL)
@@ -174,7 +186,7 @@ class GatedSink(TimedSink):
 
 
 async def test_an_entry_claimed_while_its_held_copy_is_being_sent_is_sent_once(
-    redis: Redis, settings: Settings
+    redis: Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Phase 1 claims the lease holder's own entries idle half a lease TTL: one may be
     claimed while the releaser is sending it. The claim's copy is dropped."""
@@ -183,8 +195,16 @@ async def test_an_entry_claimed_while_its_held_copy_is_being_sent_is_sent_once(
     await stage(redis, settings, "c1")
     await d.read([0], block_ms=None)
     await asyncio.wait_for(sink.entered.wait(), 5)  # due, taken, in the sink
+    claimed = asyncio.Event()
+    submit = d.pipeline.submit
+
+    async def submitted(batch: Sequence[Notification], origin: Origin) -> None:
+        await submit(batch, origin)
+        claimed.set()
+
+    monkeypatch.setattr(d.pipeline, "submit", submitted)
     claim = asyncio.create_task(d.claim([0], min_idle_ms=0))  # read again: pending list
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(claimed.wait(), 5)  # the claim's copy reached the pipeline
     sink.gate.set()
     assert await claim == 1
     await d.close()

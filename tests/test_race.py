@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 import pytest
 from redis.asyncio import Redis
 
-from tests import reliability
 from tests.conftest import make_settings
-from tests.redis_server import RedisServer
+from tests.support import reliability
+from tests.support.redis_server import RedisServer
 from tracker.delivery.ledger import Verdict, recheck_call
 from tracker.delivery.notification import Notification
 from tracker.model import AgentMessage, CustomerResponse

@@ -12,8 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
-from tests.delivering import sweep_once
-from tests.redis_server import RedisServer
+from tests.support.delivering import sweep_once
+from tests.support.redis_server import RedisServer
 from tracker.delivery.notification import Outgoing
 from tracker.delivery.pipeline import Pipeline
 from tracker.delivery.reader import StreamReader

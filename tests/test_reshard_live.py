@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis as sync_redis
 
-from tests.faults import SPACED, agent, every_level, program_pids, where_are
-from tests.load import Load, assert_healthy, pairs, pod_with_receiver, tally_settled
-from tests.processes import post_events
-from tests.redis_server import RedisServer
+from tests.support.faults import SPACED, agent, every_level, program_pids, where_are
+from tests.support.load import Load, assert_healthy, pairs, pod_with_receiver, tally_settled
+from tests.support.processes import post_events
+from tests.support.redis_server import RedisServer
 from tracker.redis.keys import LAYOUT, ShardKeys, shard_of
 
 pytestmark = pytest.mark.slow

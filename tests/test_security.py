@@ -24,10 +24,12 @@ import pytest
 import redis as sync_redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.faults import agent, every_level
-from tests.load import pod_with_receiver
-from tests.processes import Receiver, Role, post_events, role_env, wait_http, wait_until
-from tests.redis_server import RedisServer, free_port
+from tests.support.faults import agent, every_level
+from tests.support.load import pod_with_receiver
+from tests.support.processes import Role, post_events, role_env, running
+from tests.support.receiver import Receiver
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.waiting import wait_http, wait_until
 from tracker.redis.keys import LAYOUT
 
 pytestmark = pytest.mark.slow
@@ -107,29 +109,17 @@ async def test_webhook_signatures_verify_with_the_standard_webhooks_library_duri
     body, a changed id and a stale timestamp."""
     old, new, other = new_secret(), new_secret(), new_secret()
     receiver = Receiver(secret=old)  # a receiver that has not rotated yet
-    await receiver.start()
-    port = free_port()
-    env = role_env(
-        redis_server.url,
-        tmp_path / "run",
-        PORT=str(port),
-        POD_ID="sign",
-        MODE="phase1",
-        TIMEOUT_INTERVAL_MS="300",
-        NOTIFY_SINK="webhook",
-        NOTIFY_WEBHOOK_URL=receiver.url,
-        NOTIFY_WEBHOOK_SECRET=f"{new},{old}",
-    )
-    roles = [Role(["api"], env, tmp_path / "api.log"), Role(["sweeper"], env, tmp_path / "s.log")]
-    try:
-        await wait_http(f"http://127.0.0.1:{port}/ready")
+    settings = {
+        "POD_ID": "sign",
+        "MODE": "phase1",
+        "TIMEOUT_INTERVAL_MS": "300",
+        "NOTIFY_WEBHOOK_SECRET": f"{new},{old}",
+    }
+    roles = ["api", "sweeper"]
+    async with running(redis_server.url, tmp_path, roles, receiver=receiver, env=settings) as stack:
         ids = [f"sig-{i}" for i in range(10)]
-        await post_events(f"http://127.0.0.1:{port}", [agent(c) for c in ids])
-        assert await wait_until(lambda: len(receiver.events) >= 30, timeout=15)
-    finally:
-        for role in roles:
-            role.stop()
-        await receiver.stop()
+        await post_events(stack.base, [agent(c) for c in ids])
+        await wait_until(lambda: len(receiver.events) >= 30, timeout=15)
     assert receiver.bad_signatures == 0
     for r in receiver.events:
         headers = {k.lower(): v for k, v in r.headers.items()}
@@ -252,14 +242,14 @@ async def test_the_pod_runs_as_the_acl_user_and_nothing_else_is_allowed(tmp_path
             ids = [f"acl-{i}" for i in range(30)]
             await post_events(pod.base, [agent(c) for c in ids])
             expected = every_level(ids)
-            assert await wait_until(
+            await wait_until(
                 lambda: (
                     {(r.event["conversation_id"], r.event["level"]) for r in receiver.events}
                     >= expected
                 ),
                 timeout=20,
             )
-            assert await wait_until(lambda: admin.xlen("timeout_notifications") >= 90, 10)
+            await wait_until(lambda: admin.xlen("timeout_notifications") >= 90, 10)
             clis = (
                 ["status"],
                 ["dead-letters", "list"],
@@ -345,41 +335,27 @@ async def test_rediss_tls_connections_work(tmp_path: Path) -> None:
         with pytest.raises(sync_redis.ConnectionError):
             sync_redis.Redis(port=port, socket_timeout=2).ping()  # plain text on the TLS port
 
+        settings = {
+            "POD_ID": "tls",
+            "MODE": "phase1",
+            "TIMEOUT_INTERVAL_MS": "300",
+            "LEVEL_MULTIPLIERS": "1,5,9",  # spaced: a late sweep on a busy machine skips none
+            "REDIS_TLS_CA_FILE": str(certs / "ca.crt"),
+        }
         receiver = Receiver()
-        await receiver.start()
-        api_port = free_port()
-        env = role_env(
-            url,
-            tmp_path / "run",
-            PORT=str(api_port),
-            POD_ID="tls",
-            MODE="phase1",
-            TIMEOUT_INTERVAL_MS="300",
-            LEVEL_MULTIPLIERS="1,5,9",  # spaced: a late sweep on a busy machine skips no level
-            NOTIFY_SINK="webhook",
-            NOTIFY_WEBHOOK_URL=receiver.url,
-            NOTIFY_WEBHOOK_SECRET=receiver.secret,
-            REDIS_TLS_CA_FILE=str(certs / "ca.crt"),
-        )
-        roles = [Role(["api"], env, tmp_path / "api.log")]
-        roles.append(Role(["sweeper"], env, tmp_path / "sweeper.log"))
+        roles = ["api", "sweeper"]
         try:
-            await wait_http(f"http://127.0.0.1:{api_port}/ready")
-            ids = [f"tls-{i}" for i in range(10)]
-            await post_events(f"http://127.0.0.1:{api_port}", [agent(c) for c in ids])
-            assert await wait_until(lambda: len(receiver.events) >= 30, timeout=15)
-            got = {(r.event["conversation_id"], r.event["level"]) for r in receiver.events}
-            assert got == every_level(ids)
-            assert client.hlen("conversations:{0}") + sum(
-                client.hlen(f"conversations:{{{n}}}") for n in range(1, 16)
-            ) == len(ids)
+            async with running(url, tmp_path, roles, receiver=receiver, env=settings) as stack:
+                ids = [f"tls-{i}" for i in range(10)]
+                await post_events(stack.base, [agent(c) for c in ids])
+                await wait_until(lambda: len(receiver.events) >= 30, timeout=15)
+                got = {(r.event["conversation_id"], r.event["level"]) for r in receiver.events}
+                assert got == every_level(ids)
+                assert client.hlen("conversations:{0}") + sum(
+                    client.hlen(f"conversations:{{{n}}}") for n in range(1, 16)
+                ) == len(ids)
         finally:
-            for role in roles:
-                role.stop()
-            await receiver.stop()
             client.close()
-        for role in roles:
-            assert "Traceback" not in role.output(), role.output()[-3000:]
 
 
 # -- TLS with REDIS_TLS_CA_FILE in cluster and sentinel modes --------------------------------
@@ -402,7 +378,7 @@ def tls_client(port: int, certs: Path) -> sync_redis.Redis:
 async def events_go_through(settings_env: dict[str, str], tmp_path: Path) -> list[int]:
     """The API, on the tracker's own client for these settings, takes an agent message for
     conversations on many shards: their statuses."""
-    from tests.rawhttp import exchange, http
+    from tests.support.rawhttp import exchange, http
     from tracker.api.app import create_app
     from tracker.api.server import start
     from tracker.settings import Settings
@@ -454,7 +430,7 @@ async def test_rediss_cluster_with_redis_tls_ca_file(tmp_path: Path) -> None:
         def cluster_ok() -> bool:
             return all(tls_client(p, certs).cluster("info")["cluster_state"] == "ok" for p in ports)
 
-        assert await wait_until(cluster_ok, timeout=30)
+        await wait_until(cluster_ok, timeout=30)
         statuses = await events_go_through(
             {
                 "REDIS_MODE": "cluster",

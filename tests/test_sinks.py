@@ -11,8 +11,8 @@ from pathlib import Path
 from aiohttp import web
 
 from tests.conftest import make_settings
-from tests.processes import SECRET
-from tests.redis_server import RedisServer, free_port
+from tests.support.receiver import SECRET
+from tests.support.redis_server import RedisServer, free_port
 from tracker.delivery.notification import Notification
 from tracker.delivery.sinks import MAX_RESPONSE_BYTES, WebhookSink
 from tracker.errors import DeliveryError

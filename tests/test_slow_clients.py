@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from tests.processes import Role, role_env, wait_http, wait_until
-from tests.rawhttp import GOOD, Api, api_settings, exchange, http, read_reply, start_api
-from tests.redis_server import RedisServer, free_port
+from tests.support.processes import running
+from tests.support.rawhttp import GOOD, Api, api_settings, exchange, http, read_reply, start_api
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 from tracker.settings import Settings
 
 IDLE_MS = 1000
@@ -168,28 +169,23 @@ async def test_1000_idle_connections_neither_stop_other_clients_nor_grow_memory(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
     idle_s = 3
-    port = free_port()
-    env = role_env(
-        redis_server.url,
-        tmp_path / "run",
-        PORT=str(port),
-        POD_ID="idle",
-        HTTP_IDLE_TIMEOUT_MS=str(idle_s * 1000),
-    )
-    api = Role(["api"], env, tmp_path / "api.log")
-    base = f"http://127.0.0.1:{port}"
-    try:
-        await wait_http(f"{base}/health")
-        await busy_client(base, 50)  # warm: the first requests allocate for good
+    env = {"POD_ID": "idle", "HTTP_IDLE_TIMEOUT_MS": str(idle_s * 1000)}
+    async with running(redis_server.url, tmp_path, ["api"], ready="/health", env=env) as stack:
+        (api,) = stack.roles
+        await busy_client(stack.base, 50)  # warm: the first requests allocate for good
         rss = [rss_kib(api.pid)]
         fds = open_fds(api.pid)
+        slowest = 0.0
         for _ in range(2):
-            connections = await idle_connections(port, 1000)
+            connections = await idle_connections(stack.port, 1000)
             try:
                 # the API holds every one (the warm-up's connection may have closed since)
-                held = await wait_until(lambda: open_fds(api.pid) >= fds + 999, timeout=20)
-                assert held, open_fds(api.pid)
-                slowest = await busy_client(base, 100)
+                await wait_until(
+                    lambda: open_fds(api.pid) >= fds + 999,
+                    timeout=20,
+                    what=lambda: f"{open_fds(api.pid)} fds open, not {fds} + 999",
+                )
+                slowest = await busy_client(stack.base, 100)
                 assert slowest < 2.0, slowest
                 rss.append(rss_kib(api.pid))
                 # every one closed by the server
@@ -197,13 +193,10 @@ async def test_1000_idle_connections_neither_stop_other_clients_nor_grow_memory(
             finally:
                 for _, writer in connections:
                     writer.close()
-            assert await wait_until(lambda: open_fds(api.pid) <= fds + 5, timeout=10)
+            await wait_until(lambda: open_fds(api.pid) <= fds + 5, timeout=10)
         print(
             f"\nAPI RSS before, with 1000 idle connections, and with 1000 more after those"
             f" closed: {rss} KiB; slowest other request {slowest * 1000:.1f} ms"
         )
         assert rss[1] - rss[0] < 64 * 1024  # under 64 KiB a connection
         assert rss[2] - rss[1] < 8 * 1024  # and no growth from one round to the next
-    finally:
-        api.stop()
-    assert "Traceback" not in api.output()

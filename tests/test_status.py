@@ -12,7 +12,7 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 from tracker.ops import status
 from tracker.ops.cli import status_text
 from tracker.pod import heartbeat

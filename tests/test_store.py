@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 from tracker.model import AgentMessage, CustomerResponse, Event
 from tracker.redis.connection import connect
 from tracker.redis.keys import LAYOUT, ShardKeys

@@ -9,7 +9,7 @@ from typing import Any
 
 import redis as sync_redis
 
-from tests.processes import Pod
+from tests.support.processes import Pod
 from tracker.delivery.notification import Notification
 from tracker.redis.keys import ShardKeys
 from tracker.timefmt import format_ms
@@ -156,3 +156,24 @@ def pending_of(client: sync_redis.Redis, consumer: str, shards: list[int]) -> in
             continue
         total += sum(int(c["pending"]) for c in consumers if c["name"] == consumer)
     return total
+
+
+def settled(client: sync_redis.Redis) -> bool:
+    """Nothing more can be sent: no conversation waits for a level, and every entry of
+    every shard's stream has been read and acknowledged (a receiver has what it will get,
+    once each pending entry's acknowledgement follows its delivery)."""
+    from tracker.redis.keys import CONSUMER_GROUP
+
+    if any(client.zcard(key) for key in client.scan_iter("waiting_conversations:*")):
+        return False
+    for stream in client.scan_iter("timeout_events:*"):
+        info: Any = client.xinfo_stream(stream)
+        groups: Any = client.xinfo_groups(stream)
+        group = next((g for g in groups if g["name"] == CONSUMER_GROUP), None)
+        if info["length"] and group is None:
+            return False
+        if group is not None and (
+            int(group["pending"]) or group["last-delivered-id"] != info["last-generated-id"]
+        ):
+            return False
+    return True

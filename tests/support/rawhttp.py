@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from tests.conftest import make_settings
-from tests.redis_server import free_port
+from tests.support.redis_server import free_port
 from tracker.api.app import TALLY, create_app
 from tracker.api.server import start
 from tracker.settings import Settings
