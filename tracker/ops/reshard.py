@@ -31,7 +31,9 @@ from tracker.state.layout import REFRESH_S, Layout, fence, read_layout, set_layo
 from tracker.state.moves import move
 
 SCAN_COUNT = 1000
-# a consumer reloads the layout within REFRESH_S, after the blocking read in hand (BLOCK_MS)
+# Every process follows a new layout within this: a consumer reloads it within REFRESH_S,
+# after the blocking read in hand (BLOCK_MS). The reshard waits it before moving (so the
+# consumers read the new streams) and before deleting removed shards' keys.
 SETTLE_S = 2 * REFRESH_S + BLOCK_MS / 1000
 PASSES = 5
 POLL_S = 0.2
@@ -104,7 +106,7 @@ class Resharder:
             self.out("the layout changed meanwhile: run the command again")
             return 1
         if removed:
-            await asyncio.sleep(2 * REFRESH_S + 1)  # every process has dropped those shards
+            await asyncio.sleep(self.settle_s)  # every process has dropped those shards
             await self._delete(removed)
         self.out(f"done: {layout.count} shards")
         return 0
