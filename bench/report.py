@@ -179,6 +179,12 @@ ROWS = (
         target=250,
         higher_is_better=False,
     ),
+    Row(
+        "history_bytes_per_delivery",
+        "Redis bytes of history per delivered notification (a conversation's first)",
+        "bytes",
+        higher_is_better=False,
+    ),
 )
 
 CEILINGS = (
