@@ -131,6 +131,43 @@ async def test_a_retried_entry_another_consumer_delivered_meanwhile_is_not_sent_
     assert await pending(redis) == 0
 
 
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+async def test_a_delivery_logs_one_line_with_its_event_id(
+    redis: Redis,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    level: str,
+) -> None:
+    """Issue 14.1: one line a delivered notification (event_id, conversation, level, sinks),
+    at INFO by default, at DEBUG with DELIVERY_LOG_LEVEL=DEBUG; on both delivery paths."""
+    for sinks in ("recording", "stream"):
+        settings = make_settings(
+            redis_server.url,
+            tmp_path / sinks,
+            SHARD_COUNT="1",
+            TIMEOUT_INTERVAL_MS=str(INTERVAL),
+            DELIVERY_LOG_LEVEL=level,
+            NOTIFY_SINK="stream" if sinks == "stream" else "log",
+        )
+        d = await reader(
+            redis,
+            settings,
+            [RecordingSink()] if sinks == "recording" else build_sinks(settings, redis),
+        )
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="tracker.delivery.delivered"):
+            await fire(redis, settings, f"c-{sinks}")
+            assert await d.read([0], block_ms=None) == 1
+        await d.close()
+        (record,) = caplog.records
+        n = Notification.from_entry(0, "0-1", (await xrange(redis, ShardKeys.of(0).outbox))[-1][1])
+        assert record.levelname == level
+        assert record.getMessage().startswith(
+            f"delivered event_id={n.event_id} conversation=c-{sinks} level=1 sinks={sinks} "
+        )
+
+
 async def test_retries_then_dead_letters_after_max_deliveries(
     redis: Redis, settings: Settings
 ) -> None:

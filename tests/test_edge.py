@@ -355,6 +355,7 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 T, U, W, CA = "{dir}/t", "{dir}/u", "{dir}/w", "{dir}/ca"
 TLS = "rediss://127.0.0.1:1/0"
 SETTINGS_ROWS = [
+    S("14.1 DELIVERY_LOG_LEVEL WARNING", "DELIVERY_LOG_LEVEL", DELIVERY_LOG_LEVEL="WARNING"),
     S("13.1 API_TOKEN of separators", "API_TOKEN", API_TOKEN=" , "),
     S("13.1 API_TOKEN empty", "API_TOKEN", API_TOKEN=""),
     S("13.1 API_TOKEN of spaces", "API_TOKEN", API_TOKEN="   "),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import ssl
@@ -78,6 +79,7 @@ class Settings:
     metrics_dir: Path
     log_format: str
     log_level: str
+    delivery_log_level: int  # the one line each delivered notification logs: INFO or DEBUG
     build_commit: str  # the commit the image was built from (tracker_build_info)
 
     @classmethod
@@ -148,6 +150,9 @@ class Settings:
             metrics_dir=Path(r.text("PROMETHEUS_MULTIPROC_DIR", str(run_dir / "metrics"))),
             log_format=r.choice("LOG_FORMAT", "text", LOG_FORMATS),
             log_level=r.choice("LOG_LEVEL", "INFO", LOG_LEVELS),
+            delivery_log_level=logging.getLevelNamesMapping()[
+                r.choice("DELIVERY_LOG_LEVEL", "INFO", ("INFO", "DEBUG"))
+            ],
             build_commit=r.token("TRACKER_COMMIT", "unknown"),
         )
         _check_console_tokens(settings)

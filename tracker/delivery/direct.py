@@ -24,6 +24,7 @@ from tracker.delivery.ledger import (
     ack_call,
     ack_entry,
     deliver_stream_call,
+    log_delivered,
 )
 from tracker.delivery.notification import Notification
 from tracker.delivery.sinks import StreamSink
@@ -82,11 +83,13 @@ class DirectStream:
         for chunk, (verdicts, now) in zip(chunks, await run_all(self.redis, calls), strict=True):
             self.clock.observe(now)
             acked: list[str] = []
+            delivered: list[Notification] = []
             for n, verdict in zip(chunk, verdicts, strict=True):
                 if verdict is Verdict.SEND:
                     sent[n.level] += 1
                     lateness.append(max(0, now - n.due_at_ms) / 1000)
                     acked.append(ack_entry(n, Outcome.DELIVERED, StreamSink.name))
+                    delivered.append(n)
                 elif verdict is Verdict.EARLY:
                     early.append(n)
                 elif verdict is Verdict.ELSEWHERE:
@@ -97,6 +100,7 @@ class DirectStream:
                     acked.append(ack_entry(n, Outcome.SUPPRESSED if stale else Outcome.SUPERSEDED))
             if acked:
                 notes.append(ack_call(chunk[0].shard, acked, had_attempts=False, at_ms=now))
+            log_delivered(s.delivery_log_level, delivered, StreamSink.name, now)
         metrics.observe_many(metrics.LATENESS, lateness)
         for level, count in sent.items():
             metrics.SENT.labels(str(level)).inc(count)

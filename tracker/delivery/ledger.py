@@ -1,11 +1,12 @@
 """The delivery's Redis side: each script it runs, with its keys, its arguments and what its
 reply means. The re-check asks the conversation's record whether a notification is still
 due to go; the acknowledgement, a failed attempt and a dead letter each note in the
-conversation's history what became of it.
+conversation's history what became of it; a delivery also logs one line (log_delivered).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from enum import IntEnum, StrEnum
 from typing import NamedTuple
@@ -124,3 +125,23 @@ def dead_letter_notification(n: Notification, reason: str, attempts: int) -> Cal
     """Dead-letter a notification the sinks could not take, with its readable fields."""
     fields = list(n.readable_fields().items())
     return dead_letter_call(n.shard, n.entry_id, reason, attempts, fields, n)
+
+
+#: One line a delivered notification, at DELIVERY_LOG_LEVEL (INFO, or DEBUG to quiet it).
+delivered_log = logging.getLogger("tracker.delivery.delivered")
+
+
+def log_delivered(level: int, delivered: Sequence[Notification], sinks: str, at_ms: float) -> None:
+    """Log each delivered notification with its event_id, where it went and how late."""
+    if not delivered or not delivered_log.isEnabledFor(level):
+        return
+    for n in delivered:
+        delivered_log.log(
+            level,
+            "delivered event_id=%s conversation=%s level=%d sinks=%s late_ms=%d",
+            n.event_id,
+            n.conversation_id,
+            n.level,
+            sinks,
+            max(0, at_ms - n.due_at_ms),
+        )

@@ -20,7 +20,14 @@ from tracker import metrics
 from tracker.delivery.direct import DirectStream
 from tracker.delivery.failures import Failures, UnexpectedError
 from tracker.delivery.hold import Held, Hold, Origin
-from tracker.delivery.ledger import Outcome, Verdict, ack_call, ack_entry, recheck_call
+from tracker.delivery.ledger import (
+    Outcome,
+    Verdict,
+    ack_call,
+    ack_entry,
+    log_delivered,
+    recheck_call,
+)
 from tracker.delivery.notification import Notification, Outgoing
 from tracker.delivery.sinks import Deferred, Outcomes, Sink
 from tracker.errors import DeliveryError
@@ -158,6 +165,7 @@ class Pipeline:
         accepted_ms = self.hold.clock.now_ms()  # the lateness that counts: sinks have it
         sent = collections.Counter[int]()
         lateness: list[float] = []
+        delivered: list[Notification] = []
         delivered_to = ",".join(sink.name for sink in self.sinks)
         for item in outgoing:
             n = item.notification
@@ -165,10 +173,12 @@ class Pipeline:
                 done[n.shard].append(ack_entry(n, Outcome.DELIVERED, delivered_to))
                 sent[n.level] += 1
                 lateness.append(max(0, accepted_ms - n.due_at_ms) / 1000)
+                delivered.append(n)
         metrics.observe_many(metrics.LATENESS, lateness)
         for level, count in sent.items():
             metrics.SENT.labels(str(level)).inc(count)
         await self._ack(done, origin)
+        log_delivered(self.settings.delivery_log_level, delivered, delivered_to, accepted_ms)
         for item in outgoing:
             failure = failed.get((item.notification.shard, item.notification.entry_id))
             if failure is not None:
