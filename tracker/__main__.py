@@ -163,7 +163,7 @@ def run_cli(coro_factory: Any, settings: Settings) -> int:
     """Run an operator command; every expected failure is one line on stderr and an exit
     code (EXIT_CODES), never a traceback."""
     from tracker.ops.cli import Failed, is_redis_failure
-    from tracker.redis.connection import UNAVAILABLE, connect
+    from tracker.redis.connection import UNAVAILABLE, close, connect
 
     async def runner() -> int:
         redis = connect(settings)
@@ -171,7 +171,7 @@ def run_cli(coro_factory: Any, settings: Settings) -> int:
             result: int = await coro_factory(redis)
             return result
         finally:
-            await redis.aclose()
+            await close(redis)
 
     try:
         code: int = uvloop.run(runner())

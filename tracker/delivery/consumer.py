@@ -11,7 +11,7 @@ from tracker.delivery.reader import StreamReader
 from tracker.delivery.sinks import build_sinks
 from tracker.pod.heartbeat import Heartbeat
 from tracker.redis.cluster import is_cluster
-from tracker.redis.connection import connect
+from tracker.redis.connection import close, connect
 from tracker.settings import Settings
 from tracker.state.layout import LiveLayout
 
@@ -44,6 +44,6 @@ async def main(settings: Settings, index: int, stop: asyncio.Event) -> None:
         if follow is not None:
             follow.cancel()
         await reader.close()
-        await redis.aclose()
+        await close(redis)
         heartbeat.clear()
         log.info("consumer stopped name=%s", name)

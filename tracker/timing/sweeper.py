@@ -29,7 +29,7 @@ from tracker.pod.heartbeat import Heartbeat
 from tracker.redis import cluster
 from tracker.redis.backoff import Backoff, report
 from tracker.redis.clock import RedisClock
-from tracker.redis.connection import Client, connect
+from tracker.redis.connection import Client, close, connect
 from tracker.redis.keys import WAKE_CHANNEL_PREFIX, ShardKeys
 from tracker.redis.replies import FencedError
 from tracker.redis.scripts import Arg, Call, Script, run
@@ -225,7 +225,7 @@ class Sweeper:
                 await asyncio.sleep(1.0)
             finally:
                 if client is not None and client is not self.redis:
-                    await client.aclose()
+                    await close(client)
 
     def on_wake(self, channel: str, data: str) -> None:
         shard = int(channel.removeprefix(WAKE_CHANNEL_PREFIX))
@@ -271,7 +271,7 @@ async def main(settings: Settings, stop: asyncio.Event) -> None:
             await sweeper.leases.release_all()
         progress.clear(settings)
         heartbeat.clear()
-        await redis.aclose()
+        await close(redis)
         log.info("sweeper stopped pod=%s", settings.pod_id)
     if delivery is not None and not delivery[1].cancelled() and delivery[1].exception():
         raise RuntimeError("phase 1 delivery stopped") from delivery[1].exception()
