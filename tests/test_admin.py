@@ -182,7 +182,7 @@ async def test_pending_lists_entries_and_checks_its_parameters(
     assert [(p["id"], p["conversation_id"], p["consumer"]) for p in body["pending"]] == [
         (f"2-{entry}", "conv-p", "pod-a-0")
     ]
-    for query in ("shard=4", "shard=-1", "limit=0", "limit=1001", "limit=x"):
+    for query in ("shard=4", "shard=-1", "limit=0", "limit=1001", "limit=x", "limit=\u00b2"):
         status, body = await get(client, f"/admin/pending?{query}")
         assert (status, body["error"]["code"]) == (422, "invalid_field"), query
 
@@ -199,6 +199,9 @@ async def test_dead_letters_listed_filtered_replayed_and_purged(
     assert [d["notification"]["conversation_id"] for d in body["dead_letters"]] == ["conv-a"]
     _, body = await get(client, "/admin/dead-letters?since=2000-01-01T00:00:00Z")
     assert len(body["dead_letters"]) == 2
+    for before_1970 in ("1969-12-31T00:00:00Z", "999999999d"):  # no stream id: all of them
+        status, body = await get(client, f"/admin/dead-letters?since={before_1970}")
+        assert (status, len(body["dead_letters"])) == (200, 2), before_1970
 
     status, body = await post(client, "/admin/dead-letters/replay", {"ids": [first]})
     assert (status, body) == (200, {"replayed": [first], "refused": {}, "gone": []})

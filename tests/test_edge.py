@@ -372,6 +372,8 @@ SETTINGS_ROWS = [
     S("13.3 API_TOKEN_FILE empty path", "API_TOKEN_FILE", API_TOKEN_FILE=" "),
     S("13.3 API_TOKEN_FILE not UTF-8", "API_TOKEN_FILE", {"t": b"\xff\xfe"}, API_TOKEN_FILE=T),
     S("13.3 REDIS_URL both ways", "REDIS_URL", {"u": b"redis://"}, REDIS_URL=TLS, REDIS_URL_FILE=U),
+    S("13.11 REDIS_URL port not ASCII digits", "REDIS_URL", REDIS_URL="redis://h:\u00b2/0"),
+    S("13.11 REDIS_URL db not ASCII digits", "REDIS_URL", REDIS_URL="redis://h:6379/\u00b2"),
     S("13.3 REDIS_URL_FILE empty", "REDIS_URL_FILE", {"u": b"\n"}, REDIS_URL_FILE=U),
     S("13.3 REDIS_URL_FILE not Redis", "REDIS_URL", {"u": b"http://h\n"}, REDIS_URL_FILE=U),
     S("13.3 webhook secret both ways", "NOTIFY_WEBHOOK_SECRET", {"w": SECRET.encode()},

@@ -47,6 +47,7 @@ def _split(text: str) -> Parsed:
 _split_format = functools.lru_cache(maxsize=1024)(_split)  # formats are few: cache them
 
 
+@functools.lru_cache(maxsize=1024)  # called with format strings only: few, cache them
 def _specs(text: str) -> int:
     return sum(1 for spec in _SPEC.findall(text) if spec != "%%")
 

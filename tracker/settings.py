@@ -309,14 +309,14 @@ def _redis_url(url: str, mode: str) -> str:
     hosts = parts.netloc.rpartition("@")[2]
     for address in hosts.split(",") if mode == "sentinel" else [hosts]:
         port = address.rpartition("]")[2].partition(":")[2]
-        if port and not (port.isdigit() and 0 < int(port) <= 65535):
+        if port and not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
             raise ConfigError(f"REDIS_URL: port {port!r} is not a number from 1 to 65535")
     query = parse_qs(parts.query)
     if "db" in query:
         db = query["db"][0]
     else:  # a unix socket's path is the socket's
         db = "" if scheme == "unix" else unquote(parts.path).strip("/")
-    if db and not db.isdigit():
+    if db and not (db.isascii() and db.isdigit()):
         raise ConfigError(f"REDIS_URL: database {db!r} is not a number")
     if mode == "cluster" and db.strip("0"):
         raise ConfigError("REDIS_URL: Redis Cluster has only database 0")

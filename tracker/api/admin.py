@@ -113,7 +113,7 @@ def _integer(request: web.Request, name: str, default: T, low: int, high: int) -
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise invalid(f"{name} must be a whole number from {low} to {high}")
     return int(raw)
 

@@ -145,7 +145,8 @@ async def list_dead_letters(
     """The newest `limit` dead letters of every shard together, newest first; only those of
     `conversation`, dead-lettered at or after `since_ms`, when given."""
     found: list[DeadLetter] = []
-    low = "-" if since_ms is None else str(since_ms)
+    # before 1970 (a hostile --since) is no stream id: everything is after it
+    low = "-" if since_ms is None or since_ms <= 0 else str(since_ms)
     size = PAGE if conversation else limit  # a filter reads page after page
     for shard in shards:  # each shard's newest `limit` that match, at most
         key = ShardKeys.of(shard).dead_letters

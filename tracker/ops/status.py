@@ -43,7 +43,7 @@ class ShardStatus:
     lease_ttl_ms: int | None
     waiting: int
     oldest_overdue_ms: int  # how late the earliest waiting deadline is (0: not yet due)
-    backlog: int | None  # entries no consumer has read (None: Client too old to say)
+    backlog: int | None  # entries no consumer has read (None: Redis too old to say)
     backlog_overdue_ms: int  # how late the oldest unread entry is
     pending: int  # read, not acknowledged (held until due, being delivered or retried)
     pending_overdue_ms: int  # how late the oldest pending entry is
