@@ -212,3 +212,43 @@ async def test_an_entry_claimed_while_its_held_copy_is_being_sent_is_sent_once(
     assert await pending(redis) == 0
     n = sink.sent[0].notification
     assert not d.pipeline.hold.holds(n)  # settled: nothing left behind
+
+
+class SlowFirstLevel(RecordingSink):
+    """A receiver that takes 0.5 s to answer for level 1; records the order answers end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered: list[int] = []
+
+    async def send(self, batch: Sequence[Outgoing]) -> Outcomes:
+        if any(o.notification.level == 1 for o in batch):
+            await asyncio.sleep(0.5)
+        self.answered += [o.notification.level for o in batch]
+        return await super().send(batch)
+
+
+async def test_a_level_released_while_the_one_before_is_in_flight_waits_for_it(
+    redis: Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Guarantee 7 with held batches released side by side: level 2 falls due while level
+    1's webhook answer is still on its way; level 2's batch waits for level 1's, so the
+    receiver never gets a higher level before a lower one (other conversations don't wait)."""
+    settings = make_settings(
+        redis_server.url,
+        tmp_path / "run",
+        SHARD_COUNT="1",
+        TIMEOUT_INTERVAL_MS="200",
+        PREFETCH_MS="1000",
+    )
+    sink = SlowFirstLevel()
+    d = await deliverer(redis, settings, sink)
+    since = await redis_time_ms(redis) - 200 + 300  # level 1 due in 300 ms, level 2 in 500
+    await Store(redis, settings).apply(AgentMessage("c1", "agent", "m-c1", since))
+    assert (await sweep_once(redis, settings, prefetch_ms=1000)).fired == 1  # level 1
+    assert (await sweep_once(redis, settings, prefetch_ms=1000)).fired == 1  # level 2
+    assert await d.read([0], block_ms=None) == 2
+    await wait_until(lambda: len(sink.answered) == 2, timeout=5)
+    assert sink.answered == [1, 2]
+    assert await pending(redis) == 0
+    await d.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -102,9 +103,11 @@ class Pipeline:
         without waiting for the batch before (up to RELEASES_IN_FLIGHT at once): what falls
         due a few milliseconds after a batch goes out does not wait for that batch's
         webhook answers. A batch that fails on Redis stays pending in its stream: the read
-        loop reads it again."""
+        loop reads it again. A batch with a conversation that a batch in flight also holds
+        waits for that one (guarantee 7: its lower level reaches the receiver first)."""
         slots = asyncio.Semaphore(RELEASES_IN_FLIGHT)
         handling: set[asyncio.Task[None]] = set()
+        in_flight: dict[str, asyncio.Task[None]] = {}  # conversation -> its latest batch
         try:
             while not (self.closing and not self.hold):
                 await self.hold.wait_due()
@@ -112,7 +115,12 @@ class Pipeline:
                 if not items:
                     continue
                 await slots.acquire()
-                task = asyncio.create_task(self._handle_held(items))
+                conversations = {item.notification.conversation_id for item in items}
+                after = {in_flight[c] for c in conversations if c in in_flight}
+                task = asyncio.create_task(self._handle_held(items, after))
+                for c in conversations:
+                    in_flight[c] = task
+                task.add_done_callback(functools.partial(_forget, in_flight, conversations))
                 task.add_done_callback(lambda _: slots.release())
                 handling.add(task)
                 task.add_done_callback(handling.discard)
@@ -123,7 +131,8 @@ class Pipeline:
                 if isinstance(outcome, Exception):
                     log.error("handling held notifications failed error=%r", outcome)
 
-    async def _handle_held(self, items: list[Held]) -> None:
+    async def _handle_held(self, items: list[Held], after: set[asyncio.Task[None]]) -> None:
+        await asyncio.gather(*after, return_exceptions=True)  # their errors are theirs
         by_origin: dict[Origin, list[Notification]] = defaultdict(list)
         for item in items:
             by_origin[item.origin].append(item.notification)
@@ -302,6 +311,15 @@ class Pipeline:
         await self.failures.close()
         for sink in self.sinks:
             await sink.close()
+
+
+def _forget(
+    in_flight: dict[str, asyncio.Task[None]], conversations: set[str], task: asyncio.Task[None]
+) -> None:
+    """A finished batch no longer orders the conversations a later batch has not taken."""
+    for c in conversations:
+        if in_flight.get(c) is task:
+            del in_flight[c]
 
 
 def _severity(error: DeliveryError) -> int:
