@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -37,6 +38,7 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS: web.AppKey[Client] = web.AppKey("redis")
 STORE = web.AppKey("store", Store)
 TALLY = web.AppKey("tally", metrics.HttpTally)
+OPENAPI = web.AppKey("openapi", bytes)  # the document, built once: settings never change
 TALLY_FLUSH_S = 1.0
 
 ANY_PATH = "/{path:.*}"
@@ -157,13 +159,14 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return json_response(document(request.app[SETTINGS]))
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
 def create_app(settings: Settings, redis: Client | None = None) -> web.Application:
     """The application; it opens its own Redis client unless one is given."""
     app = web.Application(client_max_size=MAX_BODY)
     app[SETTINGS] = settings
+    app[OPENAPI] = orjson.dumps(document(settings))
     client = redis if redis is not None else connect(settings)
     app[REDIS] = client
     lane = lane_for(client)

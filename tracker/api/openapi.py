@@ -5,7 +5,6 @@ validation constants. ``python -m tracker.api.openapi`` prints the published cop
 from __future__ import annotations
 
 import sys
-from importlib.metadata import version
 from typing import Any
 
 import orjson
@@ -15,6 +14,7 @@ from tracker.api.validation import MAX_BATCH
 from tracker.delivery.notification import OUTBOUND
 from tracker.model import ID_PATTERN
 from tracker.ops import schema as admin
+from tracker.pod import podmetrics
 from tracker.settings import Settings
 
 TIMESTAMP = {
@@ -387,7 +387,7 @@ def document(settings: Settings) -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {
             "title": "tracker",
-            "version": version("tracker"),
+            "version": podmetrics.version(),
             "description": "Conversation timeout tracker with progressive escalation. Every"
             ' error is {"error": {"code", "message"}}; every response carries'
             f" {REQUEST_ID_HEADER} (the client's, if valid, else a new one).",

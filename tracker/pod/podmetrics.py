@@ -30,6 +30,7 @@ from tracker.timing import progress
 ALONE = ("api", "api")
 
 
+@functools.cache
 def version() -> str:
     return importlib.metadata.version("tracker")
 
