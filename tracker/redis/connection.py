@@ -228,5 +228,10 @@ async def close(client: Client) -> None:
 
 async def redis_time_ms(client: Client) -> int:
     """Redis's clock (TIME), in milliseconds: the one clock every pod agrees on."""
-    seconds, micros = await client.time()
+    return time_ms(await client.time())
+
+
+def time_ms(reply: tuple[int, int]) -> int:
+    """A TIME reply (seconds, microseconds) in milliseconds."""
+    seconds, micros = reply
     return int(seconds) * 1000 + int(micros) // 1000

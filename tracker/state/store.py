@@ -24,7 +24,8 @@ from tracker.model import (
     Result,
     TrackResult,
 )
-from tracker.redis.connection import Client
+from tracker.redis.cluster import is_cluster
+from tracker.redis.connection import Client, redis_time_ms, time_ms
 from tracker.redis.keys import ShardKeys, wake_channel
 from tracker.redis.lane import AnyLane
 from tracker.redis.replies import EpochRefused
@@ -128,6 +129,7 @@ class Store:
         lane: AnyLane | None = None,
     ) -> None:
         self.redis = redis
+        self.cluster = is_cluster(redis)
         self.lane = lane  # the event scripts' calls go by it when given
         self.settings = settings
         self.layout = layout or LiveLayout(redis, settings)
@@ -249,8 +251,10 @@ class Store:
             pipe.zscore(k.waiting, conversation_id)
             pipe.hget(k.moving, conversation_id)
             pipe.hget(k.history, conversation_id)
-            raw, fired, due, moving, history = await pipe.execute()
-        seconds, micros = await self.redis.time()  # apart: a cluster pipeline is one slot
+            if not self.cluster:  # a cluster pipeline holds one slot's keys only: TIME apart
+                pipe.time()
+            raw, fired, due, moving, history, *clock = await pipe.execute()
+        now_ms = time_ms(clock[0]) if clock else await redis_time_ms(self.redis)
         if raw is None and moving is not None:  # taken out by a move in progress
             parts = moving.split("|", RECORD_FIELDS + 3)  # record|due|level|retire|history
             raw = "|".join(parts[:RECORD_FIELDS])
@@ -260,9 +264,7 @@ class Store:
         if raw is None:
             return None
         view = _conversation(conversation_id, raw, fired or None, due)
-        view = dataclasses.replace(
-            view, history=tuple(parse_history(history)), now_ms=seconds * 1000 + micros // 1000
-        )
+        view = dataclasses.replace(view, history=tuple(parse_history(history)), now_ms=now_ms)
         return self._as_delivered(view, view.now_ms)
 
     def _as_delivered(self, view: Conversation, now_ms: int) -> Conversation:
