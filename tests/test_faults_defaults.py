@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import reliability
 from tests.support.faults import now_ms, program_pids, where_are
-from tests.support.load import assert_healthy, pairs, webhook_pod
+from tests.support.load import assert_healthy, pairs, tally_arrivals, webhook_pod
 from tests.support.processes import Pod
 from tests.support.receiver import Receiver
 from tests.support.redis_server import RedisServer
@@ -166,19 +166,7 @@ async def settle(
     await wait_until(lambda: set(pairs(receiver)) >= must, timeout=40, what=where)
     superseded = await metric(pod, "timeout_notifications_suppressed_total", reason="superseded")
     await asyncio.sleep(1.0)
-    lateness = receiver.lateness_ms()
-    assert not lateness or lateness[0] >= 0, f"one arrived {-lateness[0]} ms before it was due"
-    row = reliability.tally(
-        fault,
-        len(traffic.since),
-        must,
-        pairs(receiver),
-        lateness,
-        allowed=may,
-        arrivals=receiver.arrivals(),
-        fault_end_ms=fault_end_ms,
-        settings="defaults",
-    )
+    row = tally_arrivals(fault, len(traffic.since), must, may, receiver, fault_end_ms, "defaults")
     lost = must - set(pairs(receiver))
     assert not lost, where_are(client, lost, SHARDS)
     assert row.unexpected == 0, set(pairs(receiver)) - must - may

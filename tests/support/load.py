@@ -83,9 +83,24 @@ async def tally_settled(
     with contextlib.suppress(TimeoutError):
         await wait_until(lambda: set(pairs(receiver)) >= must, timeout=timeout)
     await asyncio.sleep(quiet_s)
+    row = tally_arrivals(fault, conversations, must, may, receiver, fault_end_ms, settings)
+    return Settled(row, must, may)
+
+
+def tally_arrivals(
+    fault: str,
+    conversations: int,
+    must: set[reliability.Pair],
+    may: set[reliability.Pair],
+    receiver: Receiver,
+    fault_end_ms: int | None,
+    settings: str,
+) -> reliability.Row:
+    """Check that nothing arrived before its due time (levels are staged ahead,
+    PREFETCH_MS) and add the run's row to the reliability report."""
     lateness = receiver.lateness_ms()
     assert not lateness or lateness[0] >= 0, f"one arrived {-lateness[0]} ms before it was due"
-    row = reliability.tally(
+    return reliability.tally(
         fault,
         conversations,
         must,
@@ -96,7 +111,6 @@ async def tally_settled(
         fault_end_ms=fault_end_ms,
         settings=settings,
     )
-    return Settled(row, must, may)
 
 
 @dataclass
