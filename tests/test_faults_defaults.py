@@ -266,6 +266,36 @@ async def test_a_consumer_paused_for_8_s_catches_up_at_once_and_in_order(
     no_traceback(pod)
 
 
+@pytest.mark.parametrize("program", ["consumer:consumer-0", "sweeper"])
+async def test_a_killed_role_is_restarted_and_its_work_goes_on_within_seconds(
+    program: str, redis_server: RedisServer, redis_sync: sync_redis.Redis, tmp_path: Path
+) -> None:
+    """kill -9 of a consumer (entries read and not acknowledged) or of the sweeper (leases
+    held) as the first levels fall due, with the shipped settings (DELIVERY_TIMEOUT_MS 60 s,
+    LEADER_ELECTION_TTL 10 s): supervisord restarts it under the same name, the consumer
+    re-reads its own pending entries and the sweeper takes its own leases back at once, so
+    nothing waits for a claim or a lease to expire (guarantee 9)."""
+    async with default_pod(redis_server.url, tmp_path) as (pod, receiver):
+        traffic = Traffic(pod.base, f"kill-{program.split(':')[0]}")
+        await traffic.send(60)
+        await asyncio.sleep(2.2)
+        old = program_pids(pod)
+        os.kill(old[program], signal.SIGKILL)
+        await wait_until(lambda: pod.pid_of(program) not in (0, old[program]), timeout=20)
+        pids = program_pids(pod)
+        fault_end = now_ms()
+        await settle(
+            f"kill -9 {program.split(':')[-1]}, restarted by supervisord",
+            traffic,
+            receiver,
+            pod,
+            pids,
+            fault_end,
+            redis_sync,
+        )
+    no_traceback(pod)
+
+
 async def test_a_webhook_down_for_3_s_is_caught_up_within_seconds(
     redis_server: RedisServer, redis_sync: sync_redis.Redis, tmp_path: Path
 ) -> None:
