@@ -32,7 +32,7 @@ async def status(request: web.Request) -> web.Response:
 
 async def pending(request: web.Request) -> web.Response:
     redis = request.app[REDIS]
-    shards = list((await request.app[STORE].layout.refresh()).shards())
+    shards = await _shards(request)
     shard = _integer(request, "shard", None, 0, len(shards) - 1)
     limit = _integer(request, "limit", 100, 1, MAX_LIMIT)
     listing = await pending_ops.list_pending(redis, shards if shard is None else [shard], limit)
