@@ -70,7 +70,3 @@ class ShardKeys:
             epoch=f"timeout:epoch:{tag}",
             history=f"history:{tag}",
         )
-
-
-def all_shards(shard_count: int) -> list[ShardKeys]:
-    return [ShardKeys.of(n) for n in range(shard_count)]
